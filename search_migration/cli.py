@@ -1,0 +1,184 @@
+"""`search-migration`: thin command-line wiring over the engine modules.
+
+Every failure the operator can act on prints one line to stderr and exits 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from meilisearch.errors import MeilisearchError
+
+from . import demo_seed, meili_index
+from . import migrate as migrations
+from .demo_seed import SeedError
+from . import services
+from .settings import ConfigError, Settings, redact_dsn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CliError(Exception):
+    pass
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _connect(s: Settings) -> psycopg.Connection:
+    try:
+        return psycopg.connect(s.database_url, connect_timeout=5)
+    except psycopg.OperationalError:
+        hint = " (run `search-migration services up`)" if s.embedded_pg else ""
+        raise CliError(f"cannot connect to PostgreSQL at {redact_dsn(s.database_url)}{hint}") from None
+
+
+def _meili(s: Settings):
+    return meili_index.client(s.meili_url, s.meili_master_key)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_services(args) -> None:
+    s = _settings()
+    if args.action == "up":
+        for line in services.up(s):
+            print(line)
+    elif args.action == "down":
+        for line in services.down(s):
+            print(line)
+    elif args.action == "env":
+        for name, value in s.environment().items():
+            print(f"export {name}={shlex.quote(value)}")
+    else:
+        rows = services.status(s)
+        for row in rows:
+            print(row.line())
+        if not all(r.healthy for r in rows):
+            sys.exit(1)
+
+
+def cmd_db_migrate(args) -> None:
+    s = _settings()
+    _connect(s).close()
+    applied = migrations.migrate(s.database_url)
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "database is up to date")
+
+
+def cmd_demo_seed(args) -> None:
+    from tqdm import tqdm
+
+    s = _settings()
+    bars: dict[str, tqdm] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        label = {"source": "source posts", "meili-send": "legacy docs sent", "meili-index": "legacy docs indexed"}
+        if phase not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[phase] = tqdm(total=total, desc=label[phase], unit="row", file=sys.stderr,
+                               dynamic_ncols=True, mininterval=0.5)
+        bars[phase].update(done - bars[phase].n)
+
+    started = time.monotonic()
+    with _connect(s) as conn:
+        if migrations.pending(s.database_url):
+            raise CliError("the schema is not migrated; run `search-migration db migrate` first")
+        try:
+            result = demo_seed.seed(conn, _meili(s), s.meili_index, posts=args.posts, topics=args.topics,
+                                    seed=args.seed, reset_first=args.reset, progress=progress)
+        finally:
+            for bar in bars.values():
+                bar.close()
+    print(f"seeded {args.posts} posts in {args.topics} topics (seed {args.seed}): "
+          f"{result.posts_written} written, {result.batches_skipped} batch(es) already present, "
+          f"{result.documents_indexed} legacy documents indexed, outbox head {result.outbox_head}, "
+          f"fingerprint {result.fingerprint}, {time.monotonic() - started:.1f}s")
+
+
+def cmd_dev(args) -> None:
+    """Everything `dagster dev` needs, then dagster dev itself."""
+    s = _settings()
+    for line in services.up(s):
+        print(line)
+    applied = migrations.migrate(s.database_url)
+    print(f"migrations: {len(applied)} applied")
+    cmd_demo_seed(argparse.Namespace(posts=args.posts, topics=args.topics, seed=args.seed, reset=False,
+                                     quiet=False))
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or s.home / "dagster_home")
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = dict(os.environ, **s.environment(), DAGSTER_HOME=str(dagster_home))
+    cmd = ["dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    print(f"starting the Dagster UI at http://{args.host}:{args.port} (Ctrl-C stops it; "
+          "`search-migration services down` stops the databases)", flush=True)
+    os.chdir(REPO_ROOT)
+    os.execvpe(cmd[0], cmd, env)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="search-migration", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("services", help="local PostgreSQL and Meilisearch")
+    sp.add_argument("action", choices=["up", "down", "status", "env"],
+                    help="env prints shell exports that point dagster and tools at these services")
+    sp.set_defaults(func=cmd_services)
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_db_migrate)
+
+    demo = sub.add_parser("demo", help="demo corpus").add_subparsers(dest="demo_command", required=True)
+    seed = demo.add_parser("seed", help="write the demo corpus and build the legacy index")
+    seed.add_argument("--posts", type=int, required=True)
+    seed.add_argument("--topics", type=int, required=True)
+    seed.add_argument("--seed", type=int, default=42)
+    seed.add_argument("--reset", action="store_true", help="replace an existing corpus")
+    seed.add_argument("--quiet", action="store_true", help="no progress bars")
+    seed.set_defaults(func=cmd_demo_seed)
+
+    dev = sub.add_parser("dev", help="services up, migrate, seed, then `dagster dev`")
+    dev.add_argument("--posts", type=int, default=int(os.environ.get("DEMO_POSTS", "10000")))
+    dev.add_argument("--topics", type=int, default=int(os.environ.get("DEMO_TOPICS", "20")))
+    dev.add_argument("--seed", type=int, default=42)
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(func=cmd_dev)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (CliError, ConfigError, services.ServiceError, migrations.MigrationError, SeedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except MeilisearchError as exc:
+        print(f"error: Meilisearch: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
+        sys.exit(1)
+    except psycopg.Error as exc:
+        print(f"error: PostgreSQL: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

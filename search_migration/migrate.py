@@ -1,0 +1,102 @@
+"""Apply the ordered SQL files in `migrations/` exactly once, under a PostgreSQL advisory lock.
+
+Two runners at once serialize on the lock: one applies, the other waits and finds nothing to do.
+A file that changed after it was applied is refused (by checksum) before anything else runs, so a
+history edited by accident can never half-apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Any constant works as long as every runner agrees: derived from the project name.
+ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"search_migration.migrate").digest()[:8], "big", signed=True)
+FILENAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+TRACKING_DDL = """
+CREATE TABLE IF NOT EXISTS public.search_migration_schema_versions (
+    filename   text        PRIMARY KEY,
+    checksum   text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(Exception):
+    """The migration history cannot be applied safely; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    filename: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory not found: {directory}")
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        if not FILENAME.match(path.name):
+            raise MigrationError(f"{path.name}: migration files must be named NNNN_snake_case.sql")
+        found.append(Migration(path.name, path.read_text()))
+    numbers = [m.filename[:4] for m in found]
+    duplicates = sorted({n for n in numbers if numbers.count(n) > 1})
+    if duplicates:
+        raise MigrationError(f"two migrations share the number {duplicates[0]}")
+    return found
+
+
+def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations; return the filenames applied (empty when already up to date)."""
+    migrations = discover(directory)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        try:
+            conn.execute(TRACKING_DDL)
+            applied = dict(conn.execute(
+                "SELECT filename, checksum FROM public.search_migration_schema_versions").fetchall())
+            on_disk = {m.filename for m in migrations}
+            for filename in sorted(set(applied) - on_disk):
+                raise MigrationError(f"{filename} was applied but is missing from {directory.name}/")
+            for m in migrations:
+                if m.filename in applied and applied[m.filename] != m.checksum:
+                    raise MigrationError(
+                        f"{m.filename} was edited after it was applied; add a new migration instead")
+            done = []
+            for m in migrations:
+                if m.filename in applied:
+                    continue
+                try:
+                    with conn.transaction():
+                        conn.execute(m.sql)
+                        conn.execute(
+                            "INSERT INTO public.search_migration_schema_versions (filename, checksum) "
+                            "VALUES (%s, %s)", (m.filename, m.checksum))
+                except psycopg.Error as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise MigrationError(f"{m.filename} failed: {first}") from exc
+                done.append(m.filename)
+            return done
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+
+
+def pending(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Filenames not yet applied, without taking the lock (for status output)."""
+    with psycopg.connect(conninfo) as conn:
+        exists = conn.execute("SELECT to_regclass('public.search_migration_schema_versions')").fetchone()[0]
+        applied = set()
+        if exists:
+            applied = {r[0] for r in conn.execute("SELECT filename FROM public.search_migration_schema_versions")}
+    return [m.filename for m in discover(directory) if m.filename not in applied]

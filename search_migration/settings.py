@@ -1,0 +1,131 @@
+"""Where the services are: the environment first, the embedded local services otherwise.
+
+Every entry point (CLI, Dagster resources, tests) resolves connection settings here so that
+`DATABASE_URL` / `MEILI_URL` always win and nothing is started behind an operator's back.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+DEFAULT_PG_PORT = 54329
+DEFAULT_MEILI_PORT = 7701
+SOURCE_DB = "search_migration"
+DAGSTER_DB = "dagster"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is safe to print."""
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a port number, got {raw!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name} must be between 1 and 65535, got {port}")
+    return port
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    pg_port: int
+    meili_port: int
+    external_database_url: str | None
+    external_meili_url: str | None
+    external_meili_key: str | None
+    external_dagster_pg_url: str | None
+    meili_index: str
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = Path(os.environ.get("SEARCH_MIGRATION_HOME") or Path.cwd() / ".local").resolve()
+        return cls(
+            home=home,
+            pg_port=_port("SEARCH_MIGRATION_PG_PORT", DEFAULT_PG_PORT),
+            meili_port=_port("SEARCH_MIGRATION_MEILI_PORT", DEFAULT_MEILI_PORT),
+            external_database_url=os.environ.get("DATABASE_URL") or None,
+            external_meili_url=os.environ.get("MEILI_URL") or None,
+            external_meili_key=os.environ.get("MEILI_MASTER_KEY") or None,
+            external_dagster_pg_url=os.environ.get("DAGSTER_PG_URL") or None,
+            meili_index=os.environ.get("MEILI_INDEX") or "posts",
+        )
+
+    @property
+    def services_dir(self) -> Path:
+        return self.home / "services"
+
+    @property
+    def embedded_pg(self) -> bool:
+        return self.external_database_url is None
+
+    @property
+    def embedded_meili(self) -> bool:
+        return self.external_meili_url is None
+
+    def embedded_pg_url(self, dbname: str = SOURCE_DB) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/{dbname}"
+
+    @property
+    def database_url(self) -> str:
+        return self.external_database_url or self.embedded_pg_url()
+
+    @property
+    def dagster_pg_url(self) -> str:
+        """Dagster's instance storage: its own database next to ours when embedded."""
+        if self.external_dagster_pg_url:
+            return self.external_dagster_pg_url
+        if self.external_database_url:
+            return self.external_database_url
+        return self.embedded_pg_url(DAGSTER_DB)
+
+    @property
+    def meili_url(self) -> str:
+        return (self.external_meili_url or f"http://127.0.0.1:{self.meili_port}").rstrip("/")
+
+    @property
+    def meili_master_key(self) -> str:
+        """The external key, or a local key generated once and kept out of the repository."""
+        if self.external_meili_url:
+            return self.external_meili_key or ""
+        if self.external_meili_key:
+            return self.external_meili_key
+        path = self.services_dir / "meili_master_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    def environment(self) -> dict[str, str]:
+        """Variables that point a child process (dagster dev, a run) at the same services."""
+        return {
+            "SEARCH_MIGRATION_HOME": str(self.home),
+            "DATABASE_URL": self.database_url,
+            "DAGSTER_PG_URL": self.dagster_pg_url,
+            "MEILI_URL": self.meili_url,
+            "MEILI_MASTER_KEY": self.meili_master_key,
+            "MEILI_INDEX": self.meili_index,
+        }
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN fit for logs and status output: the password never leaves the process."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:
+        return "<unparseable DSN>"
+    if parts.get("password"):
+        parts["password"] = "***"
+    return make_conninfo(**{k: v for k, v in parts.items() if v is not None})

@@ -1,0 +1,27 @@
+"""Read-only questions about the product's source contract (cn_relay), shared by every stage."""
+
+from __future__ import annotations
+
+import psycopg
+
+LIVE_COUNTS_SQL = """
+SELECT et.topic_id, count(*)
+FROM cn_relay.event_topics et
+JOIN cn_relay.events e ON e.event_id = et.event_id
+WHERE NOT e.is_deleted
+GROUP BY et.topic_id
+"""
+
+
+def outbox_head(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(seq), 0) FROM cn_relay.events_outbox").fetchone()[0]
+
+
+def consumer_offset(conn: psycopg.Connection, consumer: str) -> int:
+    row = conn.execute("SELECT last_seq FROM cn_relay.consumer_offsets WHERE consumer = %s", (consumer,)).fetchone()
+    return row[0] if row else 0
+
+
+def live_rows_per_topic(conn: psycopg.Connection) -> dict[str, int]:
+    """Live (post, topic) rows per topic: what a correct search index holds."""
+    return dict(conn.execute(LIVE_COUNTS_SQL).fetchall())
