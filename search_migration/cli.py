@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from meilisearch.errors import MeilisearchError
 
-from . import demo_seed, meili_index
+from . import db, demo_seed, meili_index
 from . import migrate as migrations
 from .demo_seed import SeedError
 from . import services
@@ -35,7 +35,7 @@ def _settings() -> Settings:
 
 def _connect(s: Settings) -> psycopg.Connection:
     try:
-        return psycopg.connect(s.database_url, connect_timeout=5)
+        return db.connect(s.database_url, connect_timeout=5)
     except psycopg.OperationalError:
         hint = " (run `search-migration services up`)" if s.embedded_pg else ""
         raise CliError(f"cannot connect to PostgreSQL at {redact_dsn(s.database_url)}{hint}") from None

@@ -117,7 +117,7 @@ def index_legacy(conn: psycopg.Connection, meili: meilisearch.Client, index_uid:
     if meili_index.counts_per_topic(meili, index_uid) != expected:
         index = meili.index(index_uid)
         uids = []
-        with conn.cursor(name="legacy_rows") as cur:
+        with conn.transaction(), conn.cursor(name="legacy_rows") as cur:  # server-side cursors need one
             cur.itersize = MEILI_PUSH_DOCS
             cur.execute(LIVE_ROWS_SQL)
             sent = 0
@@ -171,6 +171,8 @@ def seed(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *,
          seed: int = 42, reset_first: bool = False, progress: Progress = _noop) -> SeedResult:
     if posts < 1 or topics < 1:
         raise ConfigError("--posts and --topics must be at least 1")
+    if not conn.autocommit:
+        raise ValueError("demo seed needs an autocommit connection (search_migration.db.connect)")
     try:
         meili.health()
     except MeilisearchCommunicationError:

@@ -89,7 +89,7 @@ def wait_tasks(c: meilisearch.Client, uids: list[int], timeout_s: float = 3600, 
     """Wait for a set of document tasks; report documents indexed so far; raise on the first failure."""
     deadline = time.monotonic() + timeout_s
     while True:
-        tasks = c.get_tasks({"uids": uids, "limit": len(uids) or 1}).results if uids else []
+        tasks = c.get_tasks({"uids": [str(u) for u in uids], "limit": len(uids)}).results if uids else []
         failed = [t for t in tasks if t.status in ("failed", "canceled")]
         if failed:
             raise RuntimeError(f"Meilisearch task {failed[0].uid} {failed[0].status}: "

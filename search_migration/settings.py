@@ -10,6 +10,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -23,8 +24,8 @@ class ConfigError(Exception):
     """A setting is missing or malformed; the message is safe to print."""
 
 
-def _port(name: str, default: int) -> int:
-    raw = os.environ.get(name)
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
     if not raw:
         return default
     try:
@@ -46,19 +47,21 @@ class Settings:
     external_meili_key: str | None
     external_dagster_pg_url: str | None
     meili_index: str
+    cache_dir: Path  # downloaded binaries; shareable between homes
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        home = Path(os.environ.get("SEARCH_MIGRATION_HOME") or Path.cwd() / ".local").resolve()
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
+        home = Path(env.get("SEARCH_MIGRATION_HOME") or Path.cwd() / ".local").resolve()
         return cls(
             home=home,
-            pg_port=_port("SEARCH_MIGRATION_PG_PORT", DEFAULT_PG_PORT),
-            meili_port=_port("SEARCH_MIGRATION_MEILI_PORT", DEFAULT_MEILI_PORT),
-            external_database_url=os.environ.get("DATABASE_URL") or None,
-            external_meili_url=os.environ.get("MEILI_URL") or None,
-            external_meili_key=os.environ.get("MEILI_MASTER_KEY") or None,
-            external_dagster_pg_url=os.environ.get("DAGSTER_PG_URL") or None,
-            meili_index=os.environ.get("MEILI_INDEX") or "posts",
+            pg_port=_port(env, "SEARCH_MIGRATION_PG_PORT", DEFAULT_PG_PORT),
+            meili_port=_port(env, "SEARCH_MIGRATION_MEILI_PORT", DEFAULT_MEILI_PORT),
+            external_database_url=env.get("DATABASE_URL") or None,
+            external_meili_url=env.get("MEILI_URL") or None,
+            external_meili_key=env.get("MEILI_MASTER_KEY") or None,
+            external_dagster_pg_url=env.get("DAGSTER_PG_URL") or None,
+            meili_index=env.get("MEILI_INDEX") or "posts",
+            cache_dir=Path(env.get("SEARCH_MIGRATION_CACHE") or home / "bin"),
         )
 
     @property

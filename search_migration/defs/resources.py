@@ -6,7 +6,7 @@ import dagster as dg
 import meilisearch
 import psycopg
 
-from .. import meili_index
+from .. import db, meili_index
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -15,7 +15,7 @@ class PostgresResource(dg.ConfigurableResource):
     database_url: str
 
     def connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.database_url, connect_timeout=10)
+        return db.connect(self.database_url)
 
 
 class MeiliResource(dg.ConfigurableResource):

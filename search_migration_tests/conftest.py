@@ -1,0 +1,106 @@
+"""Real PostgreSQL and Meilisearch for every test: the embedded services, or DATABASE_URL/MEILI_URL.
+
+One pair of servers serves the session; each test gets its own database and its own index, so tests
+never see each other's rows. Servers this session started are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from search_migration import meili_index, services
+from search_migration.migrate import migrate
+from search_migration.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".local" / "bin"
+TEST_HOME = REPO / ".local" / "test-services"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The same server URL with another database (URL form: dagster-postgres needs one)."""
+    return urlsplit(url)._replace(path=f"/{dbname}").geturl()
+
+
+@dataclass
+class Servers:
+    database_url: str  # a maintenance database on the server; tests create their own
+    meili_url: str
+    meili_key: str
+    settings: Settings | None  # set when this session started embedded services
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "MEILI_URL", "MEILI_MASTER_KEY", "DAGSTER_PG_URL", "MEILI_INDEX")}
+        env.update(SEARCH_MIGRATION_CACHE=str(CACHE), MEILI_URL=self.meili_url, MEILI_MASTER_KEY=self.meili_key)
+        env.update(extra)
+        return env
+
+
+@pytest.fixture(scope="session")
+def servers() -> Servers:
+    if os.environ.get("DATABASE_URL") and os.environ.get("MEILI_URL"):
+        yield Servers(os.environ["DATABASE_URL"], os.environ["MEILI_URL"], os.environ.get("MEILI_MASTER_KEY", ""), None)
+        return
+    s = Settings.from_env({
+        "SEARCH_MIGRATION_HOME": str(TEST_HOME),
+        "SEARCH_MIGRATION_CACHE": str(CACHE),
+        "SEARCH_MIGRATION_PG_PORT": os.environ.get("SEARCH_MIGRATION_TEST_PG_PORT", "55439"),
+        "SEARCH_MIGRATION_MEILI_PORT": os.environ.get("SEARCH_MIGRATION_TEST_MEILI_PORT", "7719"),
+    })
+    services.up(s)
+    try:
+        yield Servers(s.embedded_pg_url("postgres"), s.meili_url, s.meili_master_key, s)
+    finally:
+        services.down(s)
+
+
+@pytest.fixture
+def database_url(servers: Servers) -> str:
+    """A fresh, empty database of its own on the shared server."""
+    name = f"sm_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(servers.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield with_dbname(servers.database_url, name)
+    with psycopg.connect(servers.database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated_url(database_url: str) -> str:
+    migrate(database_url)
+    return database_url
+
+
+@pytest.fixture
+def index_uid(servers: Servers) -> str:
+    uid = f"test_{uuid.uuid4().hex[:12]}"
+    yield uid
+    meili_index.delete_index(meili_index.client(servers.meili_url, servers.meili_key), uid)
+
+
+@pytest.fixture
+def meili(servers: Servers):
+    return meili_index.client(servers.meili_url, servers.meili_key)
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real console entry point in a child process, as an operator would run it."""
+    return subprocess.run([sys.executable, "-m", "search_migration.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
