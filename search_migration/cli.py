@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from meilisearch.errors import MeilisearchError
 
-from . import db, demo_seed, meili_index
+from . import db, demo_seed, meili_index, source
 from . import migrate as migrations
 from .demo_seed import SeedError
 from . import services
@@ -114,8 +114,14 @@ def cmd_dev(args) -> None:
         print(line)
     applied = migrations.migrate(s.database_url)
     print(f"migrations: {len(applied)} applied")
-    cmd_demo_seed(argparse.Namespace(posts=args.posts, topics=args.topics, seed=args.seed, reset=False,
-                                     quiet=False))
+    with _connect(s) as conn:
+        events = conn.execute("SELECT count(*) FROM cn_relay.events").fetchone()[0]
+        settled = events and source.consumer_offset(conn, demo_seed.CONSUMER) == source.outbox_head(conn)
+    if settled:
+        print(f"demo corpus: keeping the existing {events} posts (`demo seed --reset ...` replaces them)")
+    else:
+        cmd_demo_seed(argparse.Namespace(posts=args.posts, topics=args.topics, seed=args.seed, reset=False,
+                                         quiet=False))
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or s.home / "dagster_home")
     dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
