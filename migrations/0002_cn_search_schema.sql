@@ -105,10 +105,11 @@ CREATE TABLE cn_search.shadow_read_logs (
 );
 CREATE INDEX shadow_read_logs_logged_at_idx ON cn_search.shadow_read_logs (logged_at);
 
--- Writes that can never succeed as they are, with the audit of every replay.
+-- Writes that can never succeed as they are, with the audit of every replay. backend 'source'
+-- means the outbox row itself is unusable (malformed, unknown op, missing event) for every side.
 CREATE TABLE cn_search.dead_letters (
     dead_letter_id     bigserial   PRIMARY KEY,
-    backend            text        NOT NULL CHECK (backend IN ('meili', 'pg')),
+    backend            text        NOT NULL CHECK (backend IN ('meili', 'pg', 'source')),
     op                 text        NOT NULL,
     seq                bigint      NOT NULL,
     event_id           text,

@@ -24,7 +24,6 @@ from search_migration.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".local" / "bin"
-TEST_HOME = REPO / ".local" / "test-services"
 
 
 def free_port() -> int:
@@ -58,17 +57,20 @@ def servers() -> Servers:
     if os.environ.get("DATABASE_URL") and os.environ.get("MEILI_URL"):
         yield Servers(os.environ["DATABASE_URL"], os.environ["MEILI_URL"], os.environ.get("MEILI_MASTER_KEY", ""), None)
         return
+    pg_port = os.environ.get("SEARCH_MIGRATION_TEST_PG_PORT", "55439")
     s = Settings.from_env({
-        "SEARCH_MIGRATION_HOME": str(TEST_HOME),
+        "SEARCH_MIGRATION_HOME": str(REPO / ".local" / f"test-services-{pg_port}"),
         "SEARCH_MIGRATION_CACHE": str(CACHE),
-        "SEARCH_MIGRATION_PG_PORT": os.environ.get("SEARCH_MIGRATION_TEST_PG_PORT", "55439"),
+        "SEARCH_MIGRATION_PG_PORT": pg_port,
         "SEARCH_MIGRATION_MEILI_PORT": os.environ.get("SEARCH_MIGRATION_TEST_MEILI_PORT", "7719"),
     })
+    already_running = bool(services.recorded_pids(s))  # another test session's: leave them be
     services.up(s)
     try:
         yield Servers(s.embedded_pg_url("postgres"), s.meili_url, s.meili_master_key, s)
     finally:
-        services.down(s)
+        if not already_running:
+            services.down(s)
 
 
 @pytest.fixture

@@ -1,0 +1,89 @@
+"""The one writer of `cn_search.post_search_documents`, shared by catch-up, backfill and replay.
+
+Every write carries the outbox sequence it reflects and lands only if it is newer than what the
+row holds, so replays, retries and a concurrent backfill can never regress a document or resurrect
+a tombstone. Applying the same writes twice leaves identical state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from .text import NORMALIZER_VERSION, index_tokens, normalize, tsvector_literal
+
+
+@dataclass(frozen=True)
+class DocWrite:
+    seq: int
+    post_id: str
+    topic_id: str
+    deleted: bool
+    content: str = ""
+    created_at: int = 0
+    visibility: str = "public"
+
+
+UPSERT_SQL = """
+INSERT INTO cn_search.post_search_documents AS d
+    (post_id, topic_id, content, normalized_text, search_tokens, created_at, visibility,
+     source_seq, is_deleted, normalizer_version, updated_at)
+SELECT w.post_id, w.topic_id, w.content, w.normalized_text, w.search_tokens::tsvector, w.created_at,
+       w.visibility, w.source_seq, w.is_deleted, w.normalizer_version, now()
+FROM unnest(%(post_id)s::text[], %(topic_id)s::text[], %(content)s::text[], %(normalized)s::text[],
+            %(tokens)s::text[], %(created_at)s::bigint[], %(visibility)s::text[], %(seq)s::bigint[],
+            %(deleted)s::boolean[], %(version)s::integer[])
+     AS w(post_id, topic_id, content, normalized_text, search_tokens, created_at, visibility,
+          source_seq, is_deleted, normalizer_version)
+ON CONFLICT (post_id, topic_id) DO UPDATE SET
+    content = EXCLUDED.content,
+    normalized_text = EXCLUDED.normalized_text,
+    search_tokens = EXCLUDED.search_tokens,
+    created_at = CASE WHEN EXCLUDED.is_deleted THEN d.created_at ELSE EXCLUDED.created_at END,
+    visibility = EXCLUDED.visibility,
+    source_seq = EXCLUDED.source_seq,
+    is_deleted = EXCLUDED.is_deleted,
+    normalizer_version = EXCLUDED.normalizer_version,
+    updated_at = now()
+WHERE d.source_seq < EXCLUDED.source_seq
+"""
+
+
+def latest_per_document(writes: list[DocWrite]) -> list[DocWrite]:
+    """One write per (post, topic), the newest: a statement may touch each row only once."""
+    newest: dict[tuple[str, str], DocWrite] = {}
+    for w in writes:
+        key = (w.post_id, w.topic_id)
+        if key not in newest or newest[key].seq < w.seq:
+            newest[key] = w
+    return sorted(newest.values(), key=lambda w: w.seq)
+
+
+def columns(writes: list[DocWrite]) -> dict[str, list]:
+    """Column arrays for UPSERT_SQL; tombstones carry no text (a deleted post's words are gone)."""
+    cols: dict[str, list] = {k: [] for k in ("post_id", "topic_id", "content", "normalized", "tokens",
+                                             "created_at", "visibility", "seq", "deleted", "version")}
+    for w in writes:
+        text = "" if w.deleted else w.content
+        normalized = normalize(text)
+        cols["post_id"].append(w.post_id)
+        cols["topic_id"].append(w.topic_id)
+        cols["content"].append(text)
+        cols["normalized"].append(normalized)
+        cols["tokens"].append(tsvector_literal(index_tokens(normalized)))
+        cols["created_at"].append(w.created_at)
+        cols["visibility"].append(w.visibility)
+        cols["seq"].append(w.seq)
+        cols["deleted"].append(w.deleted)
+        cols["version"].append(NORMALIZER_VERSION)
+    return cols
+
+
+def apply(conn: psycopg.Connection, writes: list[DocWrite]) -> int:
+    """Apply versioned writes in one statement; return how many rows changed."""
+    if not writes:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute(UPSERT_SQL, columns(latest_per_document(writes)))
+        return cur.rowcount
