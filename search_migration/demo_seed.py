@@ -21,7 +21,7 @@ from . import meili_index, source
 from .demo_corpus import BATCH_POSTS, NOTE_KIND, Batch, generate
 from .settings import ConfigError
 
-CONSUMER = "search_indexer"
+CONSUMER = source.CONSUMER
 MEILI_PUSH_DOCS = 20_000
 
 LIVE_ROWS_SQL = """
@@ -161,7 +161,9 @@ def reset(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str) -
             TRUNCATE cn_relay.event_topics, cn_relay.events_outbox, cn_relay.consumer_offsets,
                      cn_search.post_search_documents, cn_search.backfill_checkpoints, cn_search.backfill_jobs,
                      cn_search.backfill_watermarks, cn_search.shadow_read_logs,
-                     cn_search.dead_letter_replays, cn_search.dead_letters RESTART IDENTITY
+                     cn_search.dead_letter_replays, cn_search.dead_letters, cn_search.consumer_side_offsets,
+                     cn_search.side_write_failures, cn_search.outbox_gaps, cn_search.write_path_counters
+                     RESTART IDENTITY
         """)
         conn.execute("DELETE FROM cn_relay.events")
     meili_index.delete_index(meili, index_uid)

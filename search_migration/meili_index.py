@@ -55,10 +55,12 @@ def wait(c: meilisearch.Client, task_uid: int, timeout_s: float = 600) -> dict:
     return task
 
 
-def ensure_index(c: meilisearch.Client, uid: str = DEFAULT_INDEX_UID) -> None:
+def ensure_index(c: meilisearch.Client, uid: str = DEFAULT_INDEX_UID, only_if_missing: bool = False) -> None:
     """Create the index if needed and apply the settings (idempotent: unchanged settings are a no-op)."""
     try:
         c.get_index(uid)
+        if only_if_missing:
+            return
     except MeilisearchApiError as exc:
         if exc.code != "index_not_found":
             raise
@@ -67,11 +69,10 @@ def ensure_index(c: meilisearch.Client, uid: str = DEFAULT_INDEX_UID) -> None:
 
 
 def delete_index(c: meilisearch.Client, uid: str = DEFAULT_INDEX_UID) -> None:
-    try:
-        wait(c, c.delete_index(uid).task_uid)
-    except MeilisearchApiError as exc:
-        if exc.code != "index_not_found":
-            raise
+    """Delete the index; an index that does not exist is already deleted."""
+    task = c.wait_for_task(c.delete_index(uid).task_uid, timeout_in_ms=600_000, interval_in_ms=50)
+    if task.status != "succeeded" and (task.error or {}).get("code") != "index_not_found":
+        raise RuntimeError(f"Meilisearch task {task.uid} {task.status}: {(task.error or {}).get('message')}")
 
 
 def counts_per_topic(c: meilisearch.Client, uid: str = DEFAULT_INDEX_UID) -> dict[str, int]:

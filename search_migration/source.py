@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
+CONSUMER = "search_indexer"  # the product's search consumer: legacy indexer, then our write path
+
 LIVE_COUNTS_SQL = """
 SELECT et.topic_id, count(*)
 FROM cn_relay.event_topics et
@@ -25,3 +27,19 @@ def consumer_offset(conn: psycopg.Connection, consumer: str) -> int:
 def live_rows_per_topic(conn: psycopg.Connection) -> dict[str, int]:
     """Live (post, topic) rows per topic: what a correct search index holds."""
     return dict(conn.execute(LIVE_COUNTS_SQL).fetchall())
+
+
+TOPICS_SQL = """
+WITH RECURSIVE t AS (  -- a loose index scan: one probe per distinct topic, not one per row
+    (SELECT topic_id FROM cn_relay.event_topics ORDER BY topic_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT e.topic_id FROM cn_relay.event_topics e WHERE e.topic_id > t.topic_id
+            ORDER BY e.topic_id LIMIT 1)
+    FROM t WHERE t.topic_id IS NOT NULL
+)
+SELECT topic_id FROM t WHERE topic_id IS NOT NULL
+"""
+
+
+def topic_ids(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(TOPICS_SQL)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dagster as dg
 
 from .. import meili_index, source
-from ..demo_seed import CONSUMER
 from .resources import MeiliResource, PostgresResource
 
 
@@ -17,7 +16,7 @@ from .resources import MeiliResource, PostgresResource
 def events_outbox(postgres: PostgresResource) -> dg.ObserveResult:
     with postgres.connect() as conn:
         head = source.outbox_head(conn)
-        offset = source.consumer_offset(conn, CONSUMER)
+        offset = source.consumer_offset(conn, source.CONSUMER)
     return dg.ObserveResult(
         data_version=dg.DataVersion(str(head)),
         metadata={"outbox_head_seq": head, "consumer_offset": offset, "consumer_lag": head - offset},

@@ -1,0 +1,382 @@
+"""The write path: apply `cn_relay.events_outbox` in `seq` order to the engines the write mode names.
+
+Guarantees, in the order they matter at 3 a.m.:
+- The overall offset never moves past a row some engine in the mode has not applied. Each engine
+  keeps its own offset, so in `dual` mode a failure on one side stalls only that side, durably, and
+  the side resumes from there after any restart.
+- Retryable failures (connection refused/reset, timeouts, 429, 5xx, anything unclassified) are
+  retried with exponential backoff and jitter, then stall the side: the lag stays visible.
+- Deterministic failures (malformed row, unknown op, missing event, a document an engine rejects)
+  become dead letters and never block later rows.
+- PostgreSQL writes are versioned by seq (pg_documents); Meilisearch receives each document's final
+  state within a batch, so re-applying any range converges to the same state.
+- The write mode is read for every batch: a flag flip takes effect without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import meilisearch
+import psycopg
+from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationError, MeilisearchTimeoutError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from . import flags, meili_index, metrics, pg_documents, source
+from .pg_documents import DocWrite
+
+log = logging.getLogger(__name__)
+
+CONSUMER = source.CONSUMER
+EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
+MAX_TOPIC_ID = 255
+GAP_TIMEOUT_S = 15.0
+
+FETCH_SQL = """
+SELECT o.seq, o.op, o.event_id, o.topic_id, e.event_id IS NOT NULL, e.content, e.created_at, e.is_deleted
+FROM cn_relay.events_outbox o
+LEFT JOIN cn_relay.events e ON e.event_id = o.event_id
+WHERE o.seq > %s AND o.seq <= %s
+ORDER BY o.seq
+LIMIT %s
+"""
+
+
+class TransientError(Exception):
+    """Worth retrying: the engine may accept the same write later."""
+
+
+class DeterministicError(Exception):
+    """The same write will fail again until someone changes the data."""
+
+
+class ConsumerBusy(Exception):
+    """Another catch-up holds this consumer's lock."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 5
+    initial_s: float = 0.2
+    max_s: float = 5.0
+
+    def run(self, fn):
+        for attempt in Retrying(stop=stop_after_attempt(self.attempts),
+                                wait=wait_exponential_jitter(initial=self.initial_s, max=self.max_s),
+                                retry=retry_if_exception_type(TransientError), reraise=True):
+            with attempt:
+                return fn()
+
+
+@dataclass
+class Item:
+    """One outbox row with the source state it points at."""
+
+    seq: int
+    op: str
+    event_id: str
+    topic_id: str
+    event_exists: bool
+    content: str | None
+    created_at: int | None
+    event_deleted: bool | None
+
+    def problem(self) -> tuple[str, str] | None:
+        """(reason_class, error) when the row itself is unusable for every engine."""
+        if self.op not in ("upsert", "delete"):
+            return "unknown_op", f"unknown op {self.op[:40]!r}"
+        if not EVENT_ID.match(self.event_id or ""):
+            return "malformed_payload", "event_id is not 64 lowercase hex characters"
+        topic = self.topic_id or ""
+        if not topic.strip() or len(topic) > MAX_TOPIC_ID or any(ord(c) < 32 for c in topic):
+            return "malformed_payload", "topic_id is empty, too long or has control characters"
+        if self.op == "upsert":
+            if not self.event_exists:
+                return "missing_source_event", "the outbox names an event that cn_relay.events does not hold"
+            if self.created_at is None or self.created_at <= 0:
+                return "malformed_payload", "event created_at is not a positive unix time"
+        return None
+
+    @property
+    def deletes(self) -> bool:
+        """A delete row, or an upsert of an event deleted since: never resurrect."""
+        return self.op == "delete" or bool(self.event_deleted)
+
+    def doc_write(self) -> DocWrite:
+        if self.deletes:
+            return DocWrite(self.seq, self.event_id, self.topic_id, True, "", self.created_at or 0)
+        return DocWrite(self.seq, self.event_id, self.topic_id, False, self.content or "", self.created_at)
+
+
+# --------------------------------------------------------------------------- engines
+
+
+class PgSide:
+    name = "pg"
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def apply(self, items: list[Item]) -> None:
+        try:
+            pg_documents.apply(self.conn, [i.doc_write() for i in items])
+        except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation, psycopg.DataError) as exc:
+            raise DeterministicError(_first_line(exc)) from exc
+        except psycopg.Error as exc:  # connection trouble, triggers, locks: retry, then stall
+            raise TransientError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+class MeiliSide:
+    name = "meili"
+
+    def __init__(self, client: meilisearch.Client, index_uid: str, task_timeout_s: float = 120):
+        self.client = client
+        self.index_uid = index_uid
+        self.task_timeout_s = task_timeout_s
+        self._ready = False
+
+    def _call(self, fn):
+        try:
+            return fn()
+        except (MeilisearchCommunicationError, MeilisearchTimeoutError) as exc:
+            raise TransientError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+        except MeilisearchApiError as exc:
+            status = getattr(exc, "status_code", None) or 0
+            if status in (408, 429) or status >= 500:
+                raise TransientError(f"HTTP {status}: {exc.code}") from exc
+            raise DeterministicError(f"HTTP {status}: {exc.code}: {_first_line(exc)}") from exc
+
+    def _wait(self, task_uid: int) -> None:
+        def wait():
+            task = self.client.wait_for_task(task_uid, timeout_in_ms=int(self.task_timeout_s * 1000),
+                                             interval_in_ms=20)
+            if task.status == "succeeded":
+                return
+            error = task.error or {}
+            message = f"task {task_uid} {task.status}: {error.get('code', '?')}"
+            if error.get("type") == "invalid_request":
+                raise DeterministicError(message)
+            raise TransientError(message)
+        self._call(wait)
+
+    def apply(self, items: list[Item]) -> None:
+        if not self._ready:  # a missing index is created with its settings, never dead-lettered
+            self._call(lambda: meili_index.ensure_index(self.client, self.index_uid, only_if_missing=True))
+            self._ready = True
+        final: dict[str, Item] = {}
+        for item in items:  # the last row per document is its state after this batch
+            final[meili_index.doc_id(item.event_id, item.topic_id)] = item
+        upserts = [meili_index.document(i.event_id, i.topic_id, i.content or "", i.created_at)
+                   for i in final.values() if not i.deletes]
+        deletes = [doc_id for doc_id, i in final.items() if i.deletes]
+        index = self.client.index(self.index_uid)
+        tasks = []
+        if upserts:
+            tasks.append(self._call(lambda: index.add_documents(upserts, meili_index.PRIMARY_KEY)).task_uid)
+        if deletes:
+            tasks.append(self._call(lambda: index.delete_documents(deletes)).task_uid)
+        for uid in tasks:
+            self._wait(uid)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+@dataclass
+class CatchUpResult:
+    consumer: str
+    start_offset: int
+    end_offset: int
+    target: int
+    rows_applied: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    stalled: dict[str, str] = field(default_factory=dict)  # side → error
+    waiting_on_gap: int | None = None
+
+    @property
+    def lag(self) -> int:
+        return self.target - self.end_offset
+
+
+@contextmanager
+def consumer_lock(conn: psycopg.Connection, consumer: str):
+    key = int.from_bytes(hashlib.sha256(f"outbox_consumer:{consumer}".encode()).digest()[:8], "big", signed=True)
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+        raise ConsumerBusy(f"another catch-up is running for consumer {consumer!r}")
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def side_offsets(conn: psycopg.Connection, consumer: str, sides: list[str]) -> dict[str, int]:
+    """Each side's offset; a side seen for the first time starts at the overall offset."""
+    overall = source.consumer_offset(conn, consumer)
+    known = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets WHERE consumer = %s",
+                              (consumer,)).fetchall())
+    return {side: known.get(side, overall) for side in sides}
+
+
+def _dead_letter(conn, backend: str, item: Item, reason_class: str, error: str) -> None:
+    """Record once: a row re-read after another side stalled is not a second failure."""
+    inserted = conn.execute(
+        "INSERT INTO cn_search.dead_letters (backend, op, seq, event_id, topic_id, reason_class, error) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (backend, seq) DO NOTHING RETURNING 1",
+        (backend, item.op[:40], item.seq, item.event_id[:200], item.topic_id[:MAX_TOPIC_ID], reason_class, error),
+    ).fetchone()
+    if inserted:
+        metrics.increment(conn, metrics.DUAL_WRITE_ERRORS, backend, item.op if item.op in ("upsert", "delete") else "other")
+
+
+def _record_stall(conn, consumer: str, side: str, item: Item, error: str) -> None:
+    conn.execute(
+        "INSERT INTO cn_search.side_write_failures (consumer, backend, seq, op, error_class, error) "
+        "VALUES (%s, %s, %s, %s, 'retryable', %s) ON CONFLICT (consumer, backend) DO UPDATE SET "
+        "seq = EXCLUDED.seq, op = EXCLUDED.op, error = EXCLUDED.error, last_failed_at = now(), "
+        "attempts = side_write_failures.attempts + 1",
+        (consumer, side, item.seq, item.op, error))
+    metrics.increment(conn, metrics.DUAL_WRITE_ERRORS, side, item.op)
+
+
+def _clear_stall(conn, consumer: str, side: str, applied_upto: int) -> None:
+    """The side applied past its recorded failure: that is one successful retry."""
+    row = conn.execute("DELETE FROM cn_search.side_write_failures WHERE consumer = %s AND backend = %s "
+                       "AND seq <= %s RETURNING op", (consumer, side, applied_upto)).fetchone()
+    if row:
+        metrics.increment(conn, metrics.DUAL_WRITE_RETRIES, side, row[0])
+
+
+def _set_offsets(conn, consumer: str, offsets: dict[str, int]) -> int:
+    for side, seq in offsets.items():
+        conn.execute(
+            "INSERT INTO cn_search.consumer_side_offsets (consumer, backend, last_seq) VALUES (%s, %s, %s) "
+            "ON CONFLICT (consumer, backend) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
+            (consumer, side, seq))
+    overall = min(offsets.values())
+    conn.execute(
+        "INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES (%s, %s) "
+        "ON CONFLICT (consumer) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
+        (consumer, overall))
+    return overall
+
+
+def _visible_prefix(conn, consumer: str, low: int, rows: list[Item], gap_timeout_s: float) -> tuple[list[Item], int | None]:
+    """Rows up to the first young gap in seq: a lower seq may still be committing."""
+    expected = low + 1
+    for n, item in enumerate(rows):
+        if item.seq != expected:
+            old = conn.execute(
+                "INSERT INTO cn_search.outbox_gaps (consumer, seq) VALUES (%s, %s) "
+                "ON CONFLICT (consumer, seq) DO UPDATE SET seq = EXCLUDED.seq "
+                "RETURNING now() - first_seen_at > make_interval(secs => %s)",
+                (consumer, expected, gap_timeout_s)).fetchone()[0]
+            if not old:
+                return rows[:n], expected
+            log.warning("outbox seq %s..%s never committed; treating as rolled back", expected, item.seq - 1)
+            conn.execute("DELETE FROM cn_search.outbox_gaps WHERE consumer = %s AND seq = %s", (consumer, expected))
+        expected = item.seq + 1
+    return rows, None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class Consumer:
+    def __init__(self, conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *,
+                 consumer: str = CONSUMER, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S):
+        if not conn.autocommit:
+            raise ValueError("the outbox consumer needs an autocommit connection (search_migration.db.connect)")
+        self.conn = conn
+        self.consumer = consumer
+        self.retry = retry
+        self.gap_timeout_s = gap_timeout_s
+        self.engines = {"pg": PgSide(conn), "meili": MeiliSide(meili, index_uid)}
+
+    def _apply_side(self, side: str, items: list[Item]) -> tuple[int, list[tuple[Item, str]], str | None]:
+        """Apply to one engine: (applied up to seq, rejected items, stall error)."""
+        engine = self.engines[side]
+        if not items:
+            return 0, [], None
+        try:
+            self.retry.run(lambda: engine.apply(items))
+            return items[-1].seq, [], None
+        except TransientError as exc:
+            return 0, [], str(exc)
+        except DeterministicError:
+            pass
+        # Someone in the batch is poison: apply row by row to find it and keep the rest.
+        rejected = []
+        for item in items:
+            try:
+                self.retry.run(lambda: engine.apply([item]))
+            except DeterministicError as exc:
+                rejected.append((item, str(exc)))
+            except TransientError as exc:
+                return item.seq - 1, rejected, str(exc)
+        return items[-1].seq, rejected, None
+
+    def run(self, to_seq: int | None = None, batch_size: int = 1000) -> CatchUpResult:
+        conn = self.conn
+        with consumer_lock(conn, self.consumer):
+            head = source.outbox_head(conn)  # never past the head: a higher seq may not be visible yet
+            target = head if to_seq is None else min(to_seq, head)
+            result = CatchUpResult(self.consumer, source.consumer_offset(conn, self.consumer), 0, target)
+            result.end_offset = result.start_offset
+            while True:
+                mode = flags.write_mode(conn)  # every batch: a flag flip applies without a restart
+                sides = [s for s in ("meili", "pg") if getattr(mode, s)]
+                offsets = side_offsets(conn, self.consumer, sides)
+                low = min(offsets.values())
+                if low >= target:
+                    break
+                rows = [Item(*r) for r in conn.execute(FETCH_SQL, (low, target, batch_size)).fetchall()]
+                rows, gap = _visible_prefix(conn, self.consumer, low, rows, self.gap_timeout_s)
+                if gap is not None and not rows:
+                    result.waiting_on_gap = gap
+                    break
+                upto = rows[-1].seq if rows else target
+                good = []
+                problems = []
+                for item in rows:
+                    problem = item.problem()
+                    (problems.append((item, *problem)) if problem else good.append(item))
+                outcomes = {side: self._apply_side(side, [i for i in good if i.seq > offsets[side]])
+                            for side in sides}
+                with conn.transaction():
+                    for item, reason_class, error in problems:
+                        _dead_letter(conn, "source", item, reason_class, error)
+                    new_offsets = {}
+                    for side, (applied, rejected, stall) in outcomes.items():
+                        for item, error in rejected:
+                            _dead_letter(conn, side, item, "rejected", error)
+                        if stall is None:
+                            new_offsets[side] = max(offsets[side], upto)
+                            _clear_stall(conn, self.consumer, side, new_offsets[side])
+                        else:
+                            new_offsets[side] = max(offsets[side], applied)
+                            first_unapplied = next(i for i in good if i.seq > new_offsets[side])
+                            _record_stall(conn, self.consumer, side, first_unapplied, stall)
+                            result.stalled[side] = stall
+                    result.end_offset = _set_offsets(conn, self.consumer, new_offsets)
+                result.batches += 1
+                result.rows_applied += sum(1 for i in good if i.seq <= result.end_offset)
+                result.dead_lettered += len(problems) + sum(len(o[1]) for o in outcomes.values())
+                if result.stalled or gap is not None:
+                    result.waiting_on_gap = gap
+                    break
+            return result
+
+
+def catch_up(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *, to_seq: int | None = None,
+             batch_size: int = 1000, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S) -> CatchUpResult:
+    """Apply the outbox after the offset up to `to_seq` (default: the head now) to the mode's engines."""
+    return Consumer(conn, meili, index_uid, retry=retry, gap_timeout_s=gap_timeout_s).run(to_seq, batch_size)
