@@ -1,0 +1,456 @@
+"""The backfill engine: copy each topic × time window of the source into post_search_documents.
+
+A backfill copies what the source held at a captured high watermark; everything later arrives
+through catch-up. The watermark freezes a manifest (topic, created_at, event_id, version) so that
+a partition keyset-pages its window on an index, resumes from a checkpoint after any crash, and
+writes every document with the version it had at the watermark: the versioned writer then never
+lets a backfill page overwrite a newer document or a tombstone written by catch-up.
+
+Each partition is lease-fenced: a run holds a token on its `backfill_jobs` row and heartbeats it;
+every page (documents, checkpoint, progress) commits in one transaction that first locks the job
+row and checks the token, so a run that lost its lease can write nothing at all.
+
+No Dagster here: the Dagster layer (defs/backfill.py) only maps partitions to windows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psycopg
+
+from . import db, pg_documents
+from .flags import WriteMode, write_mode
+from .pg_documents import DocWrite
+
+DEFAULT_PAGE_SIZE = 5_000
+DEFAULT_LEASE_TIMEOUT_S = 60.0
+RATE_WINDOW_S = 60.0
+
+Writer = Callable[[psycopg.Connection, list[DocWrite]], int]
+
+
+class BackfillError(Exception):
+    """The backfill cannot proceed; the message is one printable line."""
+
+
+class LeaseBusy(BackfillError):
+    """Another run holds a live lease on the partition: this run must not start work."""
+
+
+class LeaseLost(BackfillError):
+    """This run's lease was taken over (or finished by someone else): it may write nothing."""
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # unix seconds, inclusive
+    end: int  # unix seconds, exclusive
+
+
+@dataclass(frozen=True)
+class Watermark:
+    watermark_id: int
+    seq: int
+    manifest_rows: int
+
+
+# --------------------------------------------------------------------------- the high watermark
+
+MANIFEST_SQL = """
+INSERT INTO cn_search.backfill_manifest (topic_id, created_at, event_id, version_seq)
+SELECT o.topic_id, e.created_at, o.event_id, max(o.seq)
+FROM cn_relay.events_outbox o
+JOIN cn_relay.events e ON e.event_id = o.event_id
+WHERE o.seq <= %(seq)s
+GROUP BY o.topic_id, e.created_at, o.event_id
+"""
+
+
+def capture_watermark(conn: psycopg.Connection, *, by: str) -> Watermark:
+    """Record MAX(outbox seq) and freeze the manifest at it; refused until writes are dual.
+
+    In `meili_only` nothing writes PostgreSQL after the watermark, so rows between the backfill and
+    the start of dual writes would be lost; the capture waits for the write mode to say so.
+    """
+    mode = write_mode(conn)
+    if mode is WriteMode.MEILI_ONLY:
+        raise BackfillError("refusing to capture the backfill high watermark while search_write_mode is "
+                            "meili_only: set it to dual first, or catch-up would miss the rows written "
+                            "between the backfill and dual writes")
+    with conn.transaction():
+        # one capture at a time; the outbox head read inside the lock
+        conn.execute("LOCK TABLE cn_search.backfill_manifest IN EXCLUSIVE MODE")
+        seq = conn.execute("SELECT coalesce(max(seq), 0) FROM cn_relay.events_outbox").fetchone()[0]
+        conn.execute("DELETE FROM cn_search.backfill_manifest")
+        rows = conn.execute(MANIFEST_SQL, {"seq": seq}).rowcount
+        wid = conn.execute(
+            "INSERT INTO cn_search.backfill_watermarks (high_watermark, captured_by, manifest_rows) "
+            "VALUES (%s, %s, %s) RETURNING watermark_id", (seq, by, rows)).fetchone()[0]
+    conn.execute("ANALYZE cn_search.backfill_manifest")
+    return Watermark(wid, seq, rows)
+
+
+def latest_watermark(conn: psycopg.Connection) -> Watermark | None:
+    row = conn.execute("SELECT watermark_id, high_watermark, coalesce(manifest_rows, 0) "
+                       "FROM cn_search.backfill_watermarks ORDER BY watermark_id DESC LIMIT 1").fetchone()
+    return Watermark(*row) if row else None
+
+
+def require_watermark(conn: psycopg.Connection) -> Watermark:
+    wm = latest_watermark(conn)
+    if wm is None:
+        raise BackfillError("no backfill high watermark has been captured; materialize "
+                            "backfill_high_watermark first (it needs search_write_mode=dual)")
+    return wm
+
+
+# --------------------------------------------------------------------------- leases
+
+
+@dataclass
+class Lease:
+    partition_key: str
+    token: uuid.UUID
+    topic_id: str
+    window: Window
+    watermark: int
+    rows_total: int
+    rows_done: int  # already behind the checkpoint when this lease began
+    after: tuple[int, str] | None  # the checkpoint position to resume after
+    completed: bool = False  # the partition was already complete: nothing to do
+
+
+ACQUIRE_LOCK_SQL = """
+SELECT status, lease_owner, (heartbeat_at > now() - make_interval(secs => %(timeout)s)) AS live
+FROM cn_search.backfill_jobs WHERE partition_key = %(key)s FOR UPDATE
+"""
+
+START_SQL = """
+UPDATE cn_search.backfill_jobs SET
+    status = 'running', lease_token = %(token)s, lease_owner = %(owner)s, heartbeat_at = now(),
+    attempts = attempts + 1, started_at = now(), finished_at = NULL, last_error = NULL,
+    high_watermark = %(seq)s, rows_total = %(total)s,
+    rows_copied = CASE WHEN %(reset)s THEN 0 ELSE rows_copied END,
+    rows_skipped = CASE WHEN %(reset)s THEN 0 ELSE rows_skipped END
+WHERE partition_key = %(key)s
+"""
+
+WINDOW_COUNT_SQL = """
+SELECT count(*) FROM cn_search.backfill_manifest
+WHERE topic_id = %s AND created_at >= %s AND created_at < %s
+"""
+
+
+def acquire(conn: psycopg.Connection, partition_key: str, topic_id: str, window: Window, wm: Watermark, *,
+            owner: str, lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S, rebuild: bool = False) -> Lease:
+    """Take the partition's lease: a fresh job, a failed one, or one whose holder stopped heartbeating.
+
+    A completed partition is returned as `completed` (a cheap no-op) unless a rebuild is asked for.
+    """
+    token = uuid.uuid4()
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO cn_search.backfill_jobs (partition_key, topic_id, window_start, window_end, high_watermark) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (partition_key) DO NOTHING",
+            (partition_key, topic_id, window.start, window.end, wm.seq))
+        status, holder, live = conn.execute(ACQUIRE_LOCK_SQL,
+                                            {"key": partition_key, "timeout": lease_timeout_s}).fetchone()
+        if status == "succeeded" and not rebuild:
+            done = conn.execute("SELECT rows_copied + rows_skipped, coalesce(rows_total, 0) "
+                                "FROM cn_search.backfill_jobs WHERE partition_key = %s", (partition_key,)).fetchone()
+            return Lease(partition_key, token, topic_id, window, wm.seq, done[1], done[0], None, completed=True)
+        if status == "running" and live:
+            raise LeaseBusy(f"partition {partition_key} is being backfilled by {holder} (its lease is live); "
+                            "not starting a second copy")
+        reset = rebuild or status == "succeeded"
+        if reset:
+            conn.execute("DELETE FROM cn_search.backfill_checkpoints WHERE partition_key = %s", (partition_key,))
+        total = conn.execute(WINDOW_COUNT_SQL, (topic_id, window.start, window.end)).fetchone()[0]
+        conn.execute(START_SQL, {"token": token, "owner": owner, "seq": wm.seq, "total": total,
+                                 "reset": reset, "key": partition_key})
+        cp = conn.execute("SELECT last_created_at, last_event_id, rows_done FROM cn_search.backfill_checkpoints "
+                          "WHERE partition_key = %s", (partition_key,)).fetchone()
+    after = (cp[0], cp[1]) if cp else None
+    return Lease(partition_key, token, topic_id, window, wm.seq, total, cp[2] if cp else 0, after)
+
+
+def _fence(conn: psycopg.Connection, lease: Lease) -> None:
+    """Inside a transaction: lock the job row and refuse unless this lease is still the live one."""
+    row = conn.execute("SELECT lease_token, status FROM cn_search.backfill_jobs WHERE partition_key = %s FOR UPDATE",
+                       (lease.partition_key,)).fetchone()
+    if row is None or row[0] != lease.token or row[1] != "running":
+        raise LeaseLost(f"lease on partition {lease.partition_key} was lost (taken over or finished elsewhere); "
+                        "this run writes nothing more")
+
+
+def heartbeat(conn: psycopg.Connection, lease: Lease) -> None:
+    """Renew the lease; raises LeaseLost when it is no longer ours."""
+    with conn.transaction():
+        _fence(conn, lease)
+        conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() WHERE partition_key = %s",
+                     (lease.partition_key,))
+
+
+def finish(conn: psycopg.Connection, lease: Lease) -> None:
+    with conn.transaction():
+        _fence(conn, lease)
+        conn.execute("UPDATE cn_search.backfill_jobs SET status = 'succeeded', finished_at = now(), "
+                     "heartbeat_at = now() WHERE partition_key = %s", (lease.partition_key,))
+
+
+def fail(conn: psycopg.Connection, lease: Lease, error: str) -> None:
+    """Record a failure (the error class and a short message; never row content) if still ours."""
+    with conn.transaction():
+        _fence(conn, lease)
+        conn.execute("UPDATE cn_search.backfill_jobs SET status = 'failed', finished_at = now(), last_error = %s "
+                     "WHERE partition_key = %s", (error[:500], lease.partition_key))
+
+
+class Heartbeat:
+    """Renews a lease from a thread on its own connection until stopped; notes when the lease is lost."""
+
+    def __init__(self, conninfo: str, lease: Lease, interval_s: float):
+        self._conninfo, self._lease, self._interval = conninfo, lease, interval_s
+        self._stop = threading.Event()
+        self.lost: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat {lease.partition_key}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with db.connect(self._conninfo) as conn:
+                while not self._stop.wait(self._interval):
+                    heartbeat(conn, self._lease)
+        except BaseException as exc:  # a lost lease, or a connection we could not keep
+            self.lost = exc
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- pages
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    created_at: int
+    event_id: str
+    version_seq: int
+    live: bool
+    content: str | None
+
+
+PAGE_SQL = """
+SELECT m.created_at, m.event_id, m.version_seq,
+       coalesce(NOT e.is_deleted AND EXISTS (
+           SELECT 1 FROM cn_relay.event_topics et WHERE et.event_id = m.event_id AND et.topic_id = m.topic_id),
+           false) AS live,
+       e.content
+FROM cn_search.backfill_manifest m
+LEFT JOIN cn_relay.events e ON e.event_id = m.event_id
+WHERE m.topic_id = %(topic)s AND m.created_at >= %(start)s AND m.created_at < %(end)s
+  AND (m.created_at, m.event_id) > (%(after_ts)s, %(after_id)s)
+ORDER BY m.created_at, m.event_id
+LIMIT %(limit)s
+"""
+
+
+def read_page(conn: psycopg.Connection, topic_id: str, window: Window, after: tuple[int, str] | None,
+              limit: int) -> list[SourceRow]:
+    """The next keyset page of the window after `after`, in (created_at, event_id) order."""
+    after_ts, after_id = after if after else (window.start - 1, "")
+    rows = conn.execute(PAGE_SQL, {"topic": topic_id, "start": window.start, "end": window.end,
+                                   "after_ts": after_ts, "after_id": after_id, "limit": limit}).fetchall()
+    return [SourceRow(*r) for r in rows]
+
+
+@dataclass(frozen=True)
+class PageResult:
+    rows_done: int
+    rows_copied: int
+    rows_skipped: int  # not live in the source, or PostgreSQL already holds a newer version / tombstone
+
+
+CHECKPOINT_SQL = """
+INSERT INTO cn_search.backfill_checkpoints (partition_key, last_created_at, last_event_id, rows_done, lease_token,
+                                            updated_at)
+VALUES (%(key)s, %(ts)s, %(id)s, %(done)s, %(token)s, now())
+ON CONFLICT (partition_key) DO UPDATE SET last_created_at = EXCLUDED.last_created_at,
+    last_event_id = EXCLUDED.last_event_id, rows_done = EXCLUDED.rows_done,
+    lease_token = EXCLUDED.lease_token, updated_at = now()
+"""
+
+
+def write_page(conn: psycopg.Connection, lease: Lease, rows: list[SourceRow], rows_done_before: int,
+               writer: Writer = pg_documents.apply) -> PageResult:
+    """Documents, checkpoint and progress of one page in one fenced transaction: all or nothing."""
+    if not rows:
+        raise ValueError("write_page needs at least one row")
+    writes = [DocWrite(r.version_seq, r.event_id, lease.topic_id, False, r.content or "", r.created_at)
+              for r in rows if r.live]
+    with conn.transaction():
+        _fence(conn, lease)
+        copied = writer(conn, writes) if writes else 0
+        skipped = len(rows) - copied
+        last = rows[-1]
+        conn.execute(CHECKPOINT_SQL, {"key": lease.partition_key, "ts": last.created_at, "id": last.event_id,
+                                      "done": rows_done_before + len(rows), "token": lease.token})
+        conn.execute("UPDATE cn_search.backfill_jobs SET rows_copied = rows_copied + %s, "
+                     "rows_skipped = rows_skipped + %s, heartbeat_at = now() WHERE partition_key = %s",
+                     (copied, skipped, lease.partition_key))
+        conn.execute("INSERT INTO cn_search.backfill_page_log (partition_key, lease_token, rows_done, rows_copied) "
+                     "VALUES (%s, %s, %s, %s)", (lease.partition_key, lease.token, len(rows), copied))
+    return PageResult(len(rows), copied, skipped)
+
+
+# --------------------------------------------------------------------------- one partition
+
+
+@dataclass
+class PartitionResult:
+    partition_key: str
+    topic_id: str
+    window: Window
+    rows_total: int
+    rows_done: int  # behind the checkpoint now, including rows done by earlier attempts
+    rows_copied: int = 0  # this attempt
+    rows_skipped: int = 0  # this attempt
+    pages: int = 0
+    resumed_after_rows: int = 0
+    duration_s: float = 0.0
+    noop: bool = False
+
+    @property
+    def rows_per_second(self) -> float:
+        return (self.rows_copied + self.rows_skipped) / self.duration_s if self.duration_s > 0 else 0.0
+
+    def metadata(self) -> dict:
+        return {"partition": self.partition_key, "rows_total": self.rows_total, "rows_done": self.rows_done,
+                "rows_copied": self.rows_copied, "rows_skipped_newer_or_deleted": self.rows_skipped,
+                "pages": self.pages, "resumed_after_rows": self.resumed_after_rows,
+                "rows_per_second": round(self.rows_per_second, 1), "duration_seconds": round(self.duration_s, 3),
+                "noop_already_complete": self.noop}
+
+
+@dataclass
+class PartitionOptions:
+    page_size: int = DEFAULT_PAGE_SIZE
+    lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S
+    rebuild: bool = False
+    max_rows_per_second: float = 0.0  # 0: unthrottled; otherwise spare the source
+    writer: Writer = field(default=pg_documents.apply)
+
+
+def run_partition(conninfo: str, partition_key: str, topic_id: str, window: Window, *, owner: str,
+                  options: PartitionOptions | None = None,
+                  on_page: Callable[[PartitionResult], None] | None = None) -> PartitionResult:
+    """Copy one partition to completion under a lease; resumes after its checkpoint."""
+    opts = options or PartitionOptions()
+    if opts.page_size < 1:
+        raise BackfillError("page_size must be at least 1")
+    started = time.monotonic()
+    with db.connect(conninfo) as conn:
+        wm = require_watermark(conn)
+        lease = acquire(conn, partition_key, topic_id, window, wm, owner=owner,
+                        lease_timeout_s=opts.lease_timeout_s, rebuild=opts.rebuild)
+        result = PartitionResult(partition_key, topic_id, window, lease.rows_total, lease.rows_done,
+                                 resumed_after_rows=lease.rows_done if lease.after else 0, noop=lease.completed)
+        if lease.completed:
+            result.duration_s = time.monotonic() - started
+            return result
+        try:
+            with Heartbeat(conninfo, lease, max(0.2, opts.lease_timeout_s / 4)) as hb:
+                after = lease.after
+                while True:
+                    if hb.lost is not None:
+                        raise hb.lost if isinstance(hb.lost, LeaseLost) else LeaseLost(
+                            f"heartbeat for partition {partition_key} failed: {type(hb.lost).__name__}")
+                    rows = read_page(conn, topic_id, window, after, opts.page_size)
+                    if not rows:
+                        break
+                    page = write_page(conn, lease, rows, result.rows_done, opts.writer)
+                    after = (rows[-1].created_at, rows[-1].event_id)
+                    result.rows_done += page.rows_done
+                    result.rows_copied += page.rows_copied
+                    result.rows_skipped += page.rows_skipped
+                    result.pages += 1
+                    result.duration_s = time.monotonic() - started
+                    if on_page:
+                        on_page(result)
+                    if len(rows) < opts.page_size:
+                        break
+                    _throttle(result, opts.max_rows_per_second, started)
+            finish(conn, lease)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            try:
+                fail(conn, lease, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            except Exception:
+                pass  # the lease is gone or the database is: the original error is what matters
+            raise
+    result.duration_s = time.monotonic() - started
+    return result
+
+
+def _throttle(result: PartitionResult, max_rows_per_second: float, started: float) -> None:
+    """Rate limit (not synchronization): hold the page rate at or below the configured ceiling."""
+    if max_rows_per_second <= 0:
+        return
+    ahead = (result.rows_copied + result.rows_skipped) / max_rows_per_second - (time.monotonic() - started)
+    if ahead > 0:
+        time.sleep(ahead)
+
+
+# --------------------------------------------------------------------------- the backfill as a whole
+
+
+@dataclass(frozen=True)
+class Progress:
+    watermark: int | None
+    captured_at: str | None
+    rows_total: int
+    rows_done: int
+    partitions: dict[str, int]  # status -> count
+    rows_per_second: float  # over the last RATE_WINDOW_S only
+    eta_seconds: float | None  # None: nothing moved recently, so no honest estimate
+
+    def as_dict(self) -> dict:
+        return {"high_watermark": self.watermark, "captured_at": self.captured_at, "rows_total": self.rows_total,
+                "rows_done": self.rows_done,
+                "percent_done": round(100.0 * self.rows_done / self.rows_total, 2) if self.rows_total else None,
+                "partitions": self.partitions, "rows_per_second": round(self.rows_per_second, 1),
+                "eta_seconds": round(self.eta_seconds, 1) if self.eta_seconds is not None else None}
+
+
+RATE_SQL = """
+SELECT coalesce(sum(rows_done), 0),
+       extract(epoch FROM now() - (SELECT min(logged_at) FROM cn_search.backfill_page_log))
+FROM cn_search.backfill_page_log WHERE logged_at > now() - make_interval(secs => %s)
+"""
+
+
+def progress(conn: psycopg.Connection) -> Progress:
+    """Rows done against the manifest, and an ETA from the current rate (the last minute) only."""
+    wm = conn.execute("SELECT high_watermark, captured_at, coalesce(manifest_rows, 0) FROM cn_search.backfill_watermarks "
+                      "ORDER BY watermark_id DESC LIMIT 1").fetchone()
+    partitions = dict(conn.execute("SELECT status, count(*) FROM cn_search.backfill_jobs GROUP BY status").fetchall())
+    done = conn.execute("SELECT coalesce(sum(least(rows_copied + rows_skipped, coalesce(rows_total, 0))), 0) "
+                        "FROM cn_search.backfill_jobs").fetchone()[0]
+    recent, since_first = conn.execute(RATE_SQL, (RATE_WINDOW_S,)).fetchone()
+    span = min(RATE_WINDOW_S, float(since_first or 0.0))
+    rate = float(recent) / span if recent and span > 0 else 0.0
+    total = wm[2] if wm else 0
+    remaining = max(0, total - int(done))
+    eta = (remaining / rate if rate > 0 else None) if remaining else 0.0
+    return Progress(wm[0] if wm else None, wm[1].isoformat(timespec="seconds") if wm else None, total, int(done),
+                    {k: int(v) for k, v in partitions.items()}, rate, eta)

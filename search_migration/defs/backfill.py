@@ -1,0 +1,95 @@
+"""The backfill in Dagster: the high watermark and post_search_documents by topic × week.
+
+Thin wiring over search_migration.backfill: partition keys become (topic, window), every key of a
+run is copied under its own lease (ranges split unpredictably over multi-partitions, so the asset
+loops over context.partition_keys and is idempotent), and the engine's numbers become metadata.
+"""
+
+
+import os
+
+import dagster as dg
+
+from .. import backfill
+from ..partition_keys import topic_from_partition_key
+from .partitions import topics_partitions
+from .resources import PostgresResource
+
+BACKFILL_START = os.environ.get("SEARCH_MIGRATION_BACKFILL_START", "2026-01-05")  # a Monday
+BACKFILL_POOL = "backfill_source"  # limit in dagster.yaml: concurrency.pools.default_limit
+# multi_run(25): see bench/backfill_policy.py and README "Backfill" for the measurement behind it.
+DEFAULT_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=25)
+
+weeks_partitions = dg.WeeklyPartitionsDefinition(start_date=BACKFILL_START, day_offset=1, end_offset=1)
+backfill_partitions = dg.MultiPartitionsDefinition({"time": weeks_partitions, "topic": topics_partitions})
+
+
+class BackfillConfig(dg.Config):
+    rebuild: bool = False  # re-copy partitions that already completed
+    page_size: int = backfill.DEFAULT_PAGE_SIZE
+    lease_timeout_seconds: float = backfill.DEFAULT_LEASE_TIMEOUT_S
+    max_rows_per_second: float = 0.0  # per partition; 0 = unthrottled
+
+
+@dg.asset(group_name="backfill", kinds={"postgres"},
+          description="MAX(cn_relay.events_outbox.seq) once writes are dual: the backfill copies up to it, "
+                      "catch-up covers everything after. Refuses while search_write_mode is meili_only.")
+def backfill_high_watermark(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
+    with postgres.connect() as conn:
+        try:
+            wm = backfill.capture_watermark(conn, by=f"dagster run {context.run_id}")
+        except backfill.BackfillError as exc:
+            raise dg.Failure(description=str(exc)) from None
+    context.log.info(f"high watermark {wm.seq}; manifest of {wm.manifest_rows} (topic, post) rows")
+    return dg.MaterializeResult(metadata={"high_watermark": wm.seq, "watermark_id": wm.watermark_id,
+                                          "manifest_rows": wm.manifest_rows})
+
+
+def window_of(partition_key: str) -> tuple[str, backfill.Window]:
+    """(topic id, time window) of a `time|topic` multi-partition key."""
+    keys = backfill_partitions.get_partition_key_from_str(str(partition_key)).keys_by_dimension
+    tw = weeks_partitions.time_window_for_partition_key(keys["time"])
+    return topic_from_partition_key(keys["topic"]), backfill.Window(int(tw.start.timestamp()), int(tw.end.timestamp()))
+
+
+@dg.asset(group_name="backfill", kinds={"postgres"}, partitions_def=backfill_partitions,
+          deps=[backfill_high_watermark], backfill_policy=DEFAULT_BACKFILL_POLICY, pool=BACKFILL_POOL,
+          retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL,
+                                      jitter=dg.Jitter.PLUS_MINUS),
+          description="One topic's posts of one week, copied at the high watermark into "
+                      "cn_search.post_search_documents: keyset-paged, checkpointed, lease-fenced, versioned.")
+def post_search_documents(context: dg.AssetExecutionContext, config: BackfillConfig,
+                          postgres: PostgresResource) -> dg.MaterializeResult:
+    options = backfill.PartitionOptions(page_size=config.page_size, lease_timeout_s=config.lease_timeout_seconds,
+                                        rebuild=config.rebuild, max_rows_per_second=config.max_rows_per_second)
+    results = []
+    for key in context.partition_keys:
+        topic_id, window = window_of(key)
+        try:
+            r = backfill.run_partition(postgres.database_url, str(key), topic_id, window,
+                                       owner=f"dagster run {context.run_id}", options=options)
+        except backfill.BackfillError as exc:
+            raise dg.Failure(description=str(exc)) from None
+        context.log.info(f"{key}: {'already complete' if r.noop else 'copied'} {r.rows_copied} rows, "
+                         f"skipped {r.rows_skipped}, {r.rows_per_second:.0f} rows/s")
+        results.append(r)
+    with postgres.connect() as conn:
+        overall = backfill.progress(conn).as_dict()
+    return dg.MaterializeResult(metadata=_metadata(results, overall))
+
+
+def _metadata(results: list[backfill.PartitionResult], overall: dict) -> dict:
+    copied, skipped = sum(r.rows_copied for r in results), sum(r.rows_skipped for r in results)
+    duration = sum(r.duration_s for r in results)
+    md = {"rows_copied": copied, "rows_skipped_newer_or_deleted": skipped,
+          "rows_per_second": round((copied + skipped) / duration, 1) if duration else 0.0,
+          "duration_seconds": round(duration, 3), "partitions_in_run": len(results),
+          "backfill_rows_done": overall["rows_done"], "backfill_rows_total": overall["rows_total"],
+          "backfill_eta_seconds": overall["eta_seconds"] if overall["eta_seconds"] is not None else "unknown",
+          "high_watermark": overall["high_watermark"] or 0}
+    if len(results) > 1:
+        md["per_partition"] = dg.MetadataValue.json({r.partition_key: r.metadata() for r in results})
+    elif results:
+        md["resumed_after_rows"] = results[0].resumed_after_rows
+        md["noop_already_complete"] = results[0].noop
+    return md

@@ -1,0 +1,198 @@
+"""The backfill engine against real PostgreSQL: watermark, exact copy, resume, fencing, versioning."""
+
+from __future__ import annotations
+
+import pytest
+
+from search_migration import backfill, db, demo_seed, flags, pg_documents
+from search_migration.backfill import BackfillError, LeaseBusy, LeaseLost, PartitionOptions, Window
+from search_migration.demo_corpus import EPOCH, topic_ids
+from search_migration.pg_documents import DocWrite
+
+WEEK = 7 * 24 * 3600
+WINDOWS = [Window(s, s + WEEK) for s in range(EPOCH, EPOCH + 41 * WEEK, WEEK)]
+
+EXPECTED_SQL = """
+SELECT et.topic_id, e.event_id, md5(e.content), max(o.seq)
+FROM cn_relay.event_topics et
+JOIN cn_relay.events e ON e.event_id = et.event_id
+JOIN cn_relay.events_outbox o ON o.event_id = et.event_id AND o.topic_id = et.topic_id AND o.seq <= %s
+WHERE NOT e.is_deleted
+GROUP BY 1, 2, 3
+"""
+ACTUAL_SQL = "SELECT topic_id, post_id, md5(content), source_seq FROM cn_search.post_search_documents WHERE NOT is_deleted"
+
+
+def expected(conn, watermark: int) -> set[tuple]:
+    """The source's live (topic, post) rows at or below the watermark, computed without the manifest."""
+    return set(conn.execute(EXPECTED_SQL, (watermark,)).fetchall())
+
+
+def actual(conn) -> set[tuple]:
+    return set(conn.execute(ACTUAL_SQL).fetchall())
+
+
+def seed(url: str, posts: int = 2000, topics: int = 4) -> None:
+    with db.connect(url) as conn:
+        demo_seed.write_source(conn, posts, topics, 7)
+
+
+def go_dual(conn) -> None:
+    flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="backfill test")
+
+
+def run_all(url: str, topics: list[str], options: PartitionOptions | None = None) -> list[backfill.PartitionResult]:
+    return [backfill.run_partition(url, f"{w.start}|{t}", t, w, owner="test", options=options)
+            for t in topics for w in WINDOWS]
+
+
+def add_post_after_watermark(conn, event_id: str, topic: str, created_at: int) -> None:
+    with conn.transaction():
+        conn.execute("INSERT INTO cn_relay.events (event_id, pubkey, kind, content, created_at) "
+                     "VALUES (%s, 'p', 1, 'after the watermark', %s)", (event_id, created_at))
+        conn.execute("INSERT INTO cn_relay.event_topics VALUES (%s, %s)", (event_id, topic))
+        conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
+                     "VALUES ('upsert', %s, %s, 'created')", (event_id, topic))
+
+
+def test_watermark_is_refused_until_writes_are_dual(migrated_url):
+    seed(migrated_url, 300, 2)
+    with db.connect(migrated_url) as conn:
+        with pytest.raises(BackfillError, match="meili_only"):
+            backfill.capture_watermark(conn, by="test")
+        assert conn.execute("SELECT count(*) FROM cn_search.backfill_watermarks").fetchone()[0] == 0
+        go_dual(conn)
+        wm = backfill.capture_watermark(conn, by="test")
+        head = conn.execute("SELECT max(seq) FROM cn_relay.events_outbox").fetchone()[0]
+        assert wm.seq == head and wm.manifest_rows > 0
+        assert backfill.latest_watermark(conn) == wm
+
+
+def test_backfill_copies_exactly_the_live_rows_at_the_watermark(migrated_url):
+    seed(migrated_url)
+    topics = topic_ids(4)
+    with db.connect(migrated_url) as conn:
+        go_dual(conn)
+        wm = backfill.capture_watermark(conn, by="test")
+        # written after the watermark: catch-up's business, not the backfill's
+        add_post_after_watermark(conn, "f" * 64, topics[0], EPOCH + 100)
+        # deleted after the watermark (catch-up will write the tombstone): not copied as live
+        gone = conn.execute("SELECT e.event_id FROM cn_relay.events e WHERE NOT is_deleted "
+                            "ORDER BY event_id LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE cn_relay.events SET is_deleted = true WHERE event_id = %s", (gone,))
+    results = run_all(migrated_url, topics, PartitionOptions(page_size=97))
+    with db.connect(migrated_url) as conn:
+        want = expected(conn, wm.seq)
+        assert actual(conn) == want and len(want) > 2000
+        assert not any(r[1] in ("f" * 64, gone) for r in actual(conn))
+        per_topic = dict(conn.execute("SELECT topic_id, count(*) FROM cn_search.post_search_documents "
+                                      "GROUP BY 1").fetchall())
+        assert per_topic == {t: sum(1 for r in want if r[0] == t) for t in topics}
+        statuses = conn.execute("SELECT DISTINCT status FROM cn_search.backfill_jobs").fetchall()
+        assert statuses == [("succeeded",)]
+        p = backfill.progress(conn)
+        assert p.rows_done == p.rows_total == wm.manifest_rows
+    assert sum(r.rows_copied for r in results) == len(want)
+    assert sum(r.rows_copied + r.rows_skipped for r in results) == wm.manifest_rows
+
+
+def test_rerun_of_a_complete_partition_is_a_noop_unless_rebuilt(migrated_url):
+    seed(migrated_url, 600, 2)
+    topic = topic_ids(2)[0]
+    with db.connect(migrated_url) as conn:
+        go_dual(conn)
+        backfill.capture_watermark(conn, by="test")
+    w = WINDOWS[3]
+    first = backfill.run_partition(migrated_url, "p", topic, w, owner="a", options=PartitionOptions(page_size=5))
+    assert first.rows_copied > 5 and not first.noop
+    again = backfill.run_partition(migrated_url, "p", topic, w, owner="b", options=PartitionOptions(page_size=5))
+    assert again.noop and again.pages == 0 and again.rows_done == first.rows_done
+    rebuilt = backfill.run_partition(migrated_url, "p", topic, w, owner="c",
+                                     options=PartitionOptions(page_size=5, rebuild=True))
+    # a rebuild walks the window again; the versioned writer keeps identical documents unchanged
+    assert not rebuilt.noop and rebuilt.rows_done == first.rows_done and rebuilt.rows_copied == 0
+    with db.connect(migrated_url) as conn:
+        assert conn.execute("SELECT attempts FROM cn_search.backfill_jobs WHERE partition_key = 'p'").fetchone()[0] == 2
+
+
+def test_a_new_run_resumes_after_the_checkpoint(migrated_url):
+    seed(migrated_url, 600, 2)
+    topic = topic_ids(2)[0]
+    w = WINDOWS[3]
+    with db.connect(migrated_url) as conn:
+        go_dual(conn)
+        wm = backfill.capture_watermark(conn, by="test")
+        lease = backfill.acquire(conn, "p", topic, w, wm, owner="crashed")
+        page = backfill.read_page(conn, topic, w, None, 10)
+        backfill.write_page(conn, lease, page, 0)
+        # the crashed holder stops heartbeating; its lease ages past the timeout
+        conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() - interval '1 hour'")
+    r = backfill.run_partition(migrated_url, "p", topic, w, owner="retry", options=PartitionOptions(page_size=10))
+    assert r.resumed_after_rows == 10 and r.rows_done == r.rows_total
+    assert r.rows_copied + r.rows_skipped == r.rows_total - 10
+    with db.connect(migrated_url) as conn:
+        want = {x for x in expected(conn, wm.seq) if x[0] == topic}
+        got = {x for x in actual(conn) if x[0] == topic}
+        assert got == {x for x in want if w.start <= conn.execute(
+            "SELECT created_at FROM cn_relay.events WHERE event_id = %s", (x[1],)).fetchone()[0] < w.end}
+
+
+def test_a_zombie_lease_holder_can_write_nothing_after_a_takeover(migrated_url):
+    seed(migrated_url, 600, 2)
+    topic = topic_ids(2)[0]
+    w = WINDOWS[3]
+    with db.connect(migrated_url) as conn:
+        go_dual(conn)
+        wm = backfill.capture_watermark(conn, by="test")
+        zombie = backfill.acquire(conn, "p", topic, w, wm, owner="zombie", lease_timeout_s=30)
+        first, second = backfill.read_page(conn, topic, w, None, 10), None
+        backfill.write_page(conn, zombie, first, 0)
+        # while the lease is live nobody else starts work
+        with pytest.raises(LeaseBusy):
+            backfill.acquire(conn, "p", topic, w, wm, owner="eager", lease_timeout_s=30)
+        conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() - interval '1 minute'")
+        owner = backfill.acquire(conn, "p", topic, w, wm, owner="new", lease_timeout_s=30)
+        assert owner.after == (first[-1].created_at, first[-1].event_id)
+        before = (conn.execute("SELECT * FROM cn_search.backfill_jobs").fetchall(),
+                  conn.execute("SELECT * FROM cn_search.backfill_checkpoints").fetchall(),
+                  conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone())
+        second = backfill.read_page(conn, topic, w, owner.after, 10)
+        with pytest.raises(LeaseLost):
+            backfill.write_page(conn, zombie, second, 10)  # documents + checkpoint + progress
+        with pytest.raises(LeaseLost):
+            backfill.heartbeat(conn, zombie)
+        with pytest.raises(LeaseLost):
+            backfill.finish(conn, zombie)
+        with pytest.raises(LeaseLost):
+            backfill.fail(conn, zombie, "zombie")
+        after = (conn.execute("SELECT * FROM cn_search.backfill_jobs").fetchall(),
+                 conn.execute("SELECT * FROM cn_search.backfill_checkpoints").fetchall(),
+                 conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone())
+        assert after == before
+        assert not conn.execute("SELECT 1 FROM cn_search.post_search_documents WHERE post_id = ANY(%s)",
+                                ([r.event_id for r in second],)).fetchall()
+        backfill.write_page(conn, owner, second, 10)  # the live holder still can
+        assert conn.execute("SELECT rows_done, lease_token FROM cn_search.backfill_checkpoints").fetchone() == (
+            10 + len(second), owner.token)
+
+
+def test_backfill_never_overwrites_a_newer_document_or_a_tombstone(migrated_url):
+    seed(migrated_url, 600, 2)
+    topic = topic_ids(2)[0]
+    w = WINDOWS[3]
+    with db.connect(migrated_url) as conn:
+        go_dual(conn)
+        wm = backfill.capture_watermark(conn, by="test")
+        rows = [r for r in backfill.read_page(conn, topic, w, None, 1000) if r.live]
+        deleted, edited = rows[0], rows[1]
+        # catch-up got there first with later outbox rows: a delete and an edit
+        pg_documents.apply(conn, [DocWrite(wm.seq + 1, deleted.event_id, topic, True),
+                                  DocWrite(wm.seq + 2, edited.event_id, topic, False, "edited later", edited.created_at)])
+    r = backfill.run_partition(migrated_url, "p", topic, w, owner="t")
+    assert r.rows_skipped >= 2
+    with db.connect(migrated_url) as conn:
+        docs = dict(((p, (d, c, s)) for p, d, c, s in conn.execute(
+            "SELECT post_id, is_deleted, content, source_seq FROM cn_search.post_search_documents "
+            "WHERE post_id = ANY(%s) AND topic_id = %s", ([deleted.event_id, edited.event_id], topic))))
+    assert docs[deleted.event_id] == (True, "", wm.seq + 1)
+    assert docs[edited.event_id] == (False, "edited later", wm.seq + 2)
