@@ -42,13 +42,14 @@ class ReplayOutcome:
     op: str
     seq: int
     reason_class: str
-    action: str  # apply | superseded | applied | failed
+    action: str  # planned: apply | resolve as superseded; done: applied | superseded | failed
     error: str = ""
 
-    def line(self) -> str:
+    def line(self, dry_run: bool = False) -> str:
+        action = f"would {self.action}" if dry_run else self.action
         tail = f": {self.error}" if self.error else ""
         return (f"dead letter #{self.dead_letter_id} seq={self.seq} backend={self.backend} op={self.op} "
-                f"reason={self.reason_class} -> {self.action}{tail}")
+                f"reason={self.reason_class} -> {action}{tail}")
 
 
 def replay(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *, by: str, reason: str,
@@ -69,6 +70,7 @@ def replay(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, 
         if conn.execute(SUPERSEDED_SQL, (event_id, topic_id, seq, consumer)).fetchone()[0]:
             outcome.action = "superseded"
         if dry_run:
+            outcome.action = "apply" if outcome.action == "apply" else "resolve as superseded"
             outcomes.append(outcome)
             continue
         if outcome.action == "apply":

@@ -66,7 +66,7 @@ class Retry:
 
     def run(self, fn):
         for attempt in Retrying(stop=stop_after_attempt(self.attempts),
-                                wait=wait_exponential_jitter(initial=self.initial_s, max=self.max_s),
+                                wait=wait_exponential_jitter(multiplier=self.initial_s, max=self.max_s, jitter=self.initial_s),
                                 retry=retry_if_exception_type(TransientError), reraise=True):
             with attempt:
                 return fn()

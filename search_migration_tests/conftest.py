@@ -98,6 +98,16 @@ def index_uid(servers: Servers) -> str:
 
 
 @pytest.fixture
+def own_meili(tmp_path, servers: Servers) -> Settings:
+    """A Meilisearch process of this test's own, so the test can stop and restart it like an outage."""
+    s = Settings.from_env({"SEARCH_MIGRATION_HOME": str(tmp_path / "own-meili"), "SEARCH_MIGRATION_CACHE": str(CACHE),
+                           "DATABASE_URL": servers.database_url, "SEARCH_MIGRATION_MEILI_PORT": str(free_port())})
+    services.up(s)
+    yield s
+    services.down(s)
+
+
+@pytest.fixture
 def meili(servers: Servers):
     return meili_index.client(servers.meili_url, servers.meili_key)
 

@@ -11,9 +11,8 @@ import pytest
 from search_migration import db, demo_seed, meili_index, services, source
 from search_migration.demo_corpus import expected_live_rows_per_topic, generate
 from search_migration.migrate import migrate
-from search_migration.settings import Settings
 
-from .conftest import CACHE, free_port, run_cli, with_dbname
+from .conftest import run_cli, with_dbname
 
 
 def _ids(url: str) -> list[str]:
@@ -85,17 +84,6 @@ def test_same_seed_same_corpus_and_legacy_index_matches_source(servers, migrated
         other = demo_seed.seed(conn, meili, index_uid, posts=2_000, topics=topics, seed=12, reset_first=True)
         assert other.fingerprint != result.fingerprint
         assert meili_index.counts_per_topic(meili, index_uid) == source.live_rows_per_topic(conn)
-
-
-@pytest.fixture
-def own_meili(tmp_path, servers):
-    """A Meilisearch of this test's own, so the test can stop it like an outage would."""
-    s = Settings.from_env({"SEARCH_MIGRATION_HOME": str(tmp_path / "meili-home"),
-                           "SEARCH_MIGRATION_CACHE": str(CACHE), "DATABASE_URL": servers.database_url,
-                           "SEARCH_MIGRATION_MEILI_PORT": str(free_port())})
-    services.up(s)
-    yield s
-    services.down(s)
 
 
 def _source_consistent(url: str) -> None:

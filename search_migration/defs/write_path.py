@@ -1,8 +1,7 @@
 """The write path in Dagster: catch-up and replay jobs, and the sensors that keep them going."""
 
-from __future__ import annotations
-
 import json
+from typing import Optional
 
 import dagster as dg
 
@@ -17,7 +16,7 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
 
 
 class CatchUpConfig(dg.Config):
-    to_seq: int | None = None  # default: the outbox head when the run starts
+    to_seq: Optional[int] = None  # default: the outbox head when the run starts
     batch_size: int = 1000
 
 
@@ -54,7 +53,7 @@ def catchup_job():
 class ReplayConfig(dg.Config):
     by: str
     reason: str
-    limit: int | None = None
+    limit: Optional[int] = None
     dry_run: bool = False
 
 

@@ -1,0 +1,237 @@
+"""The write path against real engines: modes, per-side stalls, outages, dead letters and replay."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import threading
+
+import psycopg
+import pytest
+
+from search_migration import db, demo_seed, flags, meili_index, metrics, outbox_consumer, services, source
+from search_migration.outbox_consumer import Retry
+
+from .conftest import REPO, run_cli
+
+FAST = Retry(attempts=2, initial_s=0.01, max_s=0.05)
+TOPIC = "t0000-ramen"
+
+
+def new_posts(conn: psycopg.Connection, n: int, tag: str, topic: str = TOPIC) -> list[tuple[str, int]]:
+    """Write posts the way the product does: event, topic row and outbox row in one transaction."""
+    ids = [hashlib.sha256(f"{tag}:{i}".encode()).hexdigest() for i in range(n)]
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy("COPY cn_relay.events (event_id, pubkey, kind, content, created_at) FROM STDIN") as cp:
+            for i, event_id in enumerate(ids):
+                cp.write_row((event_id, "p" * 64, 1, f"新しい投稿 {tag} number {i} ラーメン", 1_780_000_000 + i))
+        with cur.copy("COPY cn_relay.event_topics (event_id, topic_id) FROM STDIN") as cp:
+            for event_id in ids:
+                cp.write_row((event_id, topic))
+        with cur.copy("COPY cn_relay.events_outbox (op, event_id, topic_id, reason) FROM STDIN") as cp:
+            for event_id in ids:
+                cp.write_row(("upsert", event_id, topic, "created"))
+    seqs = dict(conn.execute("SELECT event_id, seq FROM cn_relay.events_outbox WHERE event_id = ANY(%s)", (ids,)))
+    return [(event_id, seqs[event_id]) for event_id in ids]
+
+
+def pg_docs(conn: psycopg.Connection) -> dict[tuple[str, str], tuple[int, bool]]:
+    return {(p, t): (s, d) for p, t, s, d in conn.execute(
+        "SELECT post_id, topic_id, source_seq, is_deleted FROM cn_search.post_search_documents")}
+
+
+def meili_ids(client, uid: str) -> set[str]:
+    docs = client.index(uid).get_documents({"fields": ["id"], "limit": 1_000_000}).results
+    return {d.id for d in docs}
+
+
+def live_doc_ids(conn: psycopg.Connection) -> set[str]:
+    return {meili_index.doc_id(e, t) for e, t in conn.execute(
+        "SELECT et.event_id, et.topic_id FROM cn_relay.event_topics et JOIN cn_relay.events e USING (event_id) "
+        "WHERE NOT e.is_deleted")}
+
+
+def set_mode(conn, mode: str) -> None:
+    flags.set_flags(conn, {"search_write_mode": mode}, by="test", reason="write path test")
+
+
+@pytest.fixture
+def seeded(migrated_url, meili, index_uid):
+    """A small legacy-stage corpus: Meilisearch current, consumer at the outbox head."""
+    with db.connect(migrated_url) as conn:
+        demo_seed.seed(conn, meili, index_uid, posts=600, topics=4, seed=5)
+    return migrated_url
+
+
+def dagster_catchup_in_new_process(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
+    """A real catchup_job run, default config, in a fresh process on a PostgreSQL-backed instance."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    return subprocess.run([str(REPO / ".venv" / "bin" / "dagster"), "job", "execute", "-m",
+                           "search_migration.definitions", "-j", "catchup_job"],
+                          env={**env, "DAGSTER_HOME": str(home)}, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_dual_mode_pg_failure_stalls_only_pg_and_converges_after_restart(seeded, servers, meili, index_uid, tmp_path):
+    with db.connect(seeded) as conn:
+        set_mode(conn, "dual")
+        rows = new_posts(conn, 5, "stall")
+        poison, poison_seq = rows[0]
+        conn.execute(f"""
+            CREATE FUNCTION cn_search.refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.post_id = '{poison}' THEN RAISE EXCEPTION 'injected fault'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_one BEFORE INSERT OR UPDATE ON cn_search.post_search_documents
+                FOR EACH ROW EXECUTE FUNCTION cn_search.refuse_one();
+        """)
+        result = outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST)
+        assert set(result.stalled) == {"pg"}
+        assert meili_index.doc_id(poison, TOPIC) in meili_ids(meili, index_uid)  # Meilisearch has the row
+        assert (poison, TOPIC) not in pg_docs(conn)  # PostgreSQL does not
+        assert source.consumer_offset(conn, source.CONSUMER) < poison_seq  # the offset stays before it
+        assert metrics.read(conn, metrics.DUAL_WRITE_ERRORS) == {("pg", "upsert"): 1}
+        assert metrics.total(conn, metrics.DUAL_WRITE_RETRIES) == 0
+        conn.execute("DROP TRIGGER refuse_one ON cn_search.post_search_documents")
+
+    # The next catch-up is a real Dagster run in a new process: the stall survived the restart.
+    env = servers.env(DATABASE_URL=seeded, DAGSTER_PG_URL=seeded, MEILI_INDEX=index_uid)
+    run = dagster_catchup_in_new_process(env, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with db.connect(seeded) as conn:
+        docs = pg_docs(conn)
+        assert [docs[(e, TOPIC)] for e, _ in rows] == [(s, False) for _, s in rows]  # applied, in order
+        assert source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
+        assert metrics.read(conn, metrics.DUAL_WRITE_RETRIES) == {("pg", "upsert"): 1}
+        assert conn.execute("SELECT count(*) FROM cn_search.side_write_failures").fetchone()[0] == 0
+
+
+def test_meilisearch_stopped_during_catchup_loses_nothing(migrated_url, own_meili, tmp_path):
+    uid = "posts"
+    own = meili_index.client(own_meili.meili_url, own_meili.meili_master_key)
+    with db.connect(migrated_url) as conn:
+        demo_seed.seed(conn, own, uid, posts=400, topics=3, seed=9)
+        set_mode(conn, "dual")
+        start = source.consumer_offset(conn, source.CONSUMER)
+        new_posts(conn, 3_000, "outage")
+        head = source.outbox_head(conn)
+    script = (
+        "import sys; from search_migration import db, meili_index, outbox_consumer as oc\n"
+        f"conn = db.connect({migrated_url!r})\n"
+        f"r = oc.catch_up(conn, meili_index.client({own_meili.meili_url!r}, {own_meili.meili_master_key!r}), "
+        f"{uid!r}, batch_size=50, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n"
+        "sys.exit(3 if r.stalled else 0)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    with db.connect(migrated_url) as conn:
+        while source.consumer_offset(conn, source.CONSUMER) <= start:  # wait for real progress
+            assert proc.poll() is None, proc.stderr.read()
+    services.down(own_meili)  # the outage
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 3, stderr
+    with db.connect(migrated_url) as conn:
+        stalled_at = source.consumer_offset(conn, source.CONSUMER)
+        assert start < stalled_at < head
+        meili_side = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets"))["meili"]
+        assert stalled_at == meili_side  # the offset is the lagging side's, never past an unapplied row
+
+    services.up(own_meili)  # Meilisearch comes back with its data
+    with db.connect(migrated_url) as conn:
+        result = outbox_consumer.catch_up(conn, own, uid, retry=FAST)
+        assert not result.stalled and result.end_offset == head
+        assert meili_ids(own, uid) == live_doc_ids(conn)  # nothing lost, nothing extra
+        pg_live = {meili_index.doc_id(p, t) for (p, t), (_, deleted) in pg_docs(conn).items() if not deleted}
+        new = {meili_index.doc_id(e, TOPIC) for e, in conn.execute(
+            "SELECT event_id FROM cn_relay.events_outbox WHERE seq > %s", (start,))}
+        assert new <= pg_live and len(new) == 3_000
+
+
+def test_malformed_row_is_dead_lettered_and_replayed_with_audit(seeded, servers, meili, index_uid):
+    with db.connect(seeded) as conn:
+        set_mode(conn, "dual")
+        rows = new_posts(conn, 1_000, "dl")
+        bad, bad_seq = rows[500]
+        conn.execute("UPDATE cn_relay.events SET created_at = -1 WHERE event_id = %s", (bad,))
+        result = outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST)
+        assert result.dead_lettered == 1 and not result.stalled
+        assert result.end_offset == source.outbox_head(conn)
+        good = {(e, TOPIC) for e, _ in rows} - {(bad, TOPIC)}
+        assert good <= set(pg_docs(conn)) and (bad, TOPIC) not in pg_docs(conn)
+        ids = meili_ids(meili, index_uid)
+        assert {meili_index.doc_id(e, t) for e, t in good} <= ids and meili_index.doc_id(bad, TOPIC) not in ids
+        assert conn.execute("SELECT backend, seq, reason_class FROM cn_search.dead_letters").fetchall() == [
+            ("source", bad_seq, "malformed_payload")]
+
+    env = servers.env(DATABASE_URL=seeded, MEILI_INDEX=index_uid)
+    dry = run_cli("replay-failed", "--by", "oncall", "--reason", "check", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert f"seq={bad_seq}" in dry.stdout and "would replay 1 dead letter(s)" in dry.stdout
+    with db.connect(seeded) as conn:
+        assert conn.execute("SELECT replay_count, resolved_at FROM cn_search.dead_letters").fetchone() == (0, None)
+        assert conn.execute("SELECT count(*) FROM cn_search.dead_letter_replays").fetchone()[0] == 0
+        conn.execute("UPDATE cn_relay.events SET created_at = 1780000500 WHERE event_id = %s", (bad,))  # the fix
+
+    done = run_cli("replay-failed", "--by", "oncall", "--reason", "source row fixed", "--limit", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "-> applied" in done.stdout
+    with db.connect(seeded) as conn:
+        row = conn.execute("SELECT replay_count, last_replayed_by, last_replay_reason, resolved_at IS NOT NULL "
+                           "FROM cn_search.dead_letters").fetchone()
+        assert row == (1, "oncall", "source row fixed", True)
+        assert pg_docs(conn)[(bad, TOPIC)] == (bad_seq, False)
+        assert conn.execute("SELECT replayed_by, outcome FROM cn_search.dead_letter_replays").fetchall() == [
+            ("oncall", "applied")]
+    assert meili_index.doc_id(bad, TOPIC) in meili_ids(meili, index_uid)
+
+
+def test_replay_limit_is_honoured_exactly(seeded, meili, index_uid):
+    from search_migration import dead_letters
+
+    with db.connect(seeded) as conn:
+        set_mode(conn, "pg_only")
+        conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id) "
+                     "SELECT 'upsert', md5(g::text) || md5(g::text), %s FROM generate_series(1, 5) g", (TOPIC,))
+        assert outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST).dead_lettered == 5
+        outcomes = dead_letters.replay(conn, meili, index_uid, by="oncall", reason="try two", limit=2)
+        assert len(outcomes) == 2 and all(o.action == "failed" for o in outcomes)  # still missing: audited
+        counts = conn.execute("SELECT replay_count, count(*) FROM cn_search.dead_letters "
+                              "GROUP BY 1 ORDER BY 1").fetchall()
+        assert counts == [(0, 3), (1, 2)]
+
+
+def test_mode_flips_while_rows_flow_land_each_row_in_its_modes_engines(seeded, meili, index_uid):
+    with db.connect(seeded) as conn:
+        set_mode(conn, "meili_only")
+        start = source.consumer_offset(conn, source.CONSUMER)
+        rows = new_posts(conn, 3_000, "flip")
+    errors = []
+
+    def consume():
+        try:
+            with db.connect(seeded) as c:
+                outbox_consumer.catch_up(c, meili, index_uid, batch_size=100, retry=FAST)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    with db.connect(seeded) as conn:
+        for threshold, mode in ((start + 1_000, "dual"), (start + 2_000, "pg_only")):
+            while source.consumer_offset(conn, source.CONSUMER) < threshold:
+                assert worker.is_alive() or errors, "catch-up finished before the flip"
+            set_mode(conn, mode)
+        worker.join(timeout=300)
+        assert not errors, errors
+        assert source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
+        in_pg = {p for (p, _t) in pg_docs(conn)}
+    in_meili = meili_ids(meili, index_uid)
+    engines = ["".join(("M" if meili_index.doc_id(e, TOPIC) in in_meili else "") + ("P" if e in in_pg else ""))
+               for e, _ in rows]
+    # Each row went exactly where the mode of its batch said: Meili-only, then both, then PG-only.
+    runs = [engines[0]] + [b for a, b in zip(engines, engines[1:]) if a != b]
+    assert runs == ["M", "MP", "P"], runs
