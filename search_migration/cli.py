@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from meilisearch.errors import MeilisearchError
 
-from . import db, demo_seed, meili_index, source
+from . import db, dead_letters, demo_seed, flags, meili_index, source
 from . import migrate as migrations
 from .demo_seed import SeedError
 from . import services
@@ -107,6 +107,35 @@ def cmd_demo_seed(args) -> None:
           f"fingerprint {result.fingerprint}, {time.monotonic() - started:.1f}s")
 
 
+def cmd_flags(args) -> None:
+    s = _settings()
+    with _connect(s) as conn:
+        if args.flags_command == "set":
+            changed = flags.set_flags(conn, {args.name: args.value}, by=args.by, reason=args.reason)
+            if changed:
+                old, new = changed[args.name]
+                print(f"{args.name}: {old} -> {new} (by {args.by})")
+            else:
+                print(f"{args.name}: unchanged ({args.value})")
+            return
+        for name, value, updated_at, updated_by in flags.show(conn):
+            print(f"{name:<22} {value:<11} {updated_at}  by {updated_by}")
+
+
+def cmd_replay_failed(args) -> None:
+    s = _settings()
+    with _connect(s) as conn:
+        outcomes = dead_letters.replay(conn, _meili(s), s.meili_index, by=args.by, reason=args.reason,
+                                       limit=args.limit, dry_run=args.dry_run)
+    for outcome in outcomes:
+        print(outcome.line(dry_run=args.dry_run))
+    verb = "would replay" if args.dry_run else "replayed"
+    failed = sum(o.action == "failed" for o in outcomes)
+    print(f"{verb} {len(outcomes)} dead letter(s)" + (f", {failed} failed" if failed else ""))
+    if failed:
+        sys.exit(1)
+
+
 def cmd_status(args) -> None:
     """Where the migration stands (backfill progress and ETA, outbox lag); --json for machines."""
     import json
@@ -149,6 +178,49 @@ def cmd_dev(args) -> None:
     os.execvpe(cmd[0], cmd, env)
 
 
+# --------------------------------------------------------------------------- search and suggest
+
+
+def cmd_search(args) -> None:
+    """`search` / `suggest` through the read router (the same path applications embed); JSON on stdout."""
+    import json
+
+    from .read_router import BadRequest, ReadRouter, SearchUnavailable
+
+    s = _settings()
+    router = ReadRouter(s.database_url, meili_index.client(s.meili_url, s.meili_master_key, timeout=5),
+                        s.meili_index)
+    try:
+        if args.command == "search":
+            out = router.search(args.topic, args.q, limit=args.limit, cursor=args.cursor, backend=args.backend,
+                                viewer=args.viewer)
+        else:
+            out = router.suggest(args.q, limit=args.limit, backend=args.backend, viewer=args.viewer)
+    except (SearchUnavailable, BadRequest) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        router.close()  # waits for a sampled shadow read to be logged
+    print(json.dumps(out, ensure_ascii=False))
+
+
+def _add_search_parsers(sub) -> None:
+    backends = ["auto", "meili", "pg"]
+    se = sub.add_parser("search", help="search one topic through the read router (JSON)")
+    se.add_argument("--topic", required=True)
+    se.add_argument("--q", required=True)
+    se.add_argument("--limit", type=int, default=20)
+    se.add_argument("--cursor")
+    se.add_argument("--backend", choices=backends, default="auto", help="auto follows search_read_backend")
+    se.add_argument("--viewer", help="who asks (only its hash is ever stored)")
+    se.set_defaults(func=cmd_search)
+    su = sub.add_parser("suggest", help="prefix autocomplete through the read router (JSON)")
+    su.add_argument("--q", required=True)
+    su.add_argument("--limit", type=int, default=5)
+    su.add_argument("--backend", choices=backends, default="auto", help="auto follows suggest_read_backend")
+    su.add_argument("--viewer", help="who asks (only its hash is ever stored)")
+    su.set_defaults(func=cmd_search)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -161,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="env prints shell exports that point dagster and tools at these services")
     sp.set_defaults(func=cmd_services)
 
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
-    db.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_db_migrate)
+    db_cmds = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db_cmds.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_db_migrate)
 
     demo = sub.add_parser("demo", help="demo corpus").add_subparsers(dest="demo_command", required=True)
     seed = demo.add_parser("seed", help="write the demo corpus and build the legacy index")
@@ -172,6 +244,24 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--reset", action="store_true", help="replace an existing corpus")
     seed.add_argument("--quiet", action="store_true", help="no progress bars")
     seed.set_defaults(func=cmd_demo_seed)
+
+    fl = sub.add_parser("flags", help="runtime flags").add_subparsers(dest="flags_command", required=True)
+    fl.add_parser("show", help="every flag with who set it when").set_defaults(func=cmd_flags)
+    fset = fl.add_parser("set", help="set one flag (validated, audited)")
+    fset.add_argument("name")
+    fset.add_argument("value")
+    fset.add_argument("--by", required=True, help="who makes the change")
+    fset.add_argument("--reason", required=True, help="why")
+    fset.set_defaults(func=cmd_flags)
+
+    rf = sub.add_parser("replay-failed", help="re-apply dead letters, oldest first, with audit")
+    rf.add_argument("--by", required=True)
+    rf.add_argument("--reason", required=True)
+    rf.add_argument("--limit", type=int)
+    rf.add_argument("--dry-run", action="store_true", help="list what would be replayed; change nothing")
+    rf.set_defaults(func=cmd_replay_failed)
+
+    _add_search_parsers(sub)
 
     st = sub.add_parser("status", help="backfill progress and ETA, outbox lag")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -194,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except (CliError, ConfigError, services.ServiceError, migrations.MigrationError, SeedError) as exc:
+    except (CliError, ConfigError, services.ServiceError, migrations.MigrationError, SeedError,
+            flags.FlagError, dead_letters.ReplayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except MeilisearchError as exc:
