@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import unicodedata
 
-NORMALIZER_VERSION = 1
+NORMALIZER_VERSION = 2  # v2: Vietnamese Latin folded, marks only on letters, CJK #tags/@mentions kept whole
 KEEP = {"#", "@", "_"}
 MAX_POSITION = 16383  # PostgreSQL's tsvector position limit
 
 
 def _is_latin(ch: str) -> bool:
-    return ch < "\u0250" and ch.isalpha()
+    return (ch < "\u0250" or "\u1e00" <= ch <= "\u1eff") and ch.isalpha()
 
 
 def _fold(ch: str) -> str:
@@ -32,8 +32,8 @@ def normalize(text: str) -> str:
         cat = unicodedata.category(ch)
         if cat[0] in "LN" or ch in KEEP:
             out.append(_fold(ch))
-        elif cat[0] == "M" and out and out[-1] != " " and not _is_latin(out[-1]):
-            out.append(ch)  # a mark on a non-Latin letter is part of it
+        elif cat[0] == "M" and out and out[-1].isalpha() and not _is_latin(out[-1]):
+            out.append(ch)  # a mark on a non-Latin letter is part of it (an emoji's selector is not)
         else:
             out.append(" ")
     return " ".join("".join(out).split())
@@ -81,19 +81,27 @@ def index_tokens(normalized: str) -> list[tuple[str, int]]:
     """(token, position) pairs, positions from 1 in reading order."""
     tokens: list[tuple[str, int]] = []
     pos = 0
-    for cjk, run in runs(normalized):
-        if cjk:
-            grams = cjk_grams(run)
-            for i, gram in enumerate(grams):
-                # the trailing unigram shares the last bigram's position
-                tokens.append((gram, pos + min(i, len(grams) - 2) + 1 if len(grams) > 1 else pos + 1))
-            pos += max(1, len(grams) - 1)
-        elif run.strip("#@_"):  # a lone `#` or `@` is not a word
-            pos += 1
-            tokens.append((run, pos))
-            bare = run.lstrip("#@")
-            if bare and bare != run:  # `#nostr` is also found by `nostr`
-                tokens.append((bare, pos))
+    for word in normalized.split():
+        pending_tag = ""
+        for cjk, run in runs(word):
+            if not cjk and run[-1] in "#@" and not run.strip("#@"):
+                pending_tag = run[-1]  # `#ラーメン`: the tag mark before a CJK run
+                continue
+            if cjk:
+                if pending_tag:  # the tag is a token of its own, besides the run's bigrams
+                    tokens.append((pending_tag + run, pos + 1))
+                grams = cjk_grams(run)
+                for i, gram in enumerate(grams):
+                    # the trailing unigram shares the last bigram's position
+                    tokens.append((gram, pos + min(i, len(grams) - 2) + 1 if len(grams) > 1 else pos + 1))
+                pos += max(1, len(grams) - 1)
+            elif run.strip("#@_"):  # a lone `#` or `@` is not a word
+                pos += 1
+                tokens.append((run, pos))
+                bare = run.lstrip("#@")
+                if bare and bare != run:  # `#nostr` is also found by `nostr`
+                    tokens.append((bare, pos))
+            pending_tag = ""
     return tokens
 
 
