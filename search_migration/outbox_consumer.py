@@ -163,7 +163,8 @@ class MeiliSide:
             raise TransientError(message)
         self._call(wait)
 
-    def apply(self, items: list[Item]) -> None:
+    def submit(self, items: list[Item]) -> list[int]:
+        """Enqueue each document's final state in this batch; Meilisearch indexes while we go on."""
         if not self._ready:  # a missing index is created with its settings, never dead-lettered
             self._call(lambda: meili_index.ensure_index(self.client, self.index_uid, only_if_missing=True))
             self._ready = True
@@ -179,8 +180,14 @@ class MeiliSide:
             tasks.append(self._call(lambda: index.add_documents(upserts, meili_index.PRIMARY_KEY)).task_uid)
         if deletes:
             tasks.append(self._call(lambda: index.delete_documents(deletes)).task_uid)
-        for uid in tasks:
+        return tasks
+
+    def wait(self, task_uids: list[int]) -> None:
+        for uid in task_uids:
             self._wait(uid)
+
+    def apply(self, items: list[Item]) -> None:
+        self.wait(self.submit(items))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -290,7 +297,28 @@ def _visible_prefix(conn, consumer: str, low: int, rows: list[Item], gap_timeout
 # --------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class _Batch:
+    """One fetched slice of the outbox on its way through the engines."""
+
+    sides: list[str]
+    start: dict[str, int]  # each side's offset before this batch
+    upto: int  # the last seq this batch covers
+    gap: int | None
+    good: list[Item]
+    problems: list[tuple[Item, str, str]]
+    outcomes: dict[str, tuple[int, list, str | None]] = field(default_factory=dict)
+    meili_tasks: list[int] | None = None  # enqueued, not yet confirmed
+
+    def items_for(self, side: str) -> list[Item]:
+        return [i for i in self.good if i.seq > self.start[side]]
+
+
 class Consumer:
+    """Two batches in flight: while Meilisearch indexes batch k, batch k+1 is fetched, enqueued and
+    written to PostgreSQL. Batch k+1 is committed only after batch k, and is dropped (to be fetched
+    and applied again) if batch k needed any fallback, so engines always converge in seq order."""
+
     def __init__(self, conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *,
                  consumer: str = CONSUMER, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S):
         if not conn.autocommit:
@@ -302,7 +330,7 @@ class Consumer:
         self.engines = {"pg": PgSide(conn), "meili": MeiliSide(meili, index_uid)}
 
     def _apply_side(self, side: str, items: list[Item]) -> tuple[int, list[tuple[Item, str]], str | None]:
-        """Apply to one engine: (applied up to seq, rejected items, stall error)."""
+        """Apply to one engine synchronously: (applied up to seq, rejected items, stall error)."""
         engine = self.engines[side]
         if not items:
             return 0, [], None
@@ -324,55 +352,107 @@ class Consumer:
                 return item.seq - 1, rejected, str(exc)
         return items[-1].seq, rejected, None
 
+    def _fetch(self, start: dict[str, int], sides: list[str], target: int, batch_size: int) -> _Batch | None:
+        low = min(start.values())
+        if low >= target:
+            return None
+        rows = [Item(*r) for r in self.conn.execute(FETCH_SQL, (low, target, batch_size)).fetchall()]
+        rows, gap = _visible_prefix(self.conn, self.consumer, low, rows, self.gap_timeout_s)
+        if not rows:
+            return _Batch(sides, start, low, gap, [], [])
+        batch = _Batch(sides, start, rows[-1].seq, gap, [], [])
+        for item in rows:
+            problem = item.problem()
+            (batch.problems.append((item, *problem)) if problem else batch.good.append(item))
+        return batch
+
+    def _start(self, batch: _Batch) -> None:
+        """Enqueue the Meilisearch part and write the PostgreSQL part while it indexes."""
+        if "meili" in batch.sides and batch.items_for("meili"):
+            try:
+                batch.meili_tasks = self.engines["meili"].submit(batch.items_for("meili"))
+            except (TransientError, DeterministicError):
+                batch.meili_tasks = None  # handled synchronously in _finish
+        if "pg" in batch.sides:
+            batch.outcomes["pg"] = self._apply_side("pg", batch.items_for("pg"))
+
+    def _finish(self, batch: _Batch, result: CatchUpResult) -> str:
+        """Confirm Meilisearch, then commit the batch's bookkeeping.
+
+        Returns "next", "restart" (a fallback re-applied rows after later batches were enqueued:
+        those must be applied again, in order) or "stop" (a side stalled, or a gap needs waiting).
+        """
+        clean = True
+        if "meili" in batch.sides:
+            items = batch.items_for("meili")
+            try:
+                if batch.meili_tasks is None and items:
+                    raise TransientError("not enqueued")
+                self.engines["meili"].wait(batch.meili_tasks or [])
+                batch.outcomes["meili"] = (items[-1].seq if items else 0, [], None)
+            except (TransientError, DeterministicError):
+                clean = False  # later batches may already be enqueued: they will be applied again
+                batch.outcomes["meili"] = self._apply_side("meili", items)
+        conn = self.conn
+        with conn.transaction():
+            for item, reason_class, error in batch.problems:
+                _dead_letter(conn, "source", item, reason_class, error)
+            offsets = {}
+            for side, (applied, rejected, stall) in batch.outcomes.items():
+                for item, error in rejected:
+                    _dead_letter(conn, side, item, "rejected", error)
+                if stall is None:
+                    offsets[side] = max(batch.start[side], batch.upto)
+                    _clear_stall(conn, self.consumer, side, offsets[side])
+                else:
+                    offsets[side] = max(batch.start[side], applied)
+                    _record_stall(conn, self.consumer, side,
+                                  next(i for i in batch.good if i.seq > offsets[side]), stall)
+                    result.stalled[side] = stall
+            result.end_offset = _set_offsets(conn, self.consumer, offsets)
+        result.batches += 1
+        result.rows_applied += sum(1 for i in batch.good if i.seq <= result.end_offset)
+        result.dead_lettered += len(batch.problems) + sum(len(o[1]) for o in batch.outcomes.values())
+        result.waiting_on_gap = batch.gap
+        if result.stalled or batch.gap is not None:
+            return "stop"
+        return "next" if clean else "restart"
+
     def run(self, to_seq: int | None = None, batch_size: int = 1000) -> CatchUpResult:
         conn = self.conn
         with consumer_lock(conn, self.consumer):
             head = source.outbox_head(conn)  # never past the head: a higher seq may not be visible yet
             target = head if to_seq is None else min(to_seq, head)
-            result = CatchUpResult(self.consumer, source.consumer_offset(conn, self.consumer), 0, target)
-            result.end_offset = result.start_offset
+            offset = source.consumer_offset(conn, self.consumer)
+            result = CatchUpResult(self.consumer, offset, offset, target)
+            inflight: _Batch | None = None
             while True:
                 mode = flags.write_mode(conn)  # every batch: a flag flip applies without a restart
                 sides = [s for s in ("meili", "pg") if getattr(mode, s)]
-                offsets = side_offsets(conn, self.consumer, sides)
-                low = min(offsets.values())
-                if low >= target:
+                if inflight is not None and inflight.sides != sides:
+                    if self._finish(inflight, result) == "stop":  # drain before the mode changes
+                        break
+                    inflight = None
+                if inflight is None:
+                    start = side_offsets(conn, self.consumer, sides)
+                else:  # the next batch starts where the one in flight ends, for every side
+                    start = {side: max(inflight.start[side], inflight.upto) for side in sides}
+                batch = self._fetch(start, sides, target, batch_size) if inflight is None or \
+                    inflight.gap is None else None
+                if batch is not None and not batch.good and not batch.problems:
+                    result.waiting_on_gap = batch.gap
+                    batch = None
+                if batch is not None:
+                    self._start(batch)
+                outcome = self._finish(inflight, result) if inflight is not None else "next"
+                if outcome == "stop":
+                    break  # the batch just started is dropped: fetched and applied again next run
+                if outcome == "restart":
+                    inflight = None  # drop it and fetch again from the committed offsets
+                    continue
+                if batch is None:
                     break
-                rows = [Item(*r) for r in conn.execute(FETCH_SQL, (low, target, batch_size)).fetchall()]
-                rows, gap = _visible_prefix(conn, self.consumer, low, rows, self.gap_timeout_s)
-                if gap is not None and not rows:
-                    result.waiting_on_gap = gap
-                    break
-                upto = rows[-1].seq if rows else target
-                good = []
-                problems = []
-                for item in rows:
-                    problem = item.problem()
-                    (problems.append((item, *problem)) if problem else good.append(item))
-                outcomes = {side: self._apply_side(side, [i for i in good if i.seq > offsets[side]])
-                            for side in sides}
-                with conn.transaction():
-                    for item, reason_class, error in problems:
-                        _dead_letter(conn, "source", item, reason_class, error)
-                    new_offsets = {}
-                    for side, (applied, rejected, stall) in outcomes.items():
-                        for item, error in rejected:
-                            _dead_letter(conn, side, item, "rejected", error)
-                        if stall is None:
-                            new_offsets[side] = max(offsets[side], upto)
-                            _clear_stall(conn, self.consumer, side, new_offsets[side])
-                        else:
-                            new_offsets[side] = max(offsets[side], applied)
-                            first_unapplied = next(i for i in good if i.seq > new_offsets[side])
-                            _record_stall(conn, self.consumer, side, first_unapplied, stall)
-                            result.stalled[side] = stall
-                    result.end_offset = _set_offsets(conn, self.consumer, new_offsets)
-                result.batches += 1
-                result.rows_applied += sum(1 for i in good if i.seq <= result.end_offset)
-                result.dead_lettered += len(problems) + sum(len(o[1]) for o in outcomes.values())
-                if result.stalled or gap is not None:
-                    result.waiting_on_gap = gap
-                    break
+                inflight = batch
             return result
 
 
