@@ -418,7 +418,7 @@ class Consumer:
             return "stop"
         return "next" if clean else "restart"
 
-    def run(self, to_seq: int | None = None, batch_size: int = 1000) -> CatchUpResult:
+    def run(self, to_seq: int | None = None, batch_size: int = 5000) -> CatchUpResult:
         conn = self.conn
         with consumer_lock(conn, self.consumer):
             head = source.outbox_head(conn)  # never past the head: a higher seq may not be visible yet
@@ -457,6 +457,6 @@ class Consumer:
 
 
 def catch_up(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *, to_seq: int | None = None,
-             batch_size: int = 1000, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S) -> CatchUpResult:
+             batch_size: int = 5000, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S) -> CatchUpResult:
     """Apply the outbox after the offset up to `to_seq` (default: the head now) to the mode's engines."""
     return Consumer(conn, meili, index_uid, retry=retry, gap_timeout_s=gap_timeout_s).run(to_seq, batch_size)

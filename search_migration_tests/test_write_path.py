@@ -10,6 +10,7 @@ import threading
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from search_migration import db, demo_seed, flags, meili_index, metrics, outbox_consumer, services, source
 from search_migration.outbox_consumer import Retry
@@ -109,6 +110,11 @@ def test_dual_mode_pg_failure_stalls_only_pg_and_converges_after_restart(seeded,
         assert source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
         assert metrics.read(conn, metrics.DUAL_WRITE_RETRIES) == {("pg", "upsert"): 1}
         assert conn.execute("SELECT count(*) FROM cn_search.side_write_failures").fetchone()[0] == 0
+    registry = CollectorRegistry()
+    registry.register(metrics.DurableCounters(lambda: db.connect(seeded)))
+    exposed = generate_latest(registry).decode()
+    assert 'search_dual_write_errors_total{backend="pg",operation="upsert"} 1.0' in exposed
+    assert 'search_dual_write_retries_total{backend="pg",operation="upsert"} 1.0' in exposed
 
 
 def test_meilisearch_stopped_during_catchup_loses_nothing(migrated_url, own_meili, tmp_path):
