@@ -5,7 +5,7 @@ follows Meilisearch's default bucket sort on a bounded candidate set:
 
 1. words      matching strategy `last`: all query words, then drop words from the right;
 2. typo       the last word matches as a prefix (a prefix is a zero-typo match in Meilisearch); a
-              match only through half-width kana folding, which Meilisearch lacks, counts as a typo;
+              match only through folding Meilisearch lacks (ｶﾒﾗ, ＲＵＳＴ) counts as a typo;
 3. proximity  sum over adjacent query words of their closest distance in word positions (max 8);
 4. attribute  one searchable attribute, so only word position: how far each word sits from its place
               in the query, bucketed like Meilisearch (0, 1, 2-4, 5-7, 8-11, ...);
@@ -22,6 +22,8 @@ stand-in for Meilisearch's dictionary segmentation.
 
 from __future__ import annotations
 
+import functools
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -30,7 +32,7 @@ import psycopg
 from .text import NORMALIZER_VERSION, _fold, is_cjk, normalize, runs
 
 MAX_TOTAL_HITS = 10_000  # the legacy index's pagination.maxTotalHits: totals stop where Meilisearch's do
-CANDIDATES = 600  # per words-bucket; enough for the best bucket of a frequent word to show up
+CANDIDATES = 200  # per words-bucket; enough for the best bucket of a frequent word to show up
 SUGGEST_CANDIDATES = 150
 MAX_DISTANCE = 8
 HARD_SEPARATORS = set(".!?;。、！？；\n\r…")
@@ -104,55 +106,69 @@ class Words:
         return " ".join(w for w, _ in self.pieces)
 
 
+# Meilisearch keeps these apart from their NFKC forms: half-width katakana, full-width capitals.
+LEGACY_DISTINCT = re.compile("[\uff21-\uff3a\uff61-\uff9f]+")
+WORD = re.compile(r"[^\W]+")  # letters, digits and `_`; marks and symbols separate (NFKC composed kana first)
+SCRIPT_RUN = re.compile(
+    "[\u3040-\u309f]+"  # hiragana
+    "|[\u30a0-\u30ff\u31f0-\u31ff]+"  # katakana
+    "|[\u3005-\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\U00020000-\U0002fa1f]+"  # han, hangul
+    "|[^\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+    "\U00020000-\U0002fa1f]+")
+HARD = re.compile("[" + re.escape("".join(sorted(HARD_SEPARATORS))) + "]")
+
+
 def legacy_view(text: str) -> str:
-    """The text as Meilisearch normalizes it: NFKC and lowercase, but half-width katakana left as is.
+    """The text as Meilisearch normalizes it: NFKC and lowercase, except half-width katakana and
+    full-width capitals, which it leaves as they are.
 
-    Our normalizer folds ｶﾒﾗ into カメラ (a user typing either should find both); Meilisearch does not,
-    so a match that exists only after that folding ranks like a typo: found, after the literal ones.
+    Our normalizer folds ｶﾒﾗ into カメラ and ＲＵＳＴ into rust (a user typing either should find both);
+    Meilisearch does not, so a match that exists only through that folding ranks like a typo: found,
+    after the literal ones.
     """
-    parts = []
-    for half, chunk in _width_chunks(text):
-        parts.append(chunk if half else unicodedata.normalize("NFKC", chunk))
-    return "".join(parts).lower()
+    if not LEGACY_DISTINCT.search(text):
+        return unicodedata.normalize("NFKC", text).lower()
+    out, last = [], 0
+    for m in LEGACY_DISTINCT.finditer(text):
+        out.append(unicodedata.normalize("NFKC", text[last:m.start()]).lower())
+        out.append(m.group())
+        last = m.end()
+    out.append(unicodedata.normalize("NFKC", text[last:]).lower())
+    return "".join(out)
 
 
-def _width_chunks(text: str):
-    start = 0
-    for i in range(1, len(text) + 1):
-        if i == len(text) or _half_kana(text[i]) != _half_kana(text[start]):
-            yield _half_kana(text[start]), text[start:i]
-            start = i
+ACCENTED = re.compile("[\u00c0-\u024f\u1e00-\u1eff]")
 
 
-def _half_kana(ch: str) -> bool:
-    return "\uff61" <= ch <= "\uff9f"
+def _fold_word(word: str) -> str:
+    return "".join(_fold(ch) for ch in word) if ACCENTED.search(word) else word
 
 
 def words_of(text: str, terms: list[Term] = (), literal: bool = False) -> Words:
     """Split like Meilisearch counts positions: +1 per word, +8 across a hard separator.
 
     CJK runs split where the script changes and where a query word starts (and ends, unless it is a
-    short kana prefix): Meilisearch's dictionary segmentation has a boundary there whenever the query word is
-    a dictionary word, which is what users type.
+    short kana prefix): Meilisearch's dictionary segmentation has a boundary there whenever the query
+    word is a dictionary word, which is what users type.
     """
-    s = legacy_view(text) if literal and text else unicodedata.normalize("NFKC", text).lower()
+    s = legacy_view(text) if literal else unicodedata.normalize("NFKC", text).lower()
     pieces: list[tuple[str, int]] = []
     cjk_runs: list[tuple[str, list[tuple[int, int, int]]]] = []
     # a typed prefix like ラー is part of a longer word; three or more kana, or kanji, are a whole word
     cjk_terms = [(t.bare, t.prefix and len(t.bare) < 3 and any(_script(c) != "han" for c in t.bare))
                  for t in terms if t.cjk and t.bare]
     pos = -1
-    hard = False
-    current: list[str] = []
-
-    def flush() -> None:
-        nonlocal pos, hard
-        if not current:
-            return
-        word = "".join(current)
-        current.clear()
+    prev_end = 0
+    for m in WORD.finditer(s):
+        word = _fold_word(m.group())
+        hard = pos >= 0 and HARD.search(s, prev_end, m.start()) is not None
+        prev_end = m.end()
+        if word.isascii():
+            pos = 0 if pos < 0 else pos + (8 if hard else 1)
+            pieces.append((word, pos))
+            continue
         cuts = {0, len(word)}
-        cuts.update(i for i in range(1, len(word)) if _script(word[i]) != _script(word[i - 1]))
+        cuts.update(r.start() for r in SCRIPT_RUN.finditer(word))
         for bare, prefix in cjk_terms:
             start = word.find(bare)
             while start >= 0:
@@ -168,7 +184,7 @@ def words_of(text: str, terms: list[Term] = (), literal: bool = False) -> Words:
             pos = 0 if pos < 0 else pos + (8 if first and hard else 1)
             first = False
             pieces.append((piece, pos))
-            if _script(piece[0]) != "latin":
+            if is_cjk(piece[0]):
                 run_pieces.append((len(run_text), len(run_text) + len(piece), pos))
                 run_text += piece
             elif run_text:
@@ -176,19 +192,6 @@ def words_of(text: str, terms: list[Term] = (), literal: bool = False) -> Words:
                 run_text, run_pieces = "", []
         if run_text:
             cjk_runs.append((run_text, run_pieces))
-        hard = False
-
-    for ch in s:
-        cat = unicodedata.category(ch)
-        if cat[0] in "LN" or ch == "_":
-            current.append(_fold(ch))
-        elif cat[0] == "M" and current and current[-1].isalpha() and not current[-1].isascii():
-            current.append(ch)
-        else:
-            flush()
-            if ch in HARD_SEPARATORS:
-                hard = True
-    flush()
     return Words(pieces, cjk_runs)
 
 
@@ -225,6 +228,11 @@ def _position_cost(position: int) -> int:
     return 10
 
 
+@functools.lru_cache(maxsize=256)
+def _query_stream(terms: tuple[Term, ...]) -> str:
+    return " ".join(w for w, _ in words_of(" ".join(t.bare for t in terms), terms).pieces)
+
+
 def rank_key(terms: list[Term], content: str) -> tuple[int, int, int, int]:
     """(typo, proximity, word position, exactness) within a words-bucket; lower ranks first."""
     words = words_of(content, terms, literal=True)
@@ -239,7 +247,7 @@ def rank_key(terms: list[Term], content: str) -> tuple[int, int, int, int]:
     proximity = sum(min(_distance(a, b) for a, _ in occ[i] for b, _ in occ[i + 1]) for i in range(len(terms) - 1))
     # Meilisearch's word-position cost: how far each word sits from where it stands in the query
     position = sum(min(_position_cost(abs(p - i)) for p, _ in o) for i, o in enumerate(occ))
-    query_stream = " ".join(w for w, _ in words_of(" ".join(t.bare for t in terms), terms).pieces)
+    query_stream = _query_stream(tuple(terms))
     stream = words.stream
     if stream == query_stream:
         exactness = 0
@@ -253,28 +261,64 @@ def rank_key(terms: list[Term], content: str) -> tuple[int, int, int, int]:
 # --------------------------------------------------------------------------- queries
 
 LIVE = "NOT is_deleted AND visibility = 'public' AND normalizer_version = %(version)s"
+MATCH = "search_tokens @@ %(match)s::tsquery AND NOT (search_tokens @@ %(better)s::tsquery)"
 
-CANDIDATES_SQL = f"""
-SELECT post_id, topic_id, content FROM cn_search.post_search_documents
-WHERE topic_id = %(topic)s AND {LIVE} AND search_tokens @@ %(match)s::tsquery
-  AND NOT (search_tokens @@ %(better)s::tsquery)
+# Two ways to the first matches in post-id order. A frequent word is found by walking the topic in
+# post-id order (btree) and stopping early; only when that bounded walk comes up short does the GIN
+# index collect every match. Planner estimates for phrase and prefix tsqueries are too rough to choose.
+HEAD_SQL = {
+    "topic": f"""
+SELECT post_id, topic_id, content FROM (
+    SELECT post_id, topic_id, content, search_tokens FROM cn_search.post_search_documents
+    WHERE topic_id = %(topic)s AND {LIVE}
+    ORDER BY post_id LIMIT %(scan)s) AS head
+WHERE {MATCH}
 ORDER BY post_id LIMIT %(limit)s
-"""
-
-TOTAL_SQL = f"""
+""",
+    "all": f"""
+SELECT post_id, topic_id, content FROM (
+    SELECT post_id, topic_id, content, search_tokens FROM cn_search.post_search_documents
+    WHERE {LIVE}
+    ORDER BY post_id LIMIT %(scan)s) AS head
+WHERE {MATCH}
+ORDER BY post_id LIMIT %(limit)s
+""",
+}
+INDEXED_SQL = {
+    "topic": f"""
+SELECT post_id, topic_id, content FROM cn_search.post_search_documents
+WHERE topic_id = %(topic)s AND {LIVE} AND {MATCH}
+ORDER BY post_id LIMIT %(limit)s
+""",
+    "all": f"""
+SELECT post_id, topic_id, content FROM cn_search.post_search_documents
+WHERE {LIVE} AND {MATCH}
+ORDER BY post_id LIMIT %(limit)s
+""",
+}
+EXACT_SQL = {
+    "topic": f"""
+SELECT post_id, topic_id, content FROM cn_search.post_search_documents
+WHERE md5(normalized_text) = md5(%(text)s) AND normalized_text = %(text)s AND topic_id = %(topic)s
+  AND {LIVE} AND {MATCH}
+ORDER BY post_id LIMIT %(limit)s
+""",
+    "all": f"""
+SELECT post_id, topic_id, content FROM cn_search.post_search_documents
+WHERE md5(normalized_text) = md5(%(text)s) AND normalized_text = %(text)s AND {LIVE} AND {MATCH}
+ORDER BY post_id LIMIT %(limit)s
+""",
+}
+COUNT_SQL = f"""
 SELECT count(*) FROM (
     SELECT 1 FROM cn_search.post_search_documents
-    WHERE topic_id = %(topic)s AND {LIVE} AND search_tokens @@ %(match)s::tsquery
+    WHERE topic_id = %(topic)s AND {LIVE} AND {MATCH}
     LIMIT %(cap)s) AS capped
 """
 
-SUGGEST_SQL = f"""
-SELECT post_id, topic_id, content FROM cn_search.post_search_documents
-WHERE {LIVE} AND search_tokens @@ %(match)s::tsquery AND NOT (search_tokens @@ %(better)s::tsquery)
-ORDER BY post_id LIMIT %(limit)s
-"""
-
-NOTHING = "'\\x01never'"  # a tsquery no document matches: "nothing better" for the top bucket
+NOTHING = "'no such token'"  # tokens never hold a space: "nothing better" for the top bucket
+HEAD_SCAN = 2_000  # rows walked in post-id order before falling back to the GIN index
+HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -288,10 +332,49 @@ def _ranked(rows, terms: list[Term]) -> list[tuple]:
     return sorted(rows, key=lambda r: (rank_key(terms, r[2]), r[0], r[1]))
 
 
+def _phrase(q: str, terms: list[Term], bucket_terms: list[Term]) -> str:
+    """The normalized text a post must have to match this bucket's words exactly and nothing else."""
+    return normalize(q) if len(bucket_terms) == len(terms) else " ".join(t.text for t in bucket_terms)
+
+
 def _buckets(terms: list[Term]):
     """(match, better) tsqueries for each words-bucket, all words first (strategy `last`)."""
     for k in range(len(terms), 0, -1):
         yield terms[:k], bucket_tsquery(terms[:k]), bucket_tsquery(terms[:k + 1]) if k < len(terms) else NOTHING
+
+
+def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: str, limit: int,
+               text: str | None = None) -> list[tuple]:
+    """The first `limit` matching rows in post-id order (Meilisearch's tie-break order), plus — when
+    `text` is given — every post whose whole normalized text is `text` (they rank first)."""
+    scope = "all" if topic is None else "topic"
+    params = {"topic": topic, "version": NORMALIZER_VERSION, "match": match, "better": better, "limit": limit,
+              "scan": HEAD_SCAN, "text": text}
+    rows = conn.execute(HEAD_SQL[scope], params).fetchall()
+    if len(rows) < limit:
+        rows = conn.execute(INDEXED_SQL[scope], params).fetchall()
+    if text and len(rows) >= limit:  # otherwise every match, exact ones included, is already here
+        seen = {(r[0], r[1]) for r in rows}
+        rows += [r for r in conn.execute(EXACT_SQL[scope], params).fetchall() if (r[0], r[1]) not in seen]
+    return rows
+
+
+def estimate_total(conn: psycopg.Connection, topic: str, match: str, first: list[tuple] | None = None) -> int:
+    """Documents matching the first query word, capped like Meilisearch's estimatedTotalHits.
+
+    Exact while the matches fit in one candidate set. Beyond that it is estimated from how far into the
+    id space the first matches reach: event ids are hashes, so the first k of N matches in id order
+    cover about k/N of it. Ids that are not hashes get an exact (capped) count instead.
+    """
+    rows = first if first is not None else candidates(conn, topic, match, NOTHING, CANDIDATES)
+    if len(rows) < CANDIDATES:
+        return len(rows)
+    last = rows[-1][0]
+    reach = int(last[:15], 16) / 16 ** 15 if HEX_ID.fullmatch(last) else 0.0
+    if reach > 0.01:
+        return min(MAX_TOTAL_HITS, round(len(rows) / reach))
+    return conn.execute(COUNT_SQL, {"topic": topic, "version": NORMALIZER_VERSION, "match": match,
+                                    "better": NOTHING, "cap": MAX_TOTAL_HITS}).fetchone()[0]
 
 
 def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset: int = 0) -> Page:
@@ -301,15 +384,18 @@ def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset
         return Page([], 0, None)
     want = offset + limit
     ranked: list[tuple] = []
+    last_bucket = None
     for bucket_terms, match, better in _buckets(terms):
-        rows = conn.execute(CANDIDATES_SQL, {"topic": topic, "version": NORMALIZER_VERSION, "match": match,
-                                             "better": better, "limit": CANDIDATES + want}).fetchall()
+        rows = candidates(conn, topic, match, better, max(CANDIDATES, want + CANDIDATES // 2),
+                          _phrase(q, terms, bucket_terms))
+        if len(bucket_terms) == 1:
+            last_bucket = rows
         ranked.extend(_ranked(rows, bucket_terms))
         if len(ranked) >= want:
             break
-    total = conn.execute(TOTAL_SQL, {"topic": topic, "version": NORMALIZER_VERSION,
-                                     "match": terms[0].tsquery() if len(terms) > 1 else bucket_tsquery(terms),
-                                     "cap": MAX_TOTAL_HITS}).fetchone()[0]
+    first_word = bucket_tsquery(terms[:1])
+    total = estimate_total(conn, topic, first_word, last_bucket if len(terms) == 1 else None)
+    total = max(total, min(len(ranked), MAX_TOTAL_HITS))
     page = ranked[offset:want]
     items = [{"event_id": r[0], "topic_id": r[1]} for r in page]
     return Page(items, total, want if want < min(total, MAX_TOTAL_HITS) else None)
@@ -318,7 +404,7 @@ def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset
 def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
     """Prefix autocomplete across topics: the best posts for what has been typed so far, one per post.
 
-    Its own fast path: a small candidate cap, no total, and a second bucket only when the first is short.
+    Its own fast path: a small candidate set, no total, and a second bucket only when the first is short.
     """
     terms = parse_query(q)
     if not terms or limit <= 0:
@@ -326,8 +412,7 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
     seen: set[str] = set()
     items: list[dict] = []
     for bucket_terms, match, better in _buckets(terms):
-        rows = conn.execute(SUGGEST_SQL, {"version": NORMALIZER_VERSION, "match": match, "better": better,
-                                          "limit": SUGGEST_CANDIDATES + 3 * limit}).fetchall()
+        rows = candidates(conn, None, match, better, SUGGEST_CANDIDATES + 3 * limit, _phrase(q, terms, bucket_terms))
         for post_id, topic_id, content in _ranked(rows, bucket_terms):
             if post_id not in seen:
                 seen.add(post_id)
