@@ -196,3 +196,27 @@ def test_backfill_never_overwrites_a_newer_document_or_a_tombstone(migrated_url)
             "WHERE post_id = ANY(%s) AND topic_id = %s", ([deleted.event_id, edited.event_id], topic))))
     assert docs[deleted.event_id] == (True, "", wm.seq + 1)
     assert docs[edited.event_id] == (False, "edited later", wm.seq + 2)
+
+
+def test_the_staged_writer_keeps_the_versioning_rule(migrated_url):
+    post = "b" * 64
+    with db.connect(migrated_url) as conn:
+        with pytest.raises(ValueError):
+            pg_documents.apply_staged(conn, [DocWrite(1, post, "t1", False, "x", 1)])  # needs a transaction
+        with conn.transaction():
+            assert pg_documents.apply_staged(conn, [DocWrite(10, post, "t1", False, "東京でラーメン", 5),
+                                                    DocWrite(11, post, "t2", False, "東京", 5)]) == 2
+        with conn.transaction():
+            assert pg_documents.apply_staged(conn, [DocWrite(20, post, "t1", True)]) == 1
+        with conn.transaction():  # older writes neither resurrect nor regress
+            assert pg_documents.apply_staged(conn, [DocWrite(12, post, "t1", False, "old", 5),
+                                                    DocWrite(9, post, "t2", False, "older", 5)]) == 0
+        staged = conn.execute("SELECT topic_id, source_seq, is_deleted, content, search_tokens::text "
+                              "FROM cn_search.post_search_documents ORDER BY 1").fetchall()
+        conn.execute("TRUNCATE cn_search.post_search_documents")
+        pg_documents.apply(conn, [DocWrite(10, post, "t1", False, "東京でラーメン", 5),
+                                  DocWrite(11, post, "t2", False, "東京", 5)])
+        pg_documents.apply(conn, [DocWrite(20, post, "t1", True)])
+        unnest = conn.execute("SELECT topic_id, source_seq, is_deleted, content, search_tokens::text "
+                              "FROM cn_search.post_search_documents ORDER BY 1").fetchall()
+    assert staged == unnest and [(r[0], r[1], r[2]) for r in staged] == [("t1", 20, True), ("t2", 11, False)]

@@ -63,16 +63,16 @@ def post_search_documents(context: dg.AssetExecutionContext, config: BackfillCon
     options = backfill.PartitionOptions(page_size=config.page_size, lease_timeout_s=config.lease_timeout_seconds,
                                         rebuild=config.rebuild, max_rows_per_second=config.max_rows_per_second)
     results = []
-    for key in context.partition_keys:
-        topic_id, window = window_of(key)
-        try:
-            r = backfill.run_partition(postgres.database_url, str(key), topic_id, window,
-                                       owner=f"dagster run {context.run_id}", options=options)
-        except backfill.BackfillError as exc:
-            raise dg.Failure(description=str(exc)) from None
-        context.log.info(f"{key}: {'already complete' if r.noop else 'copied'} {r.rows_copied} rows, "
-                         f"skipped {r.rows_skipped}, {r.rows_per_second:.0f} rows/s")
-        results.append(r)
+    with backfill.Backfiller(postgres.database_url, owner=f"dagster run {context.run_id}", options=options) as b:
+        for key in context.partition_keys:
+            topic_id, window = window_of(key)
+            try:
+                r = b.run(str(key), topic_id, window)
+            except backfill.BackfillError as exc:
+                raise dg.Failure(description=str(exc)) from None
+            context.log.info(f"{key}: {'already complete' if r.noop else 'copied'} {r.rows_copied} rows, "
+                             f"skipped {r.rows_skipped}, {r.rows_per_second:.0f} rows/s")
+            results.append(r)
     with postgres.connect() as conn:
         overall = backfill.progress(conn).as_dict()
     return dg.MaterializeResult(metadata=_metadata(results, overall))

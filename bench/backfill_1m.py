@@ -1,0 +1,165 @@
+"""Backfill throughput vs a bare COPY of the same final rows into the same indexed table, in one run.
+
+Runs against the 1,000,000-post corpus seeded under .local/bench1m, but never touches its database:
+it copies cn_relay into a separate database (`bench_backfill`) on the same server once, then per
+trial truncates cn_search there, captures the watermark (manifest included in the timing), copies
+every topic × week partition with W worker processes (W = the pool limit), checks the documents,
+dumps them and times a bare COPY of exactly those rows back into the emptied table.
+
+    cd /work/main && eval "$(SEARCH_MIGRATION_HOME=$PWD/.local/bench1m SEARCH_MIGRATION_PG_PORT=55500 \
+        SEARCH_MIGRATION_MEILI_PORT=7750 .venv/bin/search-migration services env)"
+    .venv/bin/python bench/backfill_1m.py                     # full corpus, 2 workers, COPY-into-staging
+    .venv/bin/python bench/backfill_1m.py --writer both --topics 20   # writer comparison, bounded
+    .venv/bin/python bench/backfill_1m.py --weeks 26          # 200 topics x 26 weeks (policy input)
+
+Bounded: at most --workers processes (default 2), one trial per writer; the bench database stays
+(~1.5 GB) for re-runs: drop it with `DROP DATABASE bench_backfill`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from search_migration import backfill, db, flags, pg_documents  # noqa: E402
+from search_migration.backfill import PartitionOptions, Window  # noqa: E402
+from search_migration.migrate import migrate  # noqa: E402
+
+BENCH_DB = "bench_backfill"
+MONDAY = 1_767_571_200  # 2026-01-05, the first week of the Dagster partitions
+WEEK = 7 * 24 * 3600
+TABLES = ["cn_relay.events", "cn_relay.event_topics", "cn_relay.events_outbox", "cn_relay.consumer_offsets"]
+
+WRITERS = {"unnest": pg_documents.apply, "copy": pg_documents.apply_staged}
+
+# --------------------------------------------------------------------------- setup
+
+
+def bench_url(source_url: str) -> str:
+    return urlsplit(source_url)._replace(path=f"/{BENCH_DB}").geturl()
+
+
+def prepare(source_url: str) -> str:
+    """A separate database holding a copy of the source contract (once); cn_search there is ours."""
+    url = bench_url(source_url)
+    with db.connect(source_url) as src:
+        if not src.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
+            src.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    migrate(url)
+    with db.connect(source_url) as src, db.connect(url) as dst:
+        for table in TABLES:
+            n_src = src.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            if dst.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == n_src:
+                continue
+            print(f"copying {table} ({n_src} rows) into {BENCH_DB}", flush=True)
+            with dst.transaction():
+                dst.execute(f"TRUNCATE {table} CASCADE")
+                with src.cursor().copy(f"COPY {table} TO STDOUT (FORMAT binary)") as out, \
+                        dst.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as into:
+                    for chunk in out:
+                        into.write(chunk)
+            dst.execute(f"ANALYZE {table}")
+        flags.set_flags(dst, {"search_write_mode": "dual"}, by="bench", reason="backfill bench")
+    return url
+
+
+def reset(url: str) -> None:
+    with db.connect(url) as conn:
+        conn.execute("TRUNCATE cn_search.post_search_documents, cn_search.backfill_checkpoints, "
+                     "cn_search.backfill_jobs, cn_search.backfill_page_log, cn_search.backfill_manifest, "
+                     "cn_search.backfill_watermarks")
+        conn.execute("CHECKPOINT")
+
+
+def partitions(url: str, topics: int | None, weeks: int | None) -> list[tuple[str, str, Window]]:
+    with db.connect(url) as conn:
+        names = [r[0] for r in conn.execute("SELECT DISTINCT topic_id FROM cn_search.backfill_manifest ORDER BY 1")]
+        hi = conn.execute("SELECT max(created_at) FROM cn_search.backfill_manifest").fetchone()[0]
+    names = names[:topics] if topics else names
+    n_weeks = weeks or (hi - MONDAY) // WEEK + 1
+    return [(f"{w}|{t}", t, Window(MONDAY + w * WEEK, MONDAY + (w + 1) * WEEK)) for w in range(n_weeks) for t in names]
+
+
+def _worker(args) -> tuple[int, int, int]:
+    url, writer, page_size, chunk = args
+    copied = skipped = 0
+    with backfill.Backfiller(url, owner=f"bench pid {os.getpid()}",
+                             options=PartitionOptions(page_size=page_size, writer=WRITERS[writer])) as b:
+        for key, topic, window in chunk:
+            r = b.run(key, topic, window)
+            copied += r.rows_copied
+            skipped += r.rows_skipped
+    return copied, skipped, len(chunk)
+
+
+def trial(url: str, writer: str, workers: int, page_size: int, topics: int | None, weeks: int | None) -> dict:
+    reset(url)
+    started = time.monotonic()
+    with db.connect(url) as conn:
+        wm = backfill.capture_watermark(conn, by="bench")
+    manifest_s = time.monotonic() - started
+    parts = partitions(url, topics, weeks)
+    chunks = [parts[i::workers] for i in range(workers)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        done = pool.map(_worker, [(url, writer, page_size, c) for c in chunks])
+    backfill_s = time.monotonic() - started
+    copied, skipped = sum(d[0] for d in done), sum(d[1] for d in done)
+    with db.connect(url) as conn:
+        docs = conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone()[0]
+        failed = conn.execute("SELECT count(*) FROM cn_search.backfill_jobs WHERE status <> 'succeeded'").fetchone()[0]
+    assert docs == copied and failed == 0, (docs, copied, failed)
+    copy_s = bare_copy(url)
+    return {"writer": writer, "workers": workers, "page_size": page_size, "partitions": len(parts),
+            "watermark": wm.seq, "manifest_rows": wm.manifest_rows, "documents": docs, "rows_skipped": skipped,
+            "manifest_seconds": round(manifest_s, 2), "backfill_seconds": round(backfill_s, 2),
+            "backfill_rows_per_second": round(docs / backfill_s), "bare_copy_seconds": round(copy_s, 2),
+            "bare_copy_rows_per_second": round(docs / copy_s), "ratio": round(copy_s / backfill_s, 3),
+            "per_partition_ms": round(1000 * backfill_s * workers / len(parts), 2)}
+
+
+def bare_copy(url: str) -> float:
+    """The same final rows, COPYed back into the emptied, still-indexed table."""
+    with tempfile.TemporaryDirectory() as tmp, db.connect(url) as conn:
+        dump = Path(tmp) / "docs.bin"
+        with dump.open("wb") as f, conn.cursor().copy(
+                "COPY cn_search.post_search_documents TO STDOUT (FORMAT binary)") as out:
+            for chunk in out:
+                f.write(chunk)
+        conn.execute("TRUNCATE cn_search.post_search_documents")
+        conn.execute("CHECKPOINT")
+        started = time.monotonic()
+        with conn.transaction(), dump.open("rb") as f, conn.cursor().copy(
+                "COPY cn_search.post_search_documents FROM STDIN (FORMAT binary)") as into:
+            while chunk := f.read(1 << 20):
+                into.write(chunk)
+        return time.monotonic() - started
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--writer", choices=["unnest", "copy", "both"], default="copy")
+    p.add_argument("--workers", type=int, default=2, help="parallel partitions (the Dagster pool limit)")
+    p.add_argument("--page-size", type=int, default=backfill.DEFAULT_PAGE_SIZE)
+    p.add_argument("--topics", type=int, help="only the first N topics (bounded runs)")
+    p.add_argument("--weeks", type=int, help="only the first N weeks")
+    args = p.parse_args()
+    source_url = os.environ.get("DATABASE_URL")
+    if not source_url:
+        sys.exit("error: DATABASE_URL is not set; eval the bench1m `services env` first (see the docstring)")
+    url = prepare(source_url)
+    for writer in (["unnest", "copy"] if args.writer == "both" else [args.writer]):
+        result = trial(url, writer, args.workers, args.page_size, args.topics, args.weeks)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
