@@ -220,3 +220,61 @@ def test_the_staged_writer_keeps_the_versioning_rule(migrated_url):
         unnest = conn.execute("SELECT topic_id, source_seq, is_deleted, content, search_tokens::text "
                               "FROM cn_search.post_search_documents ORDER BY 1").fetchall()
     assert staged == unnest and [(r[0], r[1], r[2]) for r in staged] == [("t1", 20, True), ("t2", 11, False)]
+
+
+def delete_post(conn, event_id: str) -> None:
+    """The product's delete: the event flagged and one outbox delete per topic, in one transaction."""
+    with conn.transaction():
+        conn.execute("UPDATE cn_relay.events SET is_deleted = true WHERE event_id = %s", (event_id,))
+        conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
+                     "SELECT 'delete', event_id, topic_id, 'deleted' FROM cn_relay.event_topics WHERE event_id = %s",
+                     (event_id,))
+
+
+def test_a_post_deleted_by_catch_up_during_its_backfill_stays_deleted(migrated_url, meili, index_uid):
+    from search_migration import outbox_consumer
+
+    with db.connect(migrated_url) as conn:
+        demo_seed.seed(conn, meili, index_uid, posts=1500, topics=2, seed=3)
+        go_dual(conn)
+        wm = backfill.capture_watermark(conn, by="test")
+        topic, start = conn.execute(
+            "SELECT topic_id, created_at - (created_at - %s) %% %s AS wk FROM cn_search.backfill_manifest "
+            "GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT 1", (WINDOWS[0].start, WEEK)).fetchone()
+        w = Window(start, start + WEEK)
+        # race 1: the backfill read the post while it was live, catch-up deletes it, then the page is written
+        lease = backfill.acquire(conn, "p", topic, w, wm, owner="first", lease_timeout_s=30)
+        page = backfill.read_page(conn, topic, w, None, 10)
+        read_live = page[3]
+        assert read_live.live
+        delete_post(conn, read_live.event_id)
+        applied = outbox_consumer.catch_up(conn, meili, index_uid)
+        assert applied.rows_applied >= 1
+        result = backfill.write_page(conn, lease, page, 0)
+        assert result.rows_skipped >= 1  # the stale live copy lost to the tombstone
+        conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() - interval '1 hour'")  # holder gone
+        rest = [r for r in backfill.read_page(conn, topic, w, (page[-1].created_at, page[-1].event_id), 1000) if r.live]
+        later = rest[len(rest) // 2]  # a post the resumed run reaches only after several pages
+
+    # race 2: deleted (and caught up) while the resumed run is paging through the window
+    def on_page(progress: backfill.PartitionResult) -> None:
+        if progress.pages == 1:
+            with db.connect(migrated_url) as c:
+                delete_post(c, later.event_id)
+                outbox_consumer.catch_up(c, meili, index_uid)
+    r = backfill.run_partition(migrated_url, "p", topic, w, owner="second",
+                               options=PartitionOptions(page_size=5), on_page=on_page)
+    assert r.pages > 2 and r.rows_done == r.rows_total
+
+    with db.connect(migrated_url) as conn:
+        docs = {p: (d, s) for p, d, s in conn.execute(
+            "SELECT post_id, is_deleted, source_seq FROM cn_search.post_search_documents WHERE topic_id = %s "
+            "AND post_id = ANY(%s)", (topic, [read_live.event_id, later.event_id]))}
+        assert docs[read_live.event_id][0] and docs[read_live.event_id][1] > wm.seq
+        assert docs[later.event_id][0] and docs[later.event_id][1] > wm.seq
+        live_docs = {x for x in actual(conn) if x[0] == topic}
+        assert not {read_live.event_id, later.event_id} & {x[1] for x in live_docs}
+        head = conn.execute("SELECT max(seq) FROM cn_relay.events_outbox").fetchone()[0]
+        want = {x for x in expected(conn, head) if x[0] == topic and conn.execute(
+            "SELECT created_at FROM cn_relay.events WHERE event_id = %s", (x[1],)).fetchone()[0] in range(w.start, w.end)}
+        assert {(t, p, h) for t, p, h, _ in live_docs} == {(t, p, h) for t, p, h, _ in want}
