@@ -33,7 +33,7 @@ from .text import NORMALIZER_VERSION, _fold, is_cjk, normalize, runs
 
 MAX_TOTAL_HITS = 10_000  # the legacy index's pagination.maxTotalHits: totals stop where Meilisearch's do
 CANDIDATES = 200  # per words-bucket; enough for the best bucket of a frequent word to show up
-SUGGEST_CANDIDATES = 150
+SUGGEST_CANDIDATES = 60
 MAX_DISTANCE = 8
 HARD_SEPARATORS = set(".!?;。、！？；\n\r…")
 
@@ -262,40 +262,28 @@ def rank_key(terms: list[Term], content: str) -> tuple[int, int, int, int]:
 
 LIVE = "NOT is_deleted AND visibility = 'public' AND normalizer_version = %(version)s"
 MATCH = "search_tokens @@ %(match)s::tsquery AND NOT (search_tokens @@ %(better)s::tsquery)"
+SCOPE = {"topic": "topic_id = %(topic)s AND ", "all": ""}
 
-# Two ways to the first matches in post-id order. A frequent word is found by walking the topic in
-# post-id order (btree) and stopping early; only when that bounded walk comes up short does the GIN
-# index collect every match. Planner estimates for phrase and prefix tsqueries are too rough to choose.
-HEAD_SQL = {
-    "topic": f"""
-SELECT post_id, topic_id, content FROM (
+# Candidates are the first matches in post-id order. A frequent word is found by walking the scope in
+# post-id order (btree) and stopping early; the walk also measures how frequent the word is, which
+# decides the next step: a longer walk, or — for a rare word — the GIN index collecting every match.
+# Observed frequency, not the planner's estimate: estimates for phrase and prefix tsqueries are rough.
+WALK_SQL = {scope: f"""
+WITH head AS MATERIALIZED (
     SELECT post_id, topic_id, content, search_tokens FROM cn_search.post_search_documents
-    WHERE topic_id = %(topic)s AND {LIVE}
-    ORDER BY post_id LIMIT %(scan)s) AS head
-WHERE {MATCH}
-ORDER BY post_id LIMIT %(limit)s
-""",
-    "all": f"""
-SELECT post_id, topic_id, content FROM (
-    SELECT post_id, topic_id, content, search_tokens FROM cn_search.post_search_documents
-    WHERE {LIVE}
-    ORDER BY post_id LIMIT %(scan)s) AS head
-WHERE {MATCH}
-ORDER BY post_id LIMIT %(limit)s
-""",
-}
-INDEXED_SQL = {
-    "topic": f"""
-SELECT post_id, topic_id, content FROM cn_search.post_search_documents
-WHERE topic_id = %(topic)s AND {LIVE} AND {MATCH}
-ORDER BY post_id LIMIT %(limit)s
-""",
-    "all": f"""
-SELECT post_id, topic_id, content FROM cn_search.post_search_documents
-WHERE {LIVE} AND {MATCH}
-ORDER BY post_id LIMIT %(limit)s
-""",
-}
+    WHERE {cond}{LIVE}
+    ORDER BY post_id LIMIT %(scan)s),
+stats AS (SELECT count(*) AS scanned, max(post_id) AS reach FROM head)
+SELECT m.post_id, m.topic_id, m.content, stats.scanned, stats.reach
+FROM stats LEFT JOIN LATERAL (
+    SELECT post_id, topic_id, content FROM head WHERE {MATCH} ORDER BY post_id LIMIT %(limit)s) AS m ON true
+""" for scope, cond in SCOPE.items()}
+GATHER_SQL = {scope: f"""
+WITH matched AS MATERIALIZED (
+    SELECT post_id, topic_id, content FROM cn_search.post_search_documents
+    WHERE {cond}{LIVE} AND {MATCH})
+SELECT post_id, topic_id, content FROM matched ORDER BY post_id LIMIT %(limit)s
+""" for scope, cond in SCOPE.items()}
 EXACT_SQL = {
     "topic": f"""
 SELECT post_id, topic_id, content FROM cn_search.post_search_documents
@@ -304,11 +292,20 @@ WHERE md5(normalized_text) = md5(%(text)s) AND normalized_text = %(text)s AND to
 ORDER BY post_id LIMIT %(limit)s
 """,
     "all": f"""
-SELECT post_id, topic_id, content FROM cn_search.post_search_documents
-WHERE md5(normalized_text) = md5(%(text)s) AND normalized_text = %(text)s AND {LIVE} AND {MATCH}
+WITH exact AS MATERIALIZED (
+    SELECT post_id, topic_id, content, search_tokens FROM cn_search.post_search_documents
+    WHERE md5(normalized_text) = md5(%(text)s) AND normalized_text = %(text)s AND {LIVE})
+SELECT post_id, topic_id, content FROM exact WHERE {MATCH}
 ORDER BY post_id LIMIT %(limit)s
 """,
 }
+TOTAL_WALK_SQL = f"""
+WITH head AS MATERIALIZED (
+    SELECT post_id, search_tokens FROM cn_search.post_search_documents
+    WHERE topic_id = %(topic)s AND {LIVE}
+    ORDER BY post_id LIMIT %(scan)s)
+SELECT count(*) FILTER (WHERE {MATCH}), count(*), max(post_id) FROM head
+"""
 COUNT_SQL = f"""
 SELECT count(*) FROM (
     SELECT 1 FROM cn_search.post_search_documents
@@ -317,7 +314,8 @@ SELECT count(*) FROM (
 """
 
 NOTHING = "'no such token'"  # tokens never hold a space: "nothing better" for the top bucket
-HEAD_SCAN = 2_000  # rows walked in post-id order before falling back to the GIN index
+HEAD_SCAN = 2_000  # rows walked in post-id order before judging how frequent the words are
+MAX_WALK = 12_000  # a longer walk than this costs more than collecting the matches through GIN
 HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -343,6 +341,18 @@ def _buckets(terms: list[Term]):
         yield terms[:k], bucket_tsquery(terms[:k]), bucket_tsquery(terms[:k + 1]) if k < len(terms) else NOTHING
 
 
+def _reach(post_id: str | None) -> float:
+    """How far into the id space an id lies (0-1); 0 for ids that are not hashes."""
+    return int(post_id[:15], 16) / 16 ** 15 if post_id and HEX_ID.fullmatch(post_id) else 0.0
+
+
+def _no_seqscan(conn: psycopg.Connection, sql: str, params: dict) -> list[tuple]:
+    """Run a rare-word query through its indexes: a misestimated tsquery must not become a table scan."""
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")
+        return conn.execute(sql, params).fetchall()
+
+
 def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: str, limit: int,
                text: str | None = None) -> list[tuple]:
     """The first `limit` matching rows in post-id order (Meilisearch's tie-break order), plus — when
@@ -350,9 +360,17 @@ def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: 
     scope = "all" if topic is None else "topic"
     params = {"topic": topic, "version": NORMALIZER_VERSION, "match": match, "better": better, "limit": limit,
               "scan": HEAD_SCAN, "text": text}
-    rows = conn.execute(HEAD_SQL[scope], params).fetchall()
-    if len(rows) < limit:
-        rows = conn.execute(INDEXED_SQL[scope], params).fetchall()
+    walked = conn.execute(WALK_SQL[scope], params).fetchall()
+    rows = [r[:3] for r in walked if r[0] is not None]
+    complete = walked[0][3] < HEAD_SCAN  # the walk saw the whole scope
+    if len(rows) < limit and not complete:
+        longer = int(HEAD_SCAN * limit / len(rows) * 1.5) if rows else MAX_WALK + 1
+        if longer <= MAX_WALK:
+            walked = conn.execute(WALK_SQL[scope], {**params, "scan": longer}).fetchall()
+            rows = [r[:3] for r in walked if r[0] is not None]
+            complete = walked[0][3] < longer
+        if len(rows) < limit and not complete:
+            rows = _no_seqscan(conn, GATHER_SQL[scope], params)
     if text and len(rows) >= limit:  # otherwise every match, exact ones included, is already here
         seen = {(r[0], r[1]) for r in rows}
         rows += [r for r in conn.execute(EXACT_SQL[scope], params).fetchall() if (r[0], r[1]) not in seen]
@@ -362,19 +380,23 @@ def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: 
 def estimate_total(conn: psycopg.Connection, topic: str, match: str, first: list[tuple] | None = None) -> int:
     """Documents matching the first query word, capped like Meilisearch's estimatedTotalHits.
 
-    Exact while the matches fit in one candidate set. Beyond that it is estimated from how far into the
-    id space the first matches reach: event ids are hashes, so the first k of N matches in id order
-    cover about k/N of it. Ids that are not hashes get an exact (capped) count instead.
+    Exact when the matches are few. Beyond that it is estimated from how far into the id space a
+    sample of matches in id order reaches: event ids are hashes, so k of N matches in id order cover
+    about k/N of it. Ids that are not hashes get an exact (capped) count instead.
     """
-    rows = first if first is not None else candidates(conn, topic, match, NOTHING, CANDIDATES)
-    if len(rows) < CANDIDATES:
-        return len(rows)
-    last = rows[-1][0]
-    reach = int(last[:15], 16) / 16 ** 15 if HEX_ID.fullmatch(last) else 0.0
-    if reach > 0.01:
-        return min(MAX_TOTAL_HITS, round(len(rows) / reach))
-    return conn.execute(COUNT_SQL, {"topic": topic, "version": NORMALIZER_VERSION, "match": match,
-                                    "better": NOTHING, "cap": MAX_TOTAL_HITS}).fetchone()[0]
+    params = {"topic": topic, "version": NORMALIZER_VERSION, "match": match, "better": NOTHING,
+              "scan": HEAD_SCAN, "cap": MAX_TOTAL_HITS}
+    if first is not None and len(first) < CANDIDATES:
+        return len(first)
+    if first is not None and _reach(first[-1][0]) > 0.01:
+        return min(MAX_TOTAL_HITS, round(len(first) / _reach(first[-1][0])))
+    if first is None:
+        matched, scanned, last = conn.execute(TOTAL_WALK_SQL, params).fetchone()
+        if scanned < HEAD_SCAN:
+            return matched
+        if matched >= 20 and _reach(last) > 0.01:
+            return min(MAX_TOTAL_HITS, round(matched / _reach(last)))
+    return _no_seqscan(conn, COUNT_SQL, params)[0][0]
 
 
 def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset: int = 0) -> Page:
