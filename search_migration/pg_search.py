@@ -32,9 +32,10 @@ import psycopg
 from .text import NORMALIZER_VERSION, _fold, is_cjk, normalize, runs
 
 MAX_TOTAL_HITS = 10_000  # the legacy index's pagination.maxTotalHits: totals stop where Meilisearch's do
-CANDIDATES = 200  # per words-bucket; enough for the best bucket of a frequent word to show up
+CANDIDATES = 120  # per words-bucket; enough for the best bucket of a frequent word to show up
 SUGGEST_CANDIDATES = 60
 MAX_DISTANCE = 8
+UNMATCHED = 9  # rank_key's first element for a row whose words do not all match
 HARD_SEPARATORS = set(".!?;。、！？；\n\r…")
 
 
@@ -108,7 +109,9 @@ class Words:
 
 # Meilisearch keeps these apart from their NFKC forms: half-width katakana, full-width capitals.
 LEGACY_DISTINCT = re.compile("[\uff21-\uff3a\uff61-\uff9f]+")
-WORD = re.compile(r"[^\W]+")  # letters, digits and `_`; marks and symbols separate (NFKC composed kana first)
+# letters, digits and `_` make words; so does each emoji (Meilisearch counts it as a word), other marks
+# and symbols separate
+WORD = re.compile("[^\\W]+|[\u2600-\u27bf\U0001f000-\U0001faff]")
 SCRIPT_RUN = re.compile(
     "[\u3040-\u309f]+"  # hiragana
     "|[\u30a0-\u30ff\u31f0-\u31ff]+"  # katakana
@@ -206,10 +209,16 @@ def _occurrences(term: Term, words: Words) -> list[tuple[int, bool]]:
             elif term.prefix and word.startswith(bare):
                 found.append((pos, False))
         return found
+    katakana = all(_script(c) == "kata" for c in bare)
     for run_text, run_pieces in words.cjk_runs:
         start = run_text.find(bare)
         while start >= 0:
             end = start + len(bare)
+            if katakana and ((start > 0 and _script(run_text[start - 1]) == "kata") or
+                             (not term.prefix and end < len(run_text) and _script(run_text[end]) == "kata")):
+                # データ inside データベース: a dictionary segmenter sees one longer word, not this one
+                start = run_text.find(bare, start + 1)
+                continue
             pos = next((p for s, e, p in run_pieces if s <= start < e), run_pieces[-1][2])
             exact = any(e == end for _, e, _ in run_pieces)
             found.append((pos, exact))
@@ -242,8 +251,8 @@ def rank_key(terms: list[Term], content: str) -> tuple[int, int, int, int]:
         typo = 1
         words = words_of(content, terms)
         occ = [_occurrences(t, words) for t in terms]
-        if any(not o for o in occ):  # matched by the index but not by word: last in its bucket
-            return (2, MAX_DISTANCE * len(terms), 10 * len(terms), 2 + len(terms))
+        if any(not o for o in occ):  # matched by the index but not word for word: a lower words-bucket
+            return (UNMATCHED, 0, 0, 0)
     proximity = sum(min(_distance(a, b) for a, _ in occ[i] for b, _ in occ[i + 1]) for i in range(len(terms) - 1))
     # Meilisearch's word-position cost: how far each word sits from where it stands in the query
     position = sum(min(_position_cost(abs(p - i)) for p, _ in o) for i, o in enumerate(occ))
@@ -314,7 +323,7 @@ SELECT count(*) FROM (
 """
 
 NOTHING = "'no such token'"  # tokens never hold a space: "nothing better" for the top bucket
-HEAD_SCAN = 2_000  # rows walked in post-id order before judging how frequent the words are
+HEAD_SCAN = 1_000  # rows walked in post-id order before judging how frequent the words are
 MAX_WALK = 12_000  # a longer walk than this costs more than collecting the matches through GIN
 HEX_ID = re.compile(r"[0-9a-f]{64}")
 
@@ -324,10 +333,6 @@ class Page:
     items: list[dict]
     total: int
     next_offset: int | None
-
-
-def _ranked(rows, terms: list[Term]) -> list[tuple]:
-    return sorted(rows, key=lambda r: (rank_key(terms, r[2]), r[0], r[1]))
 
 
 def _phrase(q: str, terms: list[Term], bucket_terms: list[Term]) -> str:
@@ -354,9 +359,9 @@ def _no_seqscan(conn: psycopg.Connection, sql: str, params: dict) -> list[tuple]
 
 
 def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: str, limit: int,
-               text: str | None = None) -> list[tuple]:
-    """The first `limit` matching rows in post-id order (Meilisearch's tie-break order), plus — when
-    `text` is given — every post whose whole normalized text is `text` (they rank first)."""
+               text: str | None = None) -> tuple[list[tuple], list[tuple]]:
+    """The first `limit` matching rows in post-id order (Meilisearch's tie-break order), and — when
+    `text` is given — the posts whose whole normalized text is `text` (they rank first) among the rest."""
     scope = "all" if topic is None else "topic"
     params = {"topic": topic, "version": NORMALIZER_VERSION, "match": match, "better": better, "limit": limit,
               "scan": HEAD_SCAN, "text": text}
@@ -371,10 +376,11 @@ def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: 
             complete = walked[0][3] < longer
         if len(rows) < limit and not complete:
             rows = _no_seqscan(conn, GATHER_SQL[scope], params)
+    extra: list[tuple] = []
     if text and len(rows) >= limit:  # otherwise every match, exact ones included, is already here
         seen = {(r[0], r[1]) for r in rows}
-        rows += [r for r in conn.execute(EXACT_SQL[scope], params).fetchall() if (r[0], r[1]) not in seen]
-    return rows
+        extra = [r for r in conn.execute(EXACT_SQL[scope], params).fetchall() if (r[0], r[1]) not in seen]
+    return rows, extra
 
 
 def estimate_total(conn: psycopg.Connection, topic: str, match: str, first: list[tuple] | None = None) -> int:
@@ -399,24 +405,42 @@ def estimate_total(conn: psycopg.Connection, topic: str, match: str, first: list
     return _no_seqscan(conn, COUNT_SQL, params)[0][0]
 
 
+def _rank_buckets(fetch, terms: list[Term], want: int) -> tuple[list[tuple], list[tuple] | None]:
+    """Bucket sort over words-buckets (strategy `last`): all words first, then fewer.
+
+    A row the index matched but whose words do not match the way Meilisearch's do (データ inside データベース)
+    moves down to the next bucket. Returns the ranked rows and the one-word bucket's ordered candidates.
+    """
+    ranked: list[tuple] = []
+    demoted: list[tuple] = []
+    single = None
+    for bucket_terms, match, better in _buckets(terms):
+        rows, extra = fetch(bucket_terms, match, better)
+        if len(bucket_terms) == 1:
+            single = rows
+        keyed = [(rank_key(bucket_terms, r[2]), r) for r in rows + extra + demoted]
+        fits = sorted((k, r[0], r[1], r) for k, r in keyed if k[0] < UNMATCHED)
+        ranked.extend(r for *_, r in fits)
+        demoted = [r for k, r in keyed if k[0] >= UNMATCHED]
+        if len(ranked) >= want:
+            break
+    else:
+        ranked.extend(sorted(demoted))
+    return ranked, single
+
+
 def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset: int = 0) -> Page:
     """One page of a topic's results in Meilisearch's order, and the total (capped like Meilisearch's)."""
     terms = parse_query(q)
     if not terms or limit <= 0:
         return Page([], 0, None)
     want = offset + limit
-    ranked: list[tuple] = []
-    last_bucket = None
-    for bucket_terms, match, better in _buckets(terms):
-        rows = candidates(conn, topic, match, better, max(CANDIDATES, want + CANDIDATES // 2),
-                          _phrase(q, terms, bucket_terms))
-        if len(bucket_terms) == 1:
-            last_bucket = rows
-        ranked.extend(_ranked(rows, bucket_terms))
-        if len(ranked) >= want:
-            break
-    first_word = bucket_tsquery(terms[:1])
-    total = estimate_total(conn, topic, first_word, last_bucket if len(terms) == 1 else None)
+    ranked, single = _rank_buckets(
+        lambda bucket_terms, match, better: candidates(conn, topic, match, better,
+                                                       max(CANDIDATES, want + CANDIDATES // 2),
+                                                       _phrase(q, terms, bucket_terms)),
+        terms, want)
+    total = estimate_total(conn, topic, bucket_tsquery(terms[:1]), single if len(terms) == 1 else None)
     total = max(total, min(len(ranked), MAX_TOTAL_HITS))
     page = ranked[offset:want]
     items = [{"event_id": r[0], "topic_id": r[1]} for r in page]
@@ -431,14 +455,14 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
     terms = parse_query(q)
     if not terms or limit <= 0:
         return []
+    ranked, _ = _rank_buckets(
+        lambda bucket_terms, match, better: candidates(conn, None, match, better, SUGGEST_CANDIDATES + 3 * limit,
+                                                       _phrase(q, terms, bucket_terms)),
+        terms, 3 * limit)
     seen: set[str] = set()
     items: list[dict] = []
-    for bucket_terms, match, better in _buckets(terms):
-        rows = candidates(conn, None, match, better, SUGGEST_CANDIDATES + 3 * limit, _phrase(q, terms, bucket_terms))
-        for post_id, topic_id, content in _ranked(rows, bucket_terms):
-            if post_id not in seen:
-                seen.add(post_id)
-                items.append({"event_id": post_id, "topic_id": topic_id, "text": content})
-        if len(items) >= limit:
-            break
+    for post_id, topic_id, content in ranked:
+        if post_id not in seen:
+            seen.add(post_id)
+            items.append({"event_id": post_id, "topic_id": topic_id, "text": content})
     return items[:limit]
