@@ -324,7 +324,7 @@ SELECT count(*) FROM (
 
 NOTHING = "'no such token'"  # tokens never hold a space: "nothing better" for the top bucket
 HEAD_SCAN = 1_000  # rows walked in post-id order before judging how frequent the words are
-MAX_WALK = 12_000  # a longer walk than this costs more than collecting the matches through GIN
+MAX_WALK = 6_000  # a longer walk than this costs more than collecting the matches through GIN
 HEX_ID = re.compile(r"[0-9a-f]{64}")
 
 
@@ -369,8 +369,12 @@ def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: 
     rows = [r[:3] for r in walked if r[0] is not None]
     complete = walked[0][3] < HEAD_SCAN  # the walk saw the whole scope
     if len(rows) < limit and not complete:
-        longer = int(HEAD_SCAN * limit / len(rows) * 1.5) if rows else MAX_WALK + 1
-        if longer <= MAX_WALK:
+        # a longer walk reads about limit/frequency rows; collecting through GIN reads every match
+        # (frequency x scope size, the scope measured by how far into the id space the walk got)
+        longer = int(HEAD_SCAN * limit / len(rows) * 1.3) if rows else None
+        reach = _reach(walked[0][4])
+        matches = len(rows) / reach if reach > 0.0001 else float("inf")
+        if longer is not None and (longer <= MAX_WALK or longer <= matches):
             walked = conn.execute(WALK_SQL[scope], {**params, "scan": longer}).fetchall()
             rows = [r[:3] for r in walked if r[0] is not None]
             complete = walked[0][3] < longer
@@ -400,7 +404,7 @@ def estimate_total(conn: psycopg.Connection, topic: str, match: str, first: list
         matched, scanned, last = conn.execute(TOTAL_WALK_SQL, params).fetchone()
         if scanned < HEAD_SCAN:
             return matched
-        if matched >= 20 and _reach(last) > 0.01:
+        if matched >= 3 and _reach(last) > 0.01:  # rough for few matches, as Meilisearch's estimate is
             return min(MAX_TOTAL_HITS, round(matched / _reach(last)))
     return _no_seqscan(conn, COUNT_SQL, params)[0][0]
 
