@@ -198,8 +198,9 @@ def words_of(text: str, terms: list[Term] = (), literal: bool = False) -> Words:
     return Words(pieces, cjk_runs)
 
 
-def _occurrences(term: Term, words: Words) -> list[tuple[int, bool]]:
-    """(position, exact) for every place the term matches the document."""
+def _occurrences(term: Term, words: Words, others: tuple[str, ...] = ()) -> list[tuple[int, bool]]:
+    """(position, exact) for every place the term matches the document; `others` are the other CJK
+    query words (コーヒーライブ holds コーヒー when ライブ is asked for too)."""
     found = []
     bare = term.bare
     if not term.cjk:
@@ -214,8 +215,10 @@ def _occurrences(term: Term, words: Words) -> list[tuple[int, bool]]:
         start = run_text.find(bare)
         while start >= 0:
             end = start + len(bare)
-            if katakana and ((start > 0 and _script(run_text[start - 1]) == "kata") or
-                             (not term.prefix and end < len(run_text) and _script(run_text[end]) == "kata")):
+            if katakana and ((start > 0 and _script(run_text[start - 1]) == "kata"
+                              and not any(run_text.endswith(o, 0, start) for o in others)) or
+                             (not term.prefix and end < len(run_text) and _script(run_text[end]) == "kata"
+                              and not any(run_text.startswith(o, end) for o in others))):
                 # データ inside データベース: a dictionary segmenter sees one longer word, not this one
                 start = run_text.find(bare, start + 1)
                 continue
@@ -245,12 +248,13 @@ def _query_stream(terms: tuple[Term, ...]) -> str:
 def rank_key(terms: list[Term], content: str) -> tuple[int, int, int, int]:
     """(typo, proximity, word position, exactness) within a words-bucket; lower ranks first."""
     words = words_of(content, terms, literal=True)
-    occ = [_occurrences(t, words) for t in terms]
+    cjk = tuple(t.bare for t in terms if t.cjk)
+    occ = [_occurrences(t, words, cjk) for t in terms]
     typo = 0
     if any(not o for o in occ):  # found only through width folding (ｶﾒﾗ for カメラ): Meilisearch would not
         typo = 1
         words = words_of(content, terms)
-        occ = [_occurrences(t, words) for t in terms]
+        occ = [_occurrences(t, words, cjk) for t in terms]
         if any(not o for o in occ):  # matched by the index but not word for word: a lower words-bucket
             return (UNMATCHED, 0, 0, 0)
     proximity = sum(min(_distance(a, b) for a, _ in occ[i] for b, _ in occ[i + 1]) for i in range(len(terms) - 1))
@@ -308,6 +312,12 @@ SELECT post_id, topic_id, content FROM exact WHERE {MATCH}
 ORDER BY post_id LIMIT %(limit)s
 """,
 }
+START_SQL = f"""
+SELECT post_id, topic_id, content FROM cn_search.post_search_documents
+WHERE topic_id = %(topic)s AND cn_search.search_lead(normalized_text) = cn_search.search_lead(%(text)s)
+  AND replace(translate(normalized_text, '#@', ''), ' ', '') LIKE %(start)s AND {LIVE} AND {MATCH}
+ORDER BY post_id LIMIT %(limit)s
+"""
 TOTAL_WALK_SQL = f"""
 WITH head AS MATERIALIZED (
     SELECT post_id, search_tokens FROM cn_search.post_search_documents
@@ -381,9 +391,16 @@ def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: 
         if len(rows) < limit and not complete:
             rows = _no_seqscan(conn, GATHER_SQL[scope], params)
     extra: list[tuple] = []
-    if text and len(rows) >= limit:  # otherwise every match, exact ones included, is already here
+    if text and len(rows) >= limit:  # otherwise every match, exact and leading ones included, is here
         seen = {(r[0], r[1]) for r in rows}
-        extra = [r for r in conn.execute(EXACT_SQL[scope], params).fetchall() if (r[0], r[1]) not in seen]
+        found = conn.execute(EXACT_SQL[scope], params).fetchall()
+        if scope == "topic":
+            start = re.sub(r"([\\%_])", r"\\\1", text.replace("#", "").replace("@", "").replace(" ", "")) + "%"
+            found += conn.execute(START_SQL, {**params, "start": start}).fetchall()
+        for r in found:
+            if (r[0], r[1]) not in seen:
+                seen.add((r[0], r[1]))
+                extra.append(r)
     return rows, extra
 
 
