@@ -171,7 +171,8 @@ def cmd_dev(args) -> None:
     dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     env = dict(os.environ, **s.environment(), DAGSTER_HOME=str(dagster_home))
-    cmd = ["dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"  # the venv's own
+    cmd = [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
     print(f"starting the Dagster UI at http://{args.host}:{args.port} (Ctrl-C stops it; "
           "`search-migration services down` stops the databases)", flush=True)
     os.chdir(REPO_ROOT)

@@ -49,7 +49,7 @@ def dagster_dev(servers, database_url, index_uid, tmp_path):
     port = free_port()
     env = servers.env(DATABASE_URL=database_url, MEILI_INDEX=index_uid,
                       SEARCH_MIGRATION_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "dagster_home"),
-                      PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
+                      PATH="/usr/bin:/bin")  # as from scripts/dev: the venv is not on PATH
     log = (tmp_path / "dev.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "search_migration.cli", "dev", "--posts", "3000", "--topics", "6",
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
