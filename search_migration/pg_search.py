@@ -286,15 +286,22 @@ WITH head AS MATERIALIZED (
     SELECT post_id, topic_id, content, search_tokens FROM cn_search.post_search_documents
     WHERE {cond}{LIVE}
     ORDER BY post_id LIMIT %(scan)s),
-stats AS (SELECT count(*) AS scanned, max(post_id) AS reach FROM head)
-SELECT m.post_id, m.topic_id, m.content, stats.scanned, stats.reach
+stats AS (SELECT count(*) AS scanned, max(post_id) AS reach,
+                 (SELECT array_agg((SELECT count(*) FROM head WHERE search_tokens @@ w.q::tsquery) ORDER BY w.i)
+                  FROM unnest(%(words)s::text[]) WITH ORDINALITY AS w(q, i)) AS per_word
+          FROM head)
+SELECT m.post_id, m.topic_id, m.content, stats.scanned, stats.reach, stats.per_word
 FROM stats LEFT JOIN LATERAL (
     SELECT post_id, topic_id, content FROM head WHERE {MATCH} ORDER BY post_id LIMIT %(limit)s) AS m ON true
 """ for scope, cond in SCOPE.items()}
+# The GIN index is asked for the rarest word only (rarest in the walk); the others are checked on the
+# rows it returns — intersecting several frequent words' posting lists costs more than that check.
 GATHER_SQL = {scope: f"""
 WITH matched AS MATERIALIZED (
     SELECT post_id, topic_id, content FROM cn_search.post_search_documents
-    WHERE {cond}{LIVE} AND {MATCH})
+    WHERE {cond}{LIVE} AND search_tokens @@ %(rarest)s::tsquery
+      AND coalesce(search_tokens, ''::tsvector) @@ %(match)s::tsquery
+      AND NOT (search_tokens @@ %(better)s::tsquery))
 SELECT post_id, topic_id, content FROM matched ORDER BY post_id LIMIT %(limit)s
 """ for scope, cond in SCOPE.items()}
 EXACT_SQL = {
@@ -368,28 +375,32 @@ def _no_seqscan(conn: psycopg.Connection, sql: str, params: dict) -> list[tuple]
         return conn.execute(sql, params).fetchall()
 
 
-def candidates(conn: psycopg.Connection, topic: str | None, match: str, better: str, limit: int,
+def candidates(conn: psycopg.Connection, topic: str | None, words: list[str], better: str, limit: int,
                text: str | None = None) -> tuple[list[tuple], list[tuple]]:
     """The first `limit` matching rows in post-id order (Meilisearch's tie-break order), and — when
     `text` is given — the posts whose whole normalized text is `text` (they rank first) among the rest."""
     scope = "all" if topic is None else "topic"
-    params = {"topic": topic, "version": NORMALIZER_VERSION, "match": match, "better": better, "limit": limit,
-              "scan": HEAD_SCAN, "text": text}
-    walked = conn.execute(WALK_SQL[scope], params).fetchall()
-    rows = [r[:3] for r in walked if r[0] is not None]
-    complete = walked[0][3] < HEAD_SCAN  # the walk saw the whole scope
-    if len(rows) < limit and not complete:
+    params = {"topic": topic, "version": NORMALIZER_VERSION, "match": " & ".join(words), "better": better,
+              "limit": limit, "scan": HEAD_SCAN, "text": text, "words": words, "rarest": words[0]}
+    scan = HEAD_SCAN
+    for _ in range(3):
+        walked = conn.execute(WALK_SQL[scope], {**params, "scan": scan}).fetchall()
+        rows = [r[:3] for r in walked if r[0] is not None]
+        if len(rows) >= limit or walked[0][3] < scan:  # enough, or the walk saw the whole scope
+            break
         # a longer walk reads about limit/frequency rows; collecting through GIN reads every match
         # (frequency x scope size, the scope measured by how far into the id space the walk got)
-        longer = int(HEAD_SCAN * limit / len(rows) * 1.3) if rows else None
         reach = _reach(walked[0][4])
-        matches = len(rows) / reach if reach > 0.0001 else float("inf")
-        if longer is not None and (longer <= MAX_WALK or longer <= matches):
-            walked = conn.execute(WALK_SQL[scope], {**params, "scan": longer}).fetchall()
-            rows = [r[:3] for r in walked if r[0] is not None]
-            complete = walked[0][3] < longer
-        if len(rows) < limit and not complete:
+        matches = len(rows) / reach if reach > 1e-9 else float("inf")
+        per_word = walked[0][5] or [0] * len(words)
+        params["rarest"] = min(zip(per_word, [-len(w) for w in words], words))[2]
+        needed = int(scan * limit / len(rows) * 1.5) if rows else None
+        if needed is None or (needed > MAX_WALK and needed > 1.5 * matches):
             rows = _no_seqscan(conn, GATHER_SQL[scope], params)
+            break
+        scan = max(needed, 2 * scan)
+    else:
+        rows = _no_seqscan(conn, GATHER_SQL[scope], params)
     extra: list[tuple] = []
     if text and len(rows) >= limit:  # otherwise every match, exact and leading ones included, is here
         seen = {(r[0], r[1]) for r in rows}
@@ -415,13 +426,13 @@ def estimate_total(conn: psycopg.Connection, topic: str, match: str, first: list
               "scan": HEAD_SCAN, "cap": MAX_TOTAL_HITS}
     if first is not None and len(first) < CANDIDATES:
         return len(first)
-    if first is not None and _reach(first[-1][0]) > 0.01:
+    if first is not None and _reach(first[-1][0]) > 1e-9:
         return min(MAX_TOTAL_HITS, round(len(first) / _reach(first[-1][0])))
     if first is None:
         matched, scanned, last = conn.execute(TOTAL_WALK_SQL, params).fetchone()
         if scanned < HEAD_SCAN:
             return matched
-        if matched >= 3 and _reach(last) > 0.01:  # rough for few matches, as Meilisearch's estimate is
+        if matched >= 3 and _reach(last) > 1e-9:  # rough for few matches, as Meilisearch's estimate is
             return min(MAX_TOTAL_HITS, round(matched / _reach(last)))
     return _no_seqscan(conn, COUNT_SQL, params)[0][0]
 
@@ -457,7 +468,7 @@ def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset
         return Page([], 0, None)
     want = offset + limit
     ranked, single = _rank_buckets(
-        lambda bucket_terms, match, better: candidates(conn, topic, match, better,
+        lambda bucket_terms, match, better: candidates(conn, topic, [t.tsquery() for t in bucket_terms], better,
                                                        max(CANDIDATES, want + CANDIDATES // 2),
                                                        _phrase(q, terms, bucket_terms)),
         terms, want)
@@ -477,7 +488,8 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
     if not terms or limit <= 0:
         return []
     ranked, _ = _rank_buckets(
-        lambda bucket_terms, match, better: candidates(conn, None, match, better, SUGGEST_CANDIDATES + 3 * limit,
+        lambda bucket_terms, match, better: candidates(conn, None, [t.tsquery() for t in bucket_terms], better,
+                                                       SUGGEST_CANDIDATES + 3 * limit,
                                                        _phrase(q, terms, bucket_terms)),
         terms, 3 * limit)
     seen: set[str] = set()
