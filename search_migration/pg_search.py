@@ -13,11 +13,14 @@ follows Meilisearch's default bucket sort on a bounded candidate set:
 6. tie-break  Meilisearch returns equal documents in internal-id order; the legacy index was built
               in event-id order, so ascending post id mirrors it.
 
-Candidates are read in tie-break order and capped, so a very frequent word ranks a bounded set: the
-first documents of the best bucket in post-id order are exactly Meilisearch's as long as that bucket
-shows up among the candidates. Word positions are computed the way Meilisearch counts them (a hard
-separator such as `。` moves 8 positions), with CJK runs split where the script changes — a cheap
-stand-in for Meilisearch's dictionary segmentation.
+Candidates are bounded so a very frequent word stays fast: the first matches in tie-break order (a
+walk of the topic in post-id order for frequent words, the GIN index for rare ones — chosen by the
+frequency the walk measured), plus the posts whose text is or starts with the query (rare, and first
+in Meilisearch's order). The first documents of the best bucket in post-id order are then exactly
+Meilisearch's whenever that bucket shows up among the candidates. Word positions are counted the way
+Meilisearch counts them (a hard separator such as `。` moves 8 positions, an emoji is a word), with
+CJK runs split where the script changes or a query word begins — a cheap stand-in for Meilisearch's
+dictionary segmentation — and a katakana query word must not sit inside a longer katakana word.
 """
 
 from __future__ import annotations
