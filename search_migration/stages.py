@@ -26,7 +26,7 @@ BASE_FLAGS = {
 INTEGRITY_GATES = ("backfill_complete", "catchup_lag", "drift_zero")
 QUALITY_GATES = ("overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "error_rate", "shadow_sample_size")
 GATES_TO_ENTER = {
-    "dual": (),
+    "dual": ("schema_migrated",),
     "shadow": INTEGRITY_GATES,
     "live": INTEGRITY_GATES + QUALITY_GATES,
     "complete": INTEGRITY_GATES + QUALITY_GATES + ("live_soak",),
