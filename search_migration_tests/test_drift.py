@@ -1,0 +1,49 @@
+"""Drift between the two indexes: zero when they agree, and each kind of disagreement found."""
+
+from __future__ import annotations
+
+from search_migration import backfill, db, drift, flags, meili_index, source
+from search_migration.backfill import Window
+
+from .test_write_path import TOPIC, new_posts, seeded  # noqa: F401  (fixture)
+
+
+def _backfill_everything(url: str) -> None:
+    with db.connect(url) as conn:
+        flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="drift test")
+        backfill.capture_watermark(conn, by="test")
+        topics = source.topic_ids(conn)
+    for topic in topics:
+        backfill.run_partition(url, f"all-{topic}", topic, Window(0, 2**62), owner="drift-test")
+
+
+def test_drift_is_zero_when_engines_agree_and_finds_every_kind_of_difference(seeded, meili, index_uid):
+    _backfill_everything(seeded)
+    with db.connect(seeded) as conn:
+        clean = drift.report(conn, meili, index_uid, sample_per_topic=1000)
+        assert clean.drift == 0 and len(clean.topics) == 4 and all(t.sampled for t in clean.topics)
+        # in-flight rows (beyond the consumer offset) are lag, not drift
+        new_posts(conn, 5, "pending")
+        assert drift.report(conn, meili, index_uid, sample_per_topic=1000).drift == 0
+
+        a, b, c = [t.topic_id for t in clean.topics[:3]]
+        victim_pg = conn.execute("SELECT post_id FROM cn_search.post_search_documents WHERE topic_id = %s "
+                                 "AND NOT is_deleted ORDER BY post_id LIMIT 1", (a,)).fetchone()[0]
+        conn.execute("DELETE FROM cn_search.post_search_documents WHERE topic_id = %s AND post_id = %s",
+                     (a, victim_pg))
+        victim_edit, victim_gone = [r[0] for r in conn.execute(
+            "SELECT post_id FROM cn_search.post_search_documents WHERE topic_id = %s AND NOT is_deleted "
+            "ORDER BY post_id LIMIT 1", (b,))] + [r[0] for r in conn.execute(
+            "SELECT post_id FROM cn_search.post_search_documents WHERE topic_id = %s AND NOT is_deleted "
+            "ORDER BY post_id LIMIT 1", (c,))]
+    index = meili.index(index_uid)
+    meili_index.wait(meili, index.update_documents([{"id": meili_index.doc_id(victim_edit, b),
+                                                     "content": "edited behind our back"}]).task_uid)
+    meili_index.wait(meili, index.delete_document(meili_index.doc_id(victim_gone, c)).task_uid)
+
+    with db.connect(seeded) as conn:
+        found = {t.topic_id: t for t in drift.report(conn, meili, index_uid, sample_per_topic=1000).drifting_topics}
+    assert set(found) == {a, b, c}
+    assert found[a].missing_in_pg == [victim_pg] and found[a].pg_documents == found[a].meili_documents - 1
+    assert found[b].content_mismatch == [victim_edit] and found[b].pg_documents == found[b].meili_documents
+    assert found[c].missing_in_meili == [victim_gone]
