@@ -121,6 +121,7 @@ SCRIPT_RUN = re.compile(
     "|[\u3005-\u3007\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\U00020000-\U0002fa1f]+"  # han, hangul
     "|[^\u3005-\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
     "\U00020000-\U0002fa1f]+")
+PARTICLES = set("がのをにではとへや")
 HARD = re.compile("[" + re.escape("".join(sorted(HARD_SEPARATORS))) + "]")
 
 
@@ -174,7 +175,10 @@ def words_of(text: str, terms: list[Term] = (), literal: bool = False) -> Words:
             pieces.append((word, pos))
             continue
         cuts = {0, len(word)}
-        cuts.update(r.start() for r in SCRIPT_RUN.finditer(word))
+        for r in SCRIPT_RUN.finditer(word):
+            cuts.add(r.start())
+            if r.end() - r.start() > 1 and word[r.start()] in PARTICLES:
+                cuts.add(r.start() + 1)  # が|きれい: a particle opening a hiragana run is a word
         for bare, prefix in cjk_terms:
             start = word.find(bare)
             while start >= 0:
