@@ -1,0 +1,95 @@
+"""cutover_job and rollback_job: the flag flips, gated by the latest asset-check results across runs."""
+
+import datetime as dt
+from typing import Optional
+
+import dagster as dg
+
+from .. import cutover, flags, stages
+from .gates import DRIFT_CHECKS, QUALITY_CHECKS
+from .resources import MeiliResource, PostgresResource
+
+CHECK_ASSET = {**{name: "search_drift_report" for name in DRIFT_CHECKS},
+               **{name: "shadow_read_report" for name in QUALITY_CHECKS}}
+
+
+class CutoverConfig(dg.Config):
+    target_stage: str
+    shadow_rate: Optional[int] = None
+    by: str
+    reason: str
+    dry_run: bool = False
+    max_gate_age_minutes: float = 60
+    soak_hours: float = 24
+
+
+def latest_gates(instance: dg.DagsterInstance, names: tuple[str, ...]) -> dict[str, Optional[cutover.GateStatus]]:
+    """The latest evaluation of each gate's asset check, whichever run produced it."""
+    found: dict[str, Optional[cutover.GateStatus]] = {}
+    for name in names:
+        if name not in CHECK_ASSET:
+            continue
+        record = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey(CHECK_ASSET[name]), name))
+        evaluation = record.event.asset_check_evaluation if record and record.event else None
+        if evaluation is None:
+            found[name] = None
+            continue
+        found[name] = cutover.GateStatus(
+            name, bool(evaluation.passed), dt.datetime.fromtimestamp(record.event.timestamp, dt.timezone.utc),
+            evaluation.description or "")
+    return found
+
+
+def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: PostgresResource, meili: MeiliResource,
+          rollback_only: bool) -> None:
+    with postgres.connect() as conn:
+        try:
+            move = stages.plan(flags.read_all(conn), config.target_stage, config.shadow_rate)
+        except stages.StageError as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None
+        if rollback_only and not move.rollback:
+            raise dg.Failure(f"rollback_job only moves back; {move.describe()} is forward: use cutover_job",
+                             allow_retries=False)
+        gates = {**latest_gates(context.instance, move.gates),
+                 **cutover.engine_gates(conn, postgres.database_url, config.soak_hours)}
+        problems = cutover.blockers(move, gates, config.max_gate_age_minutes * 60)
+        context.log.info(("DRY RUN: " if config.dry_run else "") + move.describe())
+        for name in move.gates:
+            gate = gates.get(name)
+            context.log.info(f"gate {name}: " + ("never evaluated" if gate is None else
+                                                 f"{'pass' if gate.passed else 'FAIL'} ({gate.detail})"))
+        if problems:
+            raise dg.Failure(f"cutover to {config.target_stage} refused: " + "; ".join(problems),
+                             metadata={"blockers": "\n".join(problems)}, allow_retries=False)
+        if config.dry_run:
+            return
+        try:
+            changed = cutover.execute(conn, move, by=config.by, reason=config.reason, gates=gates,
+                                      meili=meili.client(), index_uid=meili.index_uid)
+        except (cutover.CutoverRefused, flags.FlagError) as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from None
+    context.log.info("flags changed: " + (", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()) or "none"))
+
+
+@dg.op(description="Move one step forward when every gate of the move passed recently; dry_run changes nothing.")
+def cutover_op(context: dg.OpExecutionContext, config: CutoverConfig, postgres: PostgresResource,
+               meili: MeiliResource) -> None:
+    _move(context, config, postgres, meili, rollback_only=False)
+
+
+@dg.op(description="Move back to any earlier stage in one step (from complete: reverse catch-up first).")
+def rollback_op(context: dg.OpExecutionContext, config: CutoverConfig, postgres: PostgresResource,
+                meili: MeiliResource) -> None:
+    _move(context, config, postgres, meili, rollback_only=True)
+
+
+@dg.job(description="Cutover one stage forward, gated by the latest gate results (config: target_stage, "
+                    "shadow_rate, by, reason, dry_run).")
+def cutover_job():
+    cutover_op()
+
+
+@dg.job(description="Roll back to an earlier stage (config: target_stage, shadow_rate, by, reason, dry_run).")
+def rollback_job():
+    rollback_op()

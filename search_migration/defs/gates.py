@@ -1,0 +1,99 @@
+"""The reports the gates read, and the gates themselves as asset checks."""
+
+import dagster as dg
+
+from .. import backfill, drift, flags, gates, shadow_report, source
+from ..read_router import ReadRouter
+from .resources import MeiliResource, PostgresResource
+
+DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete")
+QUALITY_CHECKS = ("shadow_sample_size", "overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "error_rate")
+RUNBOOK = "README.md#runbook"
+
+
+class Thresholds(dg.Config):
+    """Gate thresholds; defaults are the product runbook's."""
+
+    overlap_at_10: float = gates.DEFAULTS["overlap_at_10"]
+    ndcg_at_10: float = gates.DEFAULTS["ndcg_at_10"]
+    search_p95_ms: float = gates.DEFAULTS["search_p95_ms"]
+    suggest_p95_ms: float = gates.DEFAULTS["suggest_p95_ms"]
+    error_rate: float = gates.DEFAULTS["error_rate"]
+    outbox_backlog: int = gates.DEFAULTS["outbox_backlog"]
+    min_sample: int = gates.DEFAULTS["min_sample"]
+    window_hours: float = 24
+    drift_sample_per_topic: int = 200
+
+
+def _check_results(results: list[gates.Gate]) -> list[dg.AssetCheckResult]:
+    return [dg.AssetCheckResult(check_name=g.name, passed=g.passed, description=g.detail,
+                                metadata={"value": g.value, "threshold": g.threshold, "detail": g.detail})
+            for g in results]
+
+
+@dg.asset(
+    group_name="gates", kinds={"postgres", "meilisearch"}, deps=["post_search_documents"],
+    check_specs=[dg.AssetCheckSpec(name, asset="search_drift_report") for name in DRIFT_CHECKS],
+    description="Per topic: documents in Meilisearch vs live PostgreSQL documents (exact counts, sampled ids "
+                f"and content both ways), outbox backlog and backfill completion. Gates: {', '.join(DRIFT_CHECKS)}. "
+                f"Runbook: {RUNBOOK}",
+)
+def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
+    with postgres.connect() as conn:
+        report = drift.report(conn, meili.client(), meili.index_uid, sample_per_topic=config.drift_sample_per_topic)
+        backlog = source.outbox_head(conn) - source.consumer_offset(conn, source.CONSUMER)
+        progress = backfill.progress(conn)
+    done = progress.watermark is not None and progress.rows_total > 0 and progress.rows_done >= progress.rows_total
+    detail = (f"{progress.rows_done}/{progress.rows_total} rows at watermark {progress.watermark}"
+              if progress.watermark is not None else "no high watermark captured yet")
+    results = gates.integrity(report, backlog, done, detail, config.model_dump())
+    drifting = report.drifting_topics[:20]
+    return dg.MaterializeResult(
+        metadata={
+            "drift": report.drift, "topics": len(report.topics), "drifting_topics": len(report.drifting_topics),
+            "documents_compared": sum(t.sampled for t in report.topics), "outbox_backlog": backlog,
+            "pending_excluded": report.pending_excluded, "consumer_offset": report.consumer_offset,
+            "backfill_rows_done": progress.rows_done, "backfill_rows_total": progress.rows_total,
+            "drifting": dg.MetadataValue.table(
+                records=[dg.TableRecord({"topic": t.topic_id, "pg": t.pg_documents, "meili": t.meili_documents,
+                                         "missing_in_pg": len(t.missing_in_pg),
+                                         "missing_in_meili": len(t.missing_in_meili),
+                                         "content_mismatch": len(t.content_mismatch)}) for t in drifting],
+                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string")] + [
+                    dg.TableColumn(c, "int") for c in ("pg", "meili", "missing_in_pg", "missing_in_meili",
+                                                      "content_mismatch")])),
+        },
+        check_results=_check_results(results),
+    )
+
+
+@dg.asset(
+    group_name="gates", kinds={"postgres", "meilisearch"}, deps=["post_search_documents"],
+    check_specs=[dg.AssetCheckSpec(name, asset="shadow_read_report") for name in QUALITY_CHECKS],
+    description="Shadow-read logs of the last window plus the golden query set replayed against both engines: "
+                "overlap@10, NDCG@10 (graded by the legacy ranking without judgments), P50/P95/P99 per engine, "
+                f"error and zero-result rates, sample size. Gates: {', '.join(QUALITY_CHECKS)}. Runbook: {RUNBOOK}",
+)
+def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
+    with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.client(), meili.index_uid) as router:
+        rate = int(flags.get(conn, "shadow_sample_rate"))
+        report = shadow_report.build(conn, router, window_hours=config.window_hours, expected_sample_rate=rate)
+    results = gates.quality(report, config.model_dump())
+    latency = {f"{k.replace('/', '_')}_{q}_ms": v for k, qs in report.latency_ms.items() for q, v in qs.items()}
+    return dg.MaterializeResult(
+        metadata={
+            "sample_size": report.sample_size, "shadow_search_samples": report.shadow_samples.get("search", 0),
+            "shadow_suggest_samples": report.shadow_samples.get("suggest", 0),
+            "golden_queries": report.golden_queries, "overlap_at_10_median": report.overlap_median,
+            "overlap_at_10_p10": report.overlap_p10, "ndcg_at_10": report.ndcg_at_10, "error_rate": report.error_rate,
+            "zero_result_rate_pg": report.zero_result_rate.get("pg"),
+            "zero_result_rate_meili": report.zero_result_rate.get("meili"),
+            "expected_sample_rate_percent": report.expected_sample_rate, **latency,
+            "golden": dg.MetadataValue.table(
+                records=[dg.TableRecord(r) for r in report.per_query],
+                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("query", "string"),
+                                               dg.TableColumn("overlap@10", "float"), dg.TableColumn("ndcg@10", "float"),
+                                               dg.TableColumn("pg_ms", "float"), dg.TableColumn("meili_ms", "float")])),
+        },
+        check_results=_check_results(results),
+    )

@@ -1,0 +1,85 @@
+"""The gates: thresholds from the product runbook applied to the reports. Too little data fails.
+
+Each gate is one asset check in Dagster and one line in `status`; the cutover job reads their
+latest results. A gate never passes on nothing: a missing measurement is a failure with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULTS = {
+    "overlap_at_10": 0.70,  # median overlap@10, at least
+    "ndcg_at_10": 0.90,  # mean NDCG@10, at least
+    "search_p95_ms": 180.0,  # PostgreSQL search P95, at most
+    "suggest_p95_ms": 80.0,  # PostgreSQL suggest P95, at most
+    "error_rate": 0.01,  # below
+    "outbox_backlog": 1000,  # below
+    "min_sample": 30,  # shadow-read search samples a quality gate needs
+}
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str
+
+
+def _at_least(name, value, threshold, what, sample_ok=True, n=0, need=0) -> Gate:
+    if not sample_ok:
+        return Gate(name, False, value, threshold, f"insufficient sample: {n} < {need}")
+    if value is None:
+        return Gate(name, False, None, threshold, f"no {what} measured")
+    ok = value >= threshold
+    return Gate(name, ok, value, threshold, f"{what} {value:.3f} {'>=' if ok else '<'} {threshold}")
+
+
+def _at_most(name, value, threshold, what, sample_ok=True, n=0, need=0, strict=False) -> Gate:
+    if not sample_ok:
+        return Gate(name, False, value, threshold, f"insufficient sample: {n} < {need}")
+    if value is None:
+        return Gate(name, False, None, threshold, f"no {what} measured")
+    ok = value < threshold if strict else value <= threshold
+    sign = ("<" if strict else "<=") if ok else (">=" if strict else ">")
+    return Gate(name, ok, value, threshold, f"{what} {value:g} {sign} {threshold}")
+
+
+def quality(report, thresholds: dict | None = None) -> list[Gate]:
+    """Gates on a shadow_report.ShadowReport."""
+    t = {**DEFAULTS, **(thresholds or {})}
+    n, need = report.sample_size, int(t["min_sample"])
+    enough = n >= need
+    suggest_n = report.shadow_samples.get("suggest", 0)
+    return [
+        Gate("shadow_sample_size", enough, n, need, f"{n} shadow search samples, need {need}"),
+        _at_least("overlap_at_10", report.overlap_median, t["overlap_at_10"], "median overlap@10", enough, n, need),
+        _at_least("ndcg_at_10", report.ndcg_at_10, t["ndcg_at_10"], "mean NDCG@10", enough, n, need),
+        _at_most("search_p95", report.p95("search"), t["search_p95_ms"], "PostgreSQL search P95 ms", enough, n, need),
+        _at_most("suggest_p95", report.p95("suggest"), t["suggest_p95_ms"], "PostgreSQL suggest P95 ms",
+                 suggest_n > 0, suggest_n, 1),
+        _at_most("error_rate", report.error_rate, t["error_rate"], "error rate", enough, n, need, strict=True),
+    ]
+
+
+def integrity(drift_report, backlog: int, backfill_done: bool, backfill_detail: str,
+              thresholds: dict | None = None) -> list[Gate]:
+    """Gates on drift.DriftReport, the outbox backlog and the backfill's completion."""
+    t = {**DEFAULTS, **(thresholds or {})}
+    sampled = sum(x.sampled for x in drift_report.topics)
+    if drift_report.backlog_too_large:
+        drift_gate = Gate("drift_zero", False, None, 0, "backlog too large to tell drift from lag")
+    elif not sampled:
+        drift_gate = Gate("drift_zero", False, None, 0, "insufficient sample: no document compared")
+    else:
+        bad = [x.topic_id for x in drift_report.drifting_topics]
+        drift_gate = Gate("drift_zero", not bad, drift_report.drift, 0,
+                          f"{drift_report.drift} differences in {len(bad)} topic(s) of {len(drift_report.topics)}; "
+                          f"{sampled} documents compared" + (f"; first: {bad[0]}" if bad else ""))
+    return [
+        drift_gate,
+        _at_most("catchup_lag", backlog, t["outbox_backlog"], "outbox backlog rows", strict=True),
+        Gate("backfill_complete", backfill_done, None, None, backfill_detail),
+    ]
