@@ -301,6 +301,29 @@ SELECT m.post_id, m.topic_id, m.content, stats.scanned, stats.reach, stats.per_w
 FROM stats LEFT JOIN LATERAL (
     SELECT post_id, topic_id, content FROM head WHERE {MATCH} ORDER BY post_id LIMIT %(limit)s) AS m ON true
 """ for scope, cond in SCOPE.items()}
+# The first walk serves every words-bucket at once: each row of the head that matches the first word
+# gets its level (how many leading query words it matches), and each level keeps its first `limit`.
+LEVEL_WALK_SQL = {scope: f"""
+WITH head AS MATERIALIZED (
+    SELECT post_id, topic_id, content, search_tokens FROM cn_search.post_search_documents
+    WHERE {cond}{LIVE}
+    ORDER BY post_id LIMIT %(scan)s),
+leveled AS MATERIALIZED (
+    SELECT post_id, topic_id, content,
+           (SELECT max(b.i) FROM unnest(%(buckets)s::text[]) WITH ORDINALITY AS b(q, i)
+            WHERE head.search_tokens @@ b.q::tsquery) AS level
+    FROM head WHERE search_tokens @@ %(first)s::tsquery),
+numbered AS (SELECT *, row_number() OVER (PARTITION BY level ORDER BY post_id) AS n FROM leveled),
+stats AS (
+    SELECT count(*) AS scanned, max(post_id) AS reach,
+           (SELECT array_agg((SELECT count(*) FROM head h WHERE h.search_tokens @@ w.q::tsquery) ORDER BY w.i)
+            FROM unnest(%(words)s::text[]) WITH ORDINALITY AS w(q, i)) AS per_word,
+           (SELECT array_agg((SELECT count(*) FROM leveled l WHERE l.level = b.i) ORDER BY b.i)
+            FROM unnest(%(buckets)s::text[]) WITH ORDINALITY AS b(q, i)) AS per_level
+    FROM head)
+SELECT m.post_id, m.topic_id, m.content, m.level, stats.scanned, stats.reach, stats.per_word, stats.per_level
+FROM stats LEFT JOIN numbered AS m ON m.n <= %(limit)s
+""" for scope, cond in SCOPE.items()}
 # The GIN index is asked for the rarest word only (rarest in the walk); the others are checked on the
 # rows it returns — intersecting several frequent words' posting lists costs more than that check.
 GATHER_SQL = {scope: f"""
@@ -332,13 +355,6 @@ WHERE topic_id = %(topic)s AND cn_search.search_lead(normalized_text) = cn_searc
   AND replace(translate(normalized_text, '#@', ''), ' ', '') LIKE %(start)s AND {LIVE} AND {MATCH}
 ORDER BY post_id LIMIT %(limit)s
 """
-TOTAL_WALK_SQL = f"""
-WITH head AS MATERIALIZED (
-    SELECT post_id, search_tokens FROM cn_search.post_search_documents
-    WHERE topic_id = %(topic)s AND {LIVE}
-    ORDER BY post_id LIMIT %(scan)s)
-SELECT count(*) FILTER (WHERE {MATCH}), count(*), max(post_id) FROM head
-"""
 COUNT_SQL = f"""
 SELECT count(*) FROM (
     SELECT 1 FROM cn_search.post_search_documents
@@ -364,12 +380,6 @@ def _phrase(q: str, terms: list[Term], bucket_terms: list[Term]) -> str:
     return normalize(q) if len(bucket_terms) == len(terms) else " ".join(t.text for t in bucket_terms)
 
 
-def _buckets(terms: list[Term]):
-    """(match, better) tsqueries for each words-bucket, all words first (strategy `last`)."""
-    for k in range(len(terms), 0, -1):
-        yield terms[:k], bucket_tsquery(terms[:k]), bucket_tsquery(terms[:k + 1]) if k < len(terms) else NOTHING
-
-
 def _reach(post_id: str | None) -> float:
     """How far into the id space an id lies (0-1); 0 for ids that are not hashes."""
     return int(post_id[:15], 16) / 16 ** 15 if post_id and HEX_ID.fullmatch(post_id) else 0.0
@@ -382,90 +392,109 @@ def _no_seqscan(conn: psycopg.Connection, sql: str, params: dict) -> list[tuple]
         return conn.execute(sql, params).fetchall()
 
 
-def candidates(conn: psycopg.Connection, topic: str | None, words: list[str], better: str, limit: int,
-               text: str | None = None) -> tuple[list[tuple], list[tuple]]:
-    """The first `limit` matching rows in post-id order (Meilisearch's tie-break order), and — when
-    `text` is given — the posts whose whole normalized text is `text` (they rank first) among the rest."""
-    scope = "all" if topic is None else "topic"
-    params = {"topic": topic, "version": NORMALIZER_VERSION, "match": " & ".join(words), "better": better,
-              "limit": limit, "scan": HEAD_SCAN, "text": text, "words": words, "rarest": words[0]}
-    scan = HEAD_SCAN
-    for _ in range(3):
-        walked = conn.execute(WALK_SQL[scope], {**params, "scan": scan}).fetchall()
-        rows = [r[:3] for r in walked if r[0] is not None]
-        if len(rows) >= limit or walked[0][3] < scan:  # enough, or the walk saw the whole scope
-            break
-        # a longer walk reads about limit/frequency rows; collecting through GIN reads every match
-        # (frequency x scope size, the scope measured by how far into the id space the walk got)
-        reach = _reach(walked[0][4])
-        matches = len(rows) / reach if reach > 1e-9 else float("inf")
-        per_word = walked[0][5] or [0] * len(words)
-        params["rarest"] = min(zip(per_word, [-len(w) for w in words], words))[2]
-        needed = int(scan * limit / len(rows) * 1.5) if rows else None
-        if needed is None or (needed > MAX_WALK and needed > 1.5 * matches):
-            rows = _no_seqscan(conn, GATHER_SQL[scope], params)
-            break
-        scan = max(needed, 2 * scan)
-    else:
-        rows = _no_seqscan(conn, GATHER_SQL[scope], params)
-    extra: list[tuple] = []
-    if text and len(rows) >= limit:  # otherwise every match, exact and leading ones included, is here
-        seen = {(r[0], r[1]) for r in rows}
-        found = conn.execute(EXACT_SQL[scope], params).fetchall()
-        if scope == "topic":
-            start = re.sub(r"([\\%_])", r"\\\1", text.replace("#", "").replace("@", "").replace(" ", "")) + "%"
-            found += conn.execute(START_SQL, {**params, "start": start}).fetchall()
-        for r in found:
-            if (r[0], r[1]) not in seen:
-                seen.add((r[0], r[1]))
-                extra.append(r)
-    return rows, extra
+class Candidates:
+    """Candidate rows per words-bucket for one query, read in tie-break order and bounded.
 
-
-def estimate_total(conn: psycopg.Connection, topic: str, match: str, first: list[tuple] | None = None) -> int:
-    """Documents matching the first query word, capped like Meilisearch's estimatedTotalHits.
-
-    Exact when the matches are few. Beyond that it is estimated from how far into the id space a
-    sample of matches in id order reaches: event ids are hashes, so k of N matches in id order cover
-    about k/N of it. Ids that are not hashes get an exact (capped) count instead.
+    One walk of the scope's first rows in post-id order serves every bucket and measures how frequent
+    each word is. A bucket the walk could not fill gets a longer walk when its rows are frequent enough,
+    or else the GIN index through its rarest word. Buckets that fill up also get the posts whose text is
+    or starts with the query's words (rare, and first in Meilisearch's order).
     """
-    params = {"topic": topic, "version": NORMALIZER_VERSION, "match": match, "better": NOTHING,
-              "scan": HEAD_SCAN, "cap": MAX_TOTAL_HITS}
-    if first is not None and len(first) < CANDIDATES:
-        return len(first)
-    if first is not None and _reach(first[-1][0]) > 1e-9:
-        return min(MAX_TOTAL_HITS, round(len(first) / _reach(first[-1][0])))
-    if first is None:
-        matched, scanned, last = conn.execute(TOTAL_WALK_SQL, params).fetchone()
-        if scanned < HEAD_SCAN:
+
+    def __init__(self, conn: psycopg.Connection, topic: str | None, q: str, terms: list[Term], limit: int):
+        self.conn, self.topic, self.q, self.terms, self.limit = conn, topic, q, terms, limit
+        self.scope = "all" if topic is None else "topic"
+        self.words = [t.tsquery() for t in terms]
+        buckets = [bucket_tsquery(terms[:k]) for k in range(1, len(terms) + 1)]
+        self.base = {"topic": topic, "version": NORMALIZER_VERSION, "limit": limit, "scan": HEAD_SCAN}
+        walked = conn.execute(LEVEL_WALK_SQL[self.scope], {**self.base, "buckets": buckets, "first": buckets[0],
+                                                           "words": self.words}).fetchall()
+        self.by_level: dict[int, list[tuple]] = {}
+        for r in walked:
+            if r[0] is not None:
+                self.by_level.setdefault(r[3], []).append(r[:3])
+        _, _, _, _, self.scanned, self.reach_id, per_word, per_level = walked[0]
+        self.per_word = per_word or [0] * len(terms)
+        self.per_level = per_level or [0] * len(terms)
+        self.complete = self.scanned < HEAD_SCAN  # the walk saw the whole scope
+
+    def bucket(self, k: int) -> tuple[list[tuple], list[tuple]]:
+        """(first rows of bucket k in post-id order, extra rows whose text is or starts with its words)."""
+        rows = sorted(self.by_level.get(k, []))
+        words = self.words[:k]
+        params = {**self.base, "match": " & ".join(words), "better": bucket_tsquery(self.terms[:k + 1])
+                  if k < len(self.terms) else NOTHING, "words": words,
+                  "text": _phrase(self.q, self.terms, self.terms[:k])}
+        if len(rows) < self.limit and not self.complete:
+            rows = self._more(k, params)
+        extra: list[tuple] = []
+        if len(rows) >= self.limit:  # otherwise every match, exact and leading ones included, is here
+            seen = {(r[0], r[1]) for r in rows}
+            found = self.conn.execute(EXACT_SQL[self.scope], params).fetchall()
+            if self.scope == "topic":
+                text = params["text"].replace("#", "").replace("@", "").replace(" ", "")
+                start = re.sub(r"([\\%_])", r"\\\1", text) + "%"  # LIKE-escaped
+                found += self.conn.execute(START_SQL, {**params, "start": start}).fetchall()
+            for r in found:
+                if (r[0], r[1]) not in seen:
+                    seen.add((r[0], r[1]))
+                    extra.append(r)
+        return rows, extra
+
+    def _more(self, k: int, params: dict) -> list[tuple]:
+        """Bucket k's first `limit` rows when the first walk had too few: walk on, or ask GIN."""
+        counts = self.per_word[:k]
+        params["rarest"] = min(zip(counts, [-len(w) for w in params["words"]], params["words"]))[2]
+        found, scan = self.per_level[k - 1], HEAD_SCAN
+        for _ in range(3):
+            # a longer walk reads about limit/frequency rows; collecting through GIN reads every match
+            # (frequency x scope size, the scope measured by how far into the id space the walk got)
+            reach = _reach(self.reach_id)
+            matches = found / reach if reach > 1e-9 else float("inf")
+            needed = int(scan * self.limit / found * 1.5) if found else None
+            if needed is None or (needed > MAX_WALK and needed > 1.5 * matches):
+                break
+            scan = max(needed, 2 * scan)
+            walked = self.conn.execute(WALK_SQL[self.scope], {**params, "scan": scan}).fetchall()
+            rows = [r[:3] for r in walked if r[0] is not None]
+            if len(rows) >= self.limit or walked[0][3] < scan:
+                return rows
+            found, self.reach_id = len(rows), walked[0][4]
+        return _no_seqscan(self.conn, GATHER_SQL[self.scope], params)
+
+    def total(self) -> int:
+        """Documents matching the first query word, capped like Meilisearch's estimatedTotalHits.
+
+        Exact when the walk saw them all or they are few; otherwise estimated from the walk: event ids
+        are hashes, so the walk's share of the id space is its share of the matches.
+        """
+        matched = self.per_word[0]
+        if self.complete:
             return matched
-        if matched >= 3 and _reach(last) > 1e-9:  # rough for few matches, as Meilisearch's estimate is
-            return min(MAX_TOTAL_HITS, round(matched / _reach(last)))
-    return _no_seqscan(conn, COUNT_SQL, params)[0][0]
+        reach = _reach(self.reach_id)
+        if matched >= 3 and reach > 1e-9:  # rough for few matches, as Meilisearch's estimate is
+            return min(MAX_TOTAL_HITS, round(matched / reach))
+        params = {**self.base, "match": bucket_tsquery(self.terms[:1]), "better": NOTHING, "cap": MAX_TOTAL_HITS}
+        return _no_seqscan(self.conn, COUNT_SQL, params)[0][0]
 
 
-def _rank_buckets(fetch, terms: list[Term], want: int) -> tuple[list[tuple], list[tuple] | None]:
+def _rank_buckets(source: Candidates, terms: list[Term], want: int) -> list[tuple]:
     """Bucket sort over words-buckets (strategy `last`): all words first, then fewer.
 
     A row the index matched but whose words do not match the way Meilisearch's do (データ inside データベース)
-    moves down to the next bucket. Returns the ranked rows and the one-word bucket's ordered candidates.
+    moves down to the next bucket.
     """
     ranked: list[tuple] = []
     demoted: list[tuple] = []
-    single = None
-    for bucket_terms, match, better in _buckets(terms):
-        rows, extra = fetch(bucket_terms, match, better)
-        if len(bucket_terms) == 1:
-            single = rows
-        keyed = [(rank_key(bucket_terms, r[2]), r) for r in rows + extra + demoted]
-        fits = sorted((k, r[0], r[1], r) for k, r in keyed if k[0] < UNMATCHED)
+    for k in range(len(terms), 0, -1):
+        rows, extra = source.bucket(k)
+        keyed = [(rank_key(terms[:k], r[2]), r) for r in rows + extra + demoted]
+        fits = sorted((key, r[0], r[1], r) for key, r in keyed if key[0] < UNMATCHED)
         ranked.extend(r for *_, r in fits)
-        demoted = [r for k, r in keyed if k[0] >= UNMATCHED]
+        demoted = [r for key, r in keyed if key[0] >= UNMATCHED]
         if len(ranked) >= want:
-            break
-    else:
-        ranked.extend(sorted(demoted))
-    return ranked, single
+            return ranked
+    return ranked + sorted(demoted)
 
 
 def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset: int = 0) -> Page:
@@ -474,13 +503,9 @@ def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset
     if not terms or limit <= 0:
         return Page([], 0, None)
     want = offset + limit
-    ranked, single = _rank_buckets(
-        lambda bucket_terms, match, better: candidates(conn, topic, [t.tsquery() for t in bucket_terms], better,
-                                                       max(CANDIDATES, want + CANDIDATES // 2),
-                                                       _phrase(q, terms, bucket_terms)),
-        terms, want)
-    total = estimate_total(conn, topic, bucket_tsquery(terms[:1]), single if len(terms) == 1 else None)
-    total = max(total, min(len(ranked), MAX_TOTAL_HITS))
+    source = Candidates(conn, topic, q, terms, max(CANDIDATES, want + CANDIDATES // 2))
+    ranked = _rank_buckets(source, terms, want)
+    total = max(source.total(), min(len(ranked), MAX_TOTAL_HITS))
     page = ranked[offset:want]
     items = [{"event_id": r[0], "topic_id": r[1]} for r in page]
     return Page(items, total, want if want < min(total, MAX_TOTAL_HITS) else None)
@@ -494,11 +519,7 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
     terms = parse_query(q)
     if not terms or limit <= 0:
         return []
-    ranked, _ = _rank_buckets(
-        lambda bucket_terms, match, better: candidates(conn, None, [t.tsquery() for t in bucket_terms], better,
-                                                       SUGGEST_CANDIDATES + 3 * limit,
-                                                       _phrase(q, terms, bucket_terms)),
-        terms, 3 * limit)
+    ranked = _rank_buckets(Candidates(conn, None, q, terms, SUGGEST_CANDIDATES + 3 * limit), terms, 3 * limit)
     seen: set[str] = set()
     items: list[dict] = []
     for post_id, topic_id, content in ranked:
