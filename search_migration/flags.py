@@ -11,6 +11,8 @@ from enum import Enum
 
 import psycopg
 
+from .source import CONSUMER
+
 
 class FlagError(ValueError):
     """An unknown flag, an invalid value, or a missing who/why; the message is one printable line."""
@@ -109,4 +111,19 @@ def set_flags(conn: psycopg.Connection, changes: dict[str, str], *, by: str, rea
                 (name, old[0] if old else None, value, by, reason, stage_from, stage_to,
                  json.dumps(evidence) if evidence is not None else None))
             changed[name] = (old[0] if old else None, value)
+            if name == "search_write_mode" and old is not None:
+                _pin_leaving_engines(conn, WriteMode(old[0]) if old[0] in WriteMode._value2member_map_ else None)
     return changed
+
+
+def _pin_leaving_engines(conn: psycopg.Connection, old: WriteMode | None) -> None:
+    """An engine the new mode stops writing keeps the offset it had, so re-entering it later (a
+    rollback from pg_only) replays exactly what it missed; one that never had its own offset
+    gets the consumer's current one."""
+    if old is None:
+        return
+    for side in [s for s in ("meili", "pg") if getattr(old, s)]:
+        conn.execute(
+            "INSERT INTO cn_search.consumer_side_offsets (consumer, backend, last_seq) "
+            "SELECT consumer, %s, last_seq FROM cn_relay.consumer_offsets WHERE consumer = %s "
+            "ON CONFLICT (consumer, backend) DO NOTHING", (side, CONSUMER))

@@ -48,9 +48,9 @@ def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: Postg
             move = stages.plan(flags.read_all(conn), config.target_stage, config.shadow_rate)
         except stages.StageError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
-        if rollback_only and not move.rollback:
-            raise dg.Failure(f"rollback_job only moves back; {move.describe()} is forward: use cutover_job",
-                             allow_retries=False)
+        if rollback_only != move.rollback:
+            job, other = ("rollback_job", "cutover_job") if rollback_only else ("cutover_job", "rollback_job")
+            raise dg.Failure(f"{job} does not do this: {move.describe()}; use {other}", allow_retries=False)
         gates = {**latest_gates(context.instance, move.gates),
                  **cutover.engine_gates(conn, postgres.database_url, config.soak_hours)}
         problems = cutover.blockers(move, gates, config.max_gate_age_minutes * 60)

@@ -1,0 +1,142 @@
+"""Gates and cutover through real Dagster runs on one instance: checks are read across runs."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from search_migration import backfill, db, flags, meili_index, outbox_consumer, read_router, source
+from search_migration.backfill import Window
+from search_migration.definitions import defs
+from search_migration.read_router import ReadRouter
+
+from .test_write_path import TOPIC, meili_ids, new_posts, seeded  # noqa: F401  (fixture)
+
+QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python"]
+
+
+@pytest.fixture
+def dagster_env(monkeypatch, servers, seeded, index_uid):
+    for name, value in servers.env(DATABASE_URL=seeded, MEILI_INDEX=index_uid).items():
+        monkeypatch.setenv(name, value)
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def run_job(instance, name: str, **config) -> dg.ExecuteInProcessResult:
+    op = {"cutover_job": "cutover_op", "rollback_job": "rollback_op"}[name]
+    config.setdefault("by", "oncall")
+    config.setdefault("reason", "test")
+    return defs.resolve_job_def(name).execute_in_process(
+        instance=instance, run_config={"ops": {op: {"config": config}}}, raise_on_error=False)
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    return "\n".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
+
+
+def materialize(instance, *names: str) -> dict[str, bool]:
+    """Materialize reports in their own run; return {check name: passed}."""
+    assets = [a for a in defs.assets if getattr(a, "key", None) and a.key.to_user_string() in names]
+    result = dg.materialize(assets, instance=instance, resources=defs.resources, raise_on_error=False)
+    return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+
+
+def backfill_all(url: str) -> None:
+    with db.connect(url) as conn:
+        backfill.capture_watermark(conn, by="test")
+        topics = source.topic_ids(conn)
+    for topic in topics:
+        backfill.run_partition(url, f"all-{topic}", topic, Window(0, 2**62), owner="cutover-test")
+
+
+def shadow_traffic(url: str, meili, uid: str, rate: int, n: int = 40) -> None:
+    """Requests whose (viewer, query) the router samples at this rate, searches and suggests."""
+    picked = [(f"viewer-{i}", q) for i in range(5_000) for q in QUERIES if read_router.sample_bucket(f"viewer-{i}", q)
+              < rate][:n]
+    with ReadRouter(url, meili, uid) as router:
+        for viewer, q in picked:
+            router.search(TOPIC, q, viewer=viewer)
+            router.suggest(q[:2], viewer=viewer)
+        router.drain()
+
+
+def stage_flags(url: str) -> dict[str, str]:
+    with db.connect(url) as conn:
+        return flags.read_all(conn)
+
+
+def to_shadow(instance, url: str) -> None:
+    assert run_job(instance, "cutover_job", target_stage="dual").success
+    backfill_all(url)
+    assert all(materialize(instance, "search_drift_report").values())
+    assert run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=5).success
+
+
+def test_legacy_to_live_to_complete_and_back(dagster_env, seeded, meili, index_uid):
+    instance = dagster_env
+    refused = run_job(instance, "cutover_job", target_stage="live")
+    assert not refused.success and "one step at a time" in failure_message(refused)
+    to_shadow(instance, seeded)
+    for rate in (25, 50):
+        shadow_traffic(seeded, meili, index_uid, int(stage_flags(seeded)["shadow_sample_rate"]))
+        checks = materialize(instance, "shadow_read_report", "search_drift_report")
+        assert all(checks.values()), checks
+        assert run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=rate).success
+    assert run_job(instance, "cutover_job", target_stage="live").success
+    assert stage_flags(seeded)["search_read_backend"] == "pg"
+
+    # live -> complete (soak 0 here), then writes in pg_only never reach Meilisearch...
+    materialize(instance, "shadow_read_report", "search_drift_report")
+    assert run_job(instance, "cutover_job", target_stage="complete", soak_hours=0).success
+    assert stage_flags(seeded)["search_write_mode"] == "pg_only"
+    with db.connect(seeded) as conn:
+        fresh = new_posts(conn, 25, "written-in-complete")
+        assert outbox_consumer.catch_up(conn, meili, index_uid).end_offset == source.outbox_head(conn)
+    fresh_ids = {meili_index.doc_id(e, TOPIC) for e, _ in fresh}
+    assert not fresh_ids & meili_ids(meili, index_uid)
+
+    # ...until the rollback replays them, before reads go back to Meilisearch.
+    back = run_job(instance, "rollback_job", target_stage="shadow", shadow_rate=5)
+    assert back.success, failure_message(back)
+    assert fresh_ids <= meili_ids(meili, index_uid)
+    assert stage_flags(seeded) == {"search_write_mode": "dual", "search_read_backend": "meili",
+                                   "suggest_read_backend": "meili", "shadow_sample_rate": "5"}
+    with db.connect(seeded) as conn:
+        audit = conn.execute("SELECT flag_name, new_value, stage_from, stage_to, changed_by, evidence IS NOT NULL "
+                             "FROM cn_search.runtime_flag_audit ORDER BY audit_id").fetchall()
+    assert ("search_write_mode", "dual", "complete", "complete", "oncall", True) in audit  # reverse catch-up first
+    flip = audit.index(("search_read_backend", "meili", "complete", "shadow", "oncall", True))
+    assert flip > audit.index(("search_write_mode", "dual", "complete", "complete", "oncall", True))
+    assert ("search_read_backend", "pg", "shadow", "live", "oncall", True) in audit
+
+
+def test_degraded_postgres_fails_drift_and_cutover_changes_nothing(dagster_env, seeded):
+    instance = dagster_env
+    assert run_job(instance, "cutover_job", target_stage="dual").success
+    backfill_all(seeded)
+    with db.connect(seeded) as conn:
+        conn.execute("DELETE FROM cn_search.post_search_documents WHERE topic_id = %s", (TOPIC,))
+    checks = materialize(instance, "search_drift_report")
+    assert checks["drift_zero"] is False and checks["catchup_lag"] is True
+    before = stage_flags(seeded)
+    refused = run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=5)
+    assert not refused.success and "drift_zero: failed" in failure_message(refused)
+    assert stage_flags(seeded) == before
+
+
+def test_empty_shadow_logs_fail_for_insufficient_sample(dagster_env, seeded):
+    instance = dagster_env
+    to_shadow(instance, seeded)
+    checks = materialize(instance, "shadow_read_report")
+    assert checks["shadow_sample_size"] is False and checks["overlap_at_10"] is False
+    before = stage_flags(seeded)
+    refused = run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=25)
+    message = failure_message(refused)
+    assert not refused.success and "insufficient sample" in message
+    assert stage_flags(seeded) == before
+    wrong_way = run_job(instance, "cutover_job", target_stage="dual", dry_run=True)
+    assert not wrong_way.success and "use rollback_job" in failure_message(wrong_way)
+    rolled = run_job(instance, "rollback_job", target_stage="dual", dry_run=True)
+    assert rolled.success and stage_flags(seeded) == before
