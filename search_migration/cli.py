@@ -152,31 +152,65 @@ def cmd_status(args) -> None:
             print(line)
 
 
-def cmd_dev(args) -> None:
-    """Everything `dagster dev` needs, then dagster dev itself."""
-    s = _settings()
+def _prepare_demo(s: Settings, posts: int, topics: int, seed: int) -> None:
+    """Services up, schema migrated, demo corpus seeded (kept when one is already settled)."""
     for line in services.up(s):
         print(line)
     applied = migrations.migrate(s.database_url)
     print(f"migrations: {len(applied)} applied")
     with _connect(s) as conn:
         events = conn.execute("SELECT count(*) FROM cn_relay.events").fetchone()[0]
-        settled = events and source.consumer_offset(conn, demo_seed.CONSUMER) == source.outbox_head(conn)
+        settled = events and source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
     if settled:
         print(f"demo corpus: keeping the existing {events} posts (`demo seed --reset ...` replaces them)")
     else:
-        cmd_demo_seed(argparse.Namespace(posts=args.posts, topics=args.topics, seed=args.seed, reset=False,
-                                         quiet=False))
+        cmd_demo_seed(argparse.Namespace(posts=posts, topics=topics, seed=seed, reset=False, quiet=False))
+
+
+def _dagster_env(s: Settings) -> dict[str, str]:
+    """The environment for Dagster: our services, and a DAGSTER_HOME holding the repo's dagster.yaml."""
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or s.home / "dagster_home")
     dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = dict(os.environ, **s.environment(), DAGSTER_HOME=str(dagster_home))
+    return {**s.environment(), "DAGSTER_HOME": str(dagster_home)}
+
+
+def cmd_dev(args) -> None:
+    """Everything `dagster dev` needs, then dagster dev itself."""
+    s = _settings()
+    _prepare_demo(s, args.posts, args.topics, args.seed)
+    env = {**os.environ, **_dagster_env(s)}
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"  # the venv's own
     cmd = [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
-    print(f"starting the Dagster UI at http://{args.host}:{args.port} (Ctrl-C stops it; "
+    print(f"starting the Dagster UI at http://{args.host}:{args.port} (Ctrl-C stops it, then "
           "`search-migration services down` stops the databases)", flush=True)
     os.chdir(REPO_ROOT)
     os.execvpe(cmd[0], cmd, env)
+
+
+def cmd_demo_run(args) -> None:
+    """The whole migration, legacy -> live, through real Dagster runs, headless."""
+    import warnings
+
+    import dagster as dg
+
+    from . import demo_run, status
+
+    warnings.simplefilter("ignore")  # Dagster's beta/preview notices are for developers, not this screen
+    s = _settings()
+    _prepare_demo(s, args.posts, args.topics, args.seed)
+    os.environ.update(_dagster_env(s))
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        try:
+            demo_run.run(s, instance, lambda line: print(line, flush=True))
+        except demo_run.DemoError as exc:
+            raise CliError(str(exc)) from None
+    with _connect(s) as conn:
+        for line in status.render(status.compute(conn)):
+            print(line)
+    print(f"demo run finished at stage live in {time.monotonic() - started:.0f}s; "
+          f"`scripts/dev` shows every run in the Dagster UI")
 
 
 # --------------------------------------------------------------------------- search and suggest
@@ -267,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="backfill progress and ETA, outbox lag")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
+
+    run = demo.add_parser("run", help="the whole migration, legacy -> live, through Dagster, headless")
+    run.add_argument("--posts", type=int, default=int(os.environ.get("DEMO_POSTS", "10000")))
+    run.add_argument("--topics", type=int, default=int(os.environ.get("DEMO_TOPICS", "20")))
+    run.add_argument("--seed", type=int, default=42)
+    run.set_defaults(func=cmd_demo_run)
 
     dev = sub.add_parser("dev", help="services up, migrate, seed, then `dagster dev`")
     dev.add_argument("--posts", type=int, default=int(os.environ.get("DEMO_POSTS", "10000")))

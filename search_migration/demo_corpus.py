@@ -163,3 +163,16 @@ def expected_live_rows_per_topic(posts: int, topics: int, seed: int = 42) -> dic
             if (p.index, t) not in removed:
                 counts[t] = counts.get(t, 0) + 1
     return counts
+
+
+def live_traffic(topics: list[str], seed: int) -> Iterator[Post]:
+    """Endless new posts for a demo writer: same text model, new ids, created now-ish."""
+    import time
+
+    rng = random.Random(seed)
+    n = 0
+    while True:
+        chosen = rng.sample(topics, k=min(len(topics), rng.choices((1, 2), weights=(80, 20))[0]))
+        yield Post(n, _hex_id(seed, "live", n), _hex_id(seed, "author", rng.randrange(100)), _content(rng),
+                   int(time.time()), chosen, [["t", t] for t in chosen])
+        n += 1

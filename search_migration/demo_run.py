@@ -1,0 +1,158 @@
+"""`search-migration demo run`: the whole migration, legacy -> live, through real Dagster runs.
+
+A driver, like the CLI: it launches the project's own jobs and asset materializations on the
+Dagster instance of dagster.yaml (so every run is visible in the UI afterwards), while a writer
+keeps adding posts the way the product does and synthetic readers send search traffic.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from . import db, demo_corpus, flags, meili_index, read_router, source, stages
+from .partition_keys import topic_partition_key
+from .read_router import ReadRouter
+from .settings import Settings
+
+QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python", "#nostr",
+           "京都", "meetup", "データ", "ライブ"]
+SHADOW_SAMPLES = 60  # per ramp step: comfortably above the gates' minimum sample
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the driver prints one line a step
+
+
+FAILURE = "dagster._core.definitions.events.Failure"
+
+
+class DemoError(Exception):
+    pass
+
+
+class Writer(threading.Thread):
+    """New posts, one product transaction each (event, topic rows, outbox rows), at a steady rate."""
+
+    def __init__(self, url: str, topics: list[str], per_second: float):
+        super().__init__(daemon=True, name="demo-writer")
+        self.url, self.topics, self.interval = url, topics, 1.0 / per_second
+        self.stop_event = threading.Event()
+        self.written = 0
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            with db.connect(self.url) as conn:
+                for post in demo_corpus.live_traffic(self.topics, seed=int(time.time())):
+                    if self.stop_event.wait(self.interval):
+                        return
+                    with conn.transaction():
+                        conn.execute("INSERT INTO cn_relay.events (event_id, pubkey, kind, content, created_at) "
+                                     "VALUES (%s, %s, 1, %s, %s) ON CONFLICT DO NOTHING",
+                                     (post.event_id, post.pubkey, post.content, post.created_at))
+                        for t in post.topics:
+                            conn.execute("INSERT INTO cn_relay.event_topics VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                         (post.event_id, t))
+                            conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
+                                         "VALUES ('upsert', %s, %s, 'created')", (post.event_id, t))
+                    self.written += 1
+        except Exception as exc:  # surfaced by the driver
+            self.error = exc
+
+
+def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -> None:
+    from .definitions import defs
+    from .defs.backfill import backfill_partitions
+
+    started = time.monotonic()
+
+    def step(text: str) -> None:
+        say(f"[{time.monotonic() - started:6.1f}s] {text}")
+
+    def launch_job(name: str, op: str, **config) -> None:
+        result = defs.resolve_job_def(name).execute_in_process(
+            instance=instance, run_config={"ops": {op: {"config": config}}, **QUIET}, raise_on_error=False)
+        if not result.success:
+            errors = [e.step_failure_data.error.message.strip().removeprefix(f"{FAILURE}: ")
+                      for e in result.all_events if e.is_step_failure]
+            raise DemoError(f"{name} failed (run {result.run_id[:8]}): {(errors or ['see the run in the UI'])[0]}")
+
+    def materialize(key: str, **kwargs) -> dg.ExecuteInProcessResult:
+        asset = next(a for a in defs.assets if getattr(a, "key", None) == dg.AssetKey(key))
+        result = dg.materialize([asset], instance=instance, resources=defs.resources, raise_on_error=False,
+                                run_config=QUIET, **kwargs)
+        if not result.success:
+            raise DemoError(f"materializing {key} failed (run {result.run_id[:8]})")
+        return result
+
+    def checks(result) -> str:
+        evaluations = [e.asset_check_evaluation_data for e in result.all_events
+                       if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+        return ", ".join(f"{c.check_name} {'ok' if c.passed else 'FAIL'}" for c in evaluations)
+
+    def cutover(target: str, rate: int | None = None) -> None:
+        launch_job("cutover_job", "cutover_op", target_stage=target, shadow_rate=rate, by="demo run",
+                   reason=f"demo: enter {target}" + (f" at {rate}%" if rate else ""))
+        step(f"cutover_job: now at {target}" + (f" (shadow {rate}%)" if rate else ""))
+
+    def catch_up() -> None:
+        launch_job("catchup_job", "catch_up")
+        with db.connect(s.database_url) as conn:
+            step(f"catchup_job: consumer at seq {source.consumer_offset(conn, source.CONSUMER)}, "
+                 f"outbox head {source.outbox_head(conn)}")
+
+    def traffic(rate: int) -> None:
+        with db.connect(s.database_url) as conn, ReadRouter(s.database_url, meili, s.meili_index) as router:
+            topics = source.topic_ids(conn)
+            before = conn.execute("SELECT count(*) FROM cn_search.shadow_read_logs").fetchone()[0]
+            sent = 0
+            for i in range(20_000):
+                viewer, q = f"demo-viewer-{i}", QUERIES[i % len(QUERIES)]
+                if read_router.sample_bucket(viewer, q) >= rate:
+                    continue  # not sampled at this rate: it would only load Meilisearch
+                router.search(topics[i % len(topics)], q, viewer=viewer)
+                router.suggest(q[:2], viewer=viewer)
+                sent += 1
+                if sent >= SHADOW_SAMPLES:
+                    break
+            router.drain()
+            logged = conn.execute("SELECT count(*) FROM cn_search.shadow_read_logs").fetchone()[0] - before
+        step(f"synthetic readers: {sent} sampled viewers, {logged} shadow reads logged")
+
+    with db.connect(s.database_url) as conn:
+        stage = stages.current(flags.read_all(conn))
+        topics = source.topic_ids(conn)
+    if stage != "legacy":
+        raise DemoError(f"demo run starts at stage legacy, the database is at {stage}; "
+                        "`search-migration demo seed --reset --posts N --topics T` starts over")
+    meili = meili_index.client(s.meili_url, s.meili_master_key)
+    writer = Writer(s.database_url, topics, per_second=5)
+    writer.start()
+    step(f"stage legacy: {len(topics)} topics; a writer adds 5 posts/s through the outbox")
+    try:
+        cutover("dual")
+        materialize("backfill_high_watermark")
+        step("backfill_high_watermark captured")
+        instance.add_dynamic_partitions("topics", [topic_partition_key(t) for t in topics])
+        keys = backfill_partitions.get_partition_keys(dynamic_partitions_store=instance)
+        step(f"backfilling {len(keys)} partitions (topic x week) in one run ...")
+        materialize("post_search_documents", tags={ASSET_PARTITION_RANGE_START_TAG: keys[0],
+                                                    ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+        step("post_search_documents: every partition copied at the watermark")
+        catch_up()
+        step("search_drift_report: " + checks(materialize("search_drift_report")))
+        cutover("shadow", 5)
+        for rate, nxt in ((5, ("shadow", 25)), (25, ("shadow", 50)), (50, ("live", None))):
+            traffic(rate)
+            catch_up()
+            step("search_drift_report: " + checks(materialize("search_drift_report")))
+            step("shadow_read_report: " + checks(materialize("shadow_read_report")))
+            cutover(*nxt)
+    finally:
+        writer.stop_event.set()
+        writer.join(timeout=10)
+    if writer.error:
+        raise DemoError(f"the demo writer failed: {writer.error}")
+    step(f"done: stage live; the writer added {writer.written} posts during the migration")
