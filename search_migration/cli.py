@@ -145,6 +145,7 @@ def cmd_status(args) -> None:
     s = _settings()
     with _connect(s) as conn:
         report = status.compute(conn)
+    report["gates"] = _latest_gates(s)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -173,6 +174,26 @@ def _dagster_env(s: Settings) -> dict[str, str]:
     dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     return {**s.environment(), "DAGSTER_HOME": str(dagster_home)}
+
+
+def _latest_gates(s: Settings) -> dict:
+    """The latest result of every gate, from the Dagster instance (runs live there, not in cn_search)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or s.home / "dagster_home")
+    if not (home / "dagster.yaml").exists():
+        return {"error": f"no Dagster instance at {home} (run `scripts/dev` or set DAGSTER_HOME)"}
+    import warnings
+
+    import dagster as dg
+
+    from .defs.cutover import CHECK_ASSET, latest_gates
+
+    warnings.simplefilter("ignore")
+    os.environ.update({**s.environment(), "DAGSTER_HOME": str(home)})
+    with dg.DagsterInstance.get() as instance:
+        found = latest_gates(instance, tuple(CHECK_ASSET))
+    return {name: "never evaluated" if g is None else
+            f"{'pass' if g.passed else 'FAIL'} at {g.evaluated_at.isoformat(timespec='seconds')}: {g.detail}"
+            for name, g in found.items()}
 
 
 def cmd_dev(args) -> None:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import psycopg
 
-from . import backfill, source
+from . import backfill, flags, metrics, source, stages
 
 Section = Callable[[psycopg.Connection], dict]
 SECTIONS: dict[str, Section] = {}
@@ -23,10 +23,38 @@ def section(name: str) -> Callable[[Section], Section]:
     return register
 
 
+@section("stage")
+def _stage(conn: psycopg.Connection) -> dict:
+    values = flags.read_all(conn)
+    last = conn.execute("SELECT changed_at, changed_by, stage_from, stage_to FROM cn_search.runtime_flag_audit "
+                        "WHERE stage_to IS NOT NULL ORDER BY audit_id DESC LIMIT 1").fetchone()
+    return {"stage": stages.current(values), **values,
+            "last_move": f"{last[2]} -> {last[3]} by {last[1]} at {last[0].isoformat(timespec='seconds')}"
+            if last else None}
+
+
 @section("outbox")
 def _outbox(conn: psycopg.Connection) -> dict:
     head, offset = source.outbox_head(conn), source.consumer_offset(conn, source.CONSUMER)
     return {"head_seq": head, "consumer_offset": offset, "lag": head - offset}
+
+
+@section("write_path")
+def _write_path(conn: psycopg.Connection) -> dict:
+    sides = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets WHERE consumer = %s",
+                              (source.CONSUMER,)).fetchall())
+    stalls = [f"{b} at seq {s}: {e[:120]}" for b, s, e in conn.execute(
+        "SELECT backend, seq, error FROM cn_search.side_write_failures WHERE consumer = %s", (source.CONSUMER,))]
+    return {"meili_offset": sides.get("meili"), "pg_offset": sides.get("pg"), "stalled": stalls or None,
+            "errors_total": metrics.total(conn, metrics.DUAL_WRITE_ERRORS),
+            "retries_total": metrics.total(conn, metrics.DUAL_WRITE_RETRIES)}
+
+
+@section("dead_letters")
+def _dead_letters(conn: psycopg.Connection) -> dict:
+    rows = conn.execute("SELECT backend || '/' || reason_class, count(*) FROM cn_search.dead_letters "
+                        "WHERE resolved_at IS NULL GROUP BY 1 ORDER BY 1").fetchall()
+    return {"open": sum(n for _, n in rows), **dict(rows)}
 
 
 @section("backfill")
@@ -66,6 +94,9 @@ def render(report: dict[str, dict]) -> list[str]:
             lines.append(f"backfill: {data['rows_done']}/{data['rows_total']} rows{pct} at high watermark "
                          f"{data['high_watermark']}; partitions: {parts}; {data['rows_per_second']} rows/s; "
                          f"ETA {_duration(data['eta_seconds'])}")
+        elif name == "gates":
+            lines.append("gates:")
+            lines.extend(f"  {gate:<20} {result}" for gate, result in data.items())
         else:
             lines.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in data.items()))
     return lines
