@@ -47,6 +47,8 @@ ON CONFLICT (post_id, topic_id) DO UPDATE SET
     normalizer_version = EXCLUDED.normalizer_version,
     updated_at = now()
 WHERE d.source_seq < EXCLUDED.source_seq
+   -- the same version under a newer normalizer: a rebuild after a normalizer change refreshes it
+   OR (d.source_seq = EXCLUDED.source_seq AND d.normalizer_version < EXCLUDED.normalizer_version)
 """
 
 

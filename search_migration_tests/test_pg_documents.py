@@ -49,3 +49,13 @@ def test_one_batch_with_two_writes_for_one_row_keeps_the_newest(migrated_url):
     with db.connect(migrated_url) as conn:
         pg_documents.apply(conn, [DocWrite(2, POST, "t1", True), DocWrite(1, POST, "t1", False, "x", 1)])
     assert [(r[3], r[4]) for r in _rows(migrated_url)] == [(2, True)]
+
+
+def test_same_version_is_rewritten_only_under_a_newer_normalizer(migrated_url):
+    with db.connect(migrated_url) as conn:
+        pg_documents.apply(conn, [DocWrite(7, POST, "t1", False, "東京", 1)])
+        assert pg_documents.apply(conn, [DocWrite(7, POST, "t1", False, "東京", 1)]) == 0
+        conn.execute("UPDATE cn_search.post_search_documents SET normalizer_version = normalizer_version - 1, "
+                     "search_tokens = ''")
+        assert pg_documents.apply(conn, [DocWrite(7, POST, "t1", False, "東京", 1)]) == 1
+    assert _rows(migrated_url)[0][5] == NORMALIZER_VERSION and _rows(migrated_url)[0][6] != ""
