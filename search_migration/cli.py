@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -176,6 +177,17 @@ def _dagster_env(s: Settings) -> dict[str, str]:
     return {**s.environment(), "DAGSTER_HOME": str(dagster_home)}
 
 
+def cmd_metrics_serve(args) -> None:
+    """Serve Prometheus /metrics until interrupted."""
+    from . import exporter
+
+    s = _settings()
+    _connect(s).close()
+    exporter.serve(lambda: db.connect(s.database_url), args.host, args.port)
+    print(f"serving Prometheus metrics at http://{args.host}:{args.port}/metrics (Ctrl-C stops)", flush=True)
+    threading.Event().wait()
+
+
 def _latest_gates(s: Settings) -> dict:
     """The latest result of every gate, from the Dagster instance (runs live there, not in cn_search)."""
     home = Path(os.environ.get("DAGSTER_HOME") or s.home / "dagster_home")
@@ -328,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--topics", type=int, default=int(os.environ.get("DEMO_TOPICS", "20")))
     run.add_argument("--seed", type=int, default=42)
     run.set_defaults(func=cmd_demo_run)
+
+    met = sub.add_parser("metrics", help="Prometheus metrics").add_subparsers(dest="metrics_command", required=True)
+    serve = met.add_parser("serve", help="serve /metrics (values read from durable state on every scrape)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9464)
+    serve.set_defaults(func=cmd_metrics_serve)
 
     dev = sub.add_parser("dev", help="services up, migrate, seed, then `dagster dev`")
     dev.add_argument("--posts", type=int, default=int(os.environ.get("DEMO_POSTS", "10000")))

@@ -1,0 +1,91 @@
+"""Prometheus metrics with the runbook's names, read from durable state on every scrape.
+
+Nothing is counted in this process: the numbers come from PostgreSQL (offsets, counters, dead
+letters, backfill jobs, shadow logs, flags), so they are right after any restart of anything.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import psycopg
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from . import backfill, flags, metrics, source, stages
+
+SHADOW_WINDOW_MINUTES = 60
+SHADOW_SQL = """
+SELECT avg(overlap_at_10),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY CASE WHEN primary_backend = 'pg'
+           THEN primary_latency_ms - secondary_latency_ms ELSE secondary_latency_ms - primary_latency_ms END)
+FROM cn_search.shadow_read_logs
+WHERE endpoint = 'search' AND secondary_error IS NULL AND secondary_latency_ms IS NOT NULL
+  AND logged_at > now() - make_interval(mins => %s)
+"""
+
+
+class MigrationCollector:
+    def __init__(self, connect: Callable[[], psycopg.Connection]):
+        self._connect = connect
+
+    def collect(self):
+        with self._connect() as conn:
+            yield from metrics.DurableCounters(lambda: _Borrowed(conn)).collect()
+            progress = backfill.progress(conn)
+            yield GaugeMetricFamily("backfill_processed_rows", "Backfill rows done at the current watermark.",
+                                    value=progress.rows_done)
+            yield GaugeMetricFamily("backfill_total_rows", "Backfill rows to copy at the current watermark.",
+                                    value=progress.rows_total)
+            yield GaugeMetricFamily("backfill_eta_seconds", "Backfill ETA from the current rate (NaN: no rate).",
+                                    value=progress.eta_seconds if progress.eta_seconds is not None else float("nan"))
+            backlog = GaugeMetricFamily("outbox_backlog", "Outbox rows after the consumer offset.", labels=["consumer"])
+            backlog.add_metric([source.CONSUMER],
+                               source.outbox_head(conn) - source.consumer_offset(conn, source.CONSUMER))
+            yield backlog
+            dead = GaugeMetricFamily("search_dead_letters", "Open dead letters.", labels=["backend", "reason"])
+            for backend, reason, n in conn.execute(
+                    "SELECT backend, reason_class, count(*) FROM cn_search.dead_letters WHERE resolved_at IS NULL "
+                    "GROUP BY 1, 2 ORDER BY 1, 2"):
+                dead.add_metric([backend, reason], n)
+            yield dead
+            overlap, delta = conn.execute(SHADOW_SQL, (SHADOW_WINDOW_MINUTES,)).fetchone()
+            yield GaugeMetricFamily("shadow_overlap_at_10", f"Mean overlap@10 of shadow reads, last "
+                                    f"{SHADOW_WINDOW_MINUTES} min (NaN: none).",
+                                    value=overlap if overlap is not None else float("nan"))
+            yield GaugeMetricFamily("shadow_latency_delta_ms", "P95 of PostgreSQL minus Meilisearch latency per "
+                                    "shadow read (NaN: none).", value=delta if delta is not None else float("nan"))
+            values = flags.read_all(conn)
+            stage = GaugeMetricFamily("search_migration_stage", "1 for the current stage.", labels=["stage"])
+            for name in stages.STAGES:
+                stage.add_metric([name], 1 if stages.current(values) == name else 0)
+            yield stage
+            flag = GaugeMetricFamily("search_migration_flag", "1 for each flag's current value.",
+                                     labels=["flag", "value"])
+            for name, value in sorted(values.items()):
+                flag.add_metric([name, value], 1)
+            yield flag
+
+
+class _Borrowed:
+    """Lend an open connection to a collector that opens its own, without closing it."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> psycopg.Connection:
+        return self.conn
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def registry(connect: Callable[[], psycopg.Connection]) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(MigrationCollector(connect))
+    return reg
+
+
+def serve(connect: Callable[[], psycopg.Connection], host: str, port: int):
+    """Serve /metrics until the process ends."""
+    return start_http_server(port, addr=host, registry=registry(connect))
