@@ -7,6 +7,7 @@ never a silent mix of two tokenizations.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 NORMALIZER_VERSION = 2  # v2: Vietnamese Latin folded, marks only on letters, CJK #tags/@mentions kept whole
@@ -25,18 +26,39 @@ def _fold(ch: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFD", ch) if not unicodedata.combining(c))
 
 
-def normalize(text: str) -> str:
-    """NFKC, lowercase, Latin accent folding, symbols and emoji to spaces, `#` and `@` kept."""
-    out = []
-    for ch in unicodedata.normalize("NFKC", text).lower():
+class _CharMap(dict):
+    """Per-character normalization decisions, computed once per distinct character (str.translate)."""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
         cat = unicodedata.category(ch)
         if cat[0] in "LN" or ch in KEEP:
-            out.append(_fold(ch))
-        elif cat[0] == "M" and out and out[-1].isalpha() and not _is_latin(out[-1]):
-            out.append(ch)  # a mark on a non-Latin letter is part of it (an emoji's selector is not)
+            value = _fold(ch)
+        elif cat[0] == "M":
+            value = _MARK + ch  # kept or dropped by its neighbour: see normalize
         else:
-            out.append(" ")
-    return " ".join("".join(out).split())
+            value = " "
+        self[code] = value
+        return value
+
+
+_MARK = "\x00"
+_CHARS = _CharMap()
+
+
+def normalize(text: str) -> str:
+    """NFKC, lowercase, Latin accent folding, symbols and emoji to spaces, `#` and `@` kept."""
+    mapped = unicodedata.normalize("NFKC", text).lower().translate(_CHARS)
+    if _MARK in mapped:  # rare: a combining mark that NFKC could not compose
+        out: list[str] = []
+        for piece in mapped.split(_MARK):
+            if out and piece:
+                mark, piece = piece[0], piece[1:]
+                prev = out[-1][-1:] if out[-1] else ""
+                out.append(mark if prev.isalpha() and not _is_latin(prev) else " ")
+            out.append(piece)
+        mapped = "".join(out)
+    return " ".join(mapped.split())
 
 
 def is_cjk(ch: str) -> bool:
@@ -53,20 +75,18 @@ def is_cjk(ch: str) -> bool:
     )
 
 
+_CJK_CLASS = ("\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3005-\u3007\u31f0-\u31ff"
+              "\uac00-\ud7af\U00020000-\U0002fa1f")  # the ranges of is_cjk, for the regex engine
+_CJK_SPLIT = re.compile(f"([{_CJK_CLASS}]+)")
+
+
 def runs(normalized: str) -> list[tuple[bool, str]]:
     """Split normalized text into (is_cjk, run) pieces: CJK runs and Latin/digit words."""
     pieces: list[tuple[bool, str]] = []
     for word in normalized.split():
-        current, kind = [], None
-        for ch in word:
-            cjk = is_cjk(ch)
-            if kind is not None and cjk != kind:
-                pieces.append((kind, "".join(current)))
-                current = []
-            current.append(ch)
-            kind = cjk
-        if current:
-            pieces.append((kind, "".join(current)))
+        for i, piece in enumerate(_CJK_SPLIT.split(word)):  # odd pieces are the CJK runs
+            if piece:
+                pieces.append((i % 2 == 1, piece))
     return pieces
 
 
@@ -109,9 +129,15 @@ def tsvector_literal(tokens: list[tuple[str, int]]) -> str:
     """A `tsvector` input literal with explicit positions (no parser, no stemming)."""
     positions: dict[str, list[int]] = {}
     for token, pos in tokens:
-        positions.setdefault(token, []).append(min(pos, MAX_POSITION))
+        found = positions.get(token)
+        if found is None:
+            positions[token] = [min(pos, MAX_POSITION)]
+        else:
+            found.append(min(pos, MAX_POSITION))
     parts = []
     for token, ps in positions.items():
-        escaped = token.replace("\\", "\\\\").replace("'", "''")
-        parts.append(f"'{escaped}':{','.join(str(p) for p in sorted(set(ps))[:256])}")
+        if "'" in token or "\\" in token:
+            token = token.replace("\\", "\\\\").replace("'", "''")
+        listed = str(ps[0]) if len(ps) == 1 else ",".join(map(str, sorted(set(ps))[:256]))
+        parts.append(f"'{token}':{listed}")
     return " ".join(parts)
