@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -27,6 +28,9 @@ from . import meili_search, pg_search
 from .text import normalize
 
 BACKENDS = ("meili", "pg")
+# The pool retries a dead PostgreSQL in the background and says so on every attempt; the router reports
+# an outage once, as SearchUnavailable. An application that configures logging still sees the retries.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 FLAG_SQL = ("SELECT flag_name, flag_value FROM cn_search.runtime_flags "
             "WHERE flag_name IN ('search_read_backend', 'suggest_read_backend', 'shadow_sample_rate')")
 LOG_SQL = """

@@ -74,3 +74,13 @@ def test_meilisearch_down_is_one_line_and_pg_still_answers(servers, migrated_url
     assert out.returncode == 0 and [i["event_id"] for i in json.loads(out.stdout)["items"]] == ["a" * 64]
     bad = run_cli("search", "--topic", TOPIC, "--q", "東京", "--backend", "pg", "--cursor", "%%%", env=env)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == ["error: invalid cursor"]
+
+
+def test_postgresql_down_is_one_line_too(servers):
+    from .conftest import free_port
+
+    env = servers.env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    out = run_cli("search", "--topic", TOPIC, "--q", "東京", "--backend", "pg", env=env)
+    assert out.returncode == 1 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: search unavailable: PostgreSQL"), out.stderr
