@@ -7,10 +7,12 @@ never see each other's rows. Servers this session started are stopped at the end
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from search_migration import meili_index, services
+from search_migration import db, demo_seed, meili_index, services
 from search_migration.migrate import migrate
 from search_migration.settings import Settings
 
@@ -91,6 +93,14 @@ def migrated_url(database_url: str) -> str:
 
 
 @pytest.fixture
+def seeded(migrated_url: str, meili, index_uid: str) -> str:
+    """A small legacy-stage corpus: Meilisearch current, consumer at the outbox head."""
+    with db.connect(migrated_url) as conn:
+        demo_seed.seed(conn, meili, index_uid, posts=600, topics=4, seed=5)
+    return migrated_url
+
+
+@pytest.fixture
 def index_uid(servers: Servers) -> str:
     uid = f"test_{uuid.uuid4().hex[:12]}"
     yield uid
@@ -110,6 +120,28 @@ def own_meili(tmp_path, servers: Servers) -> Settings:
 @pytest.fixture
 def meili(servers: Servers):
     return meili_index.client(servers.meili_url, servers.meili_key)
+
+
+@contextmanager
+def dagster_dev(env: dict[str, str], tmp_path: Path, posts: int, topics: int):
+    """README command 1 (`search-migration dev`) as a process group; yields (port, process), stops it all."""
+    port = free_port()
+    env = {**env, "SEARCH_MIGRATION_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+           "PATH": "/usr/bin:/bin"}  # as from scripts/dev: the venv is not on PATH
+    log = (tmp_path / "dev.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "search_migration.cli", "dev", "--posts", str(posts),
+                             "--topics", str(topics), "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+    try:
+        yield port, proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
 
 
 def run_cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from search_migration import backfill, db, demo_seed, flags
 from search_migration.demo_corpus import topic_ids
 from search_migration.partition_keys import topic_partition_key
 
-from .conftest import REPO, free_port
+from .conftest import REPO, dagster_dev
 from .test_backfill import actual, expected
 from .test_dev_ui import graphql, wait_for
 
@@ -114,24 +113,8 @@ POSTS, TOPICS = 10_000, 20
 
 @pytest.fixture
 def dagster_dev_demo(servers, database_url, index_uid, tmp_path):
-    port = free_port()
-    env = servers.env(DATABASE_URL=database_url, MEILI_INDEX=index_uid,
-                      SEARCH_MIGRATION_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "dagster_home"),
-                      PATH=f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    log = (tmp_path / "dev.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "search_migration.cli", "dev", "--posts", str(POSTS),
-                             "--topics", str(TOPICS), "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
-    try:
-        yield port, proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    with dagster_dev(servers.env(DATABASE_URL=database_url, MEILI_INDEX=index_uid), tmp_path, POSTS, TOPICS) as running:
+        yield running
 
 
 def launch_asset_run(port: int, asset: str) -> str:

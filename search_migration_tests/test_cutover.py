@@ -10,7 +10,7 @@ from search_migration.backfill import Window
 from search_migration.definitions import defs
 from search_migration.read_router import ReadRouter
 
-from .test_write_path import TOPIC, meili_ids, new_posts, seeded  # noqa: F401  (fixture)
+from .test_write_path import TOPIC, meili_ids, new_posts
 
 QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python"]
 

@@ -4,17 +4,14 @@ project's assets; a run launched the way the UI launches it succeeds through the
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from .conftest import REPO, free_port
+from .conftest import dagster_dev
 
 RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -45,29 +42,13 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
 
 
 @pytest.fixture
-def dagster_dev(servers, database_url, index_uid, tmp_path):
-    port = free_port()
-    env = servers.env(DATABASE_URL=database_url, MEILI_INDEX=index_uid,
-                      SEARCH_MIGRATION_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "dagster_home"),
-                      PATH="/usr/bin:/bin")  # as from scripts/dev: the venv is not on PATH
-    log = (tmp_path / "dev.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "search_migration.cli", "dev", "--posts", "3000", "--topics", "6",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=REPO)
-    try:
-        yield port, proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+def dev(servers, database_url, index_uid, tmp_path):
+    with dagster_dev(servers.env(DATABASE_URL=database_url, MEILI_INDEX=index_uid), tmp_path, 3000, 6) as running:
+        yield running
 
 
-def test_dev_serves_assets_and_runs_through_the_daemon(dagster_dev):
-    port, proc = dagster_dev
+def test_dev_serves_assets_and_runs_through_the_daemon(dev):
+    port, proc = dev
     nodes = wait_for(lambda: graphql(port, "{ assetNodes { assetKey { path } } }")["assetNodes"],
                      240, "the Dagster UI to list assets", proc)
     keys = {"/".join(n["assetKey"]["path"]) for n in nodes}

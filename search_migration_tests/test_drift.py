@@ -5,7 +5,7 @@ from __future__ import annotations
 from search_migration import backfill, db, drift, flags, meili_index, source
 from search_migration.backfill import Window
 
-from .test_write_path import TOPIC, new_posts, seeded  # noqa: F401  (fixture)
+from .test_write_path import new_posts
 
 
 def _backfill_everything(url: str) -> None:

@@ -8,7 +8,7 @@ import urllib.request
 from search_migration import db, exporter, flags, outbox_consumer
 
 from .conftest import free_port
-from .test_write_path import FAST, new_posts, seeded  # noqa: F401  (fixture)
+from .test_write_path import FAST, new_posts
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -9,7 +9,6 @@ import sys
 import threading
 
 import psycopg
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from search_migration import db, demo_seed, flags, meili_index, metrics, outbox_consumer, services, source
@@ -56,14 +55,6 @@ def live_doc_ids(conn: psycopg.Connection) -> set[str]:
 
 def set_mode(conn, mode: str) -> None:
     flags.set_flags(conn, {"search_write_mode": mode}, by="test", reason="write path test")
-
-
-@pytest.fixture
-def seeded(migrated_url, meili, index_uid):
-    """A small legacy-stage corpus: Meilisearch current, consumer at the outbox head."""
-    with db.connect(migrated_url) as conn:
-        demo_seed.seed(conn, meili, index_uid, posts=600, topics=4, seed=5)
-    return migrated_url
 
 
 def dagster_catchup_in_new_process(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
