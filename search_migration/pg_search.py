@@ -15,8 +15,8 @@ follows Meilisearch's default bucket sort on a bounded candidate set:
 
 Candidates are bounded so a very frequent word stays fast: the first matches in tie-break order (a
 walk of the topic in post-id order for frequent words, the GIN index for rare ones — chosen by the
-frequency the walk measured), plus the posts whose text is or starts with the query (rare, and first
-in Meilisearch's order). The first documents of the best bucket in post-id order are then exactly
+frequency the walk measured), plus the posts whose text is or starts with the query and those that
+hold its words side by side (rare, and first in Meilisearch's order). The first documents of the best bucket in post-id order are then exactly
 Meilisearch's whenever that bucket shows up among the candidates. Word positions are counted the way
 Meilisearch counts them (a hard separator such as `。` moves 8 positions, an emoji is a word), with
 CJK runs split where the script changes or a query word begins — a cheap stand-in for Meilisearch's
@@ -78,6 +78,20 @@ def parse_query(q: str) -> list[Term]:
             words.append(((tag + run) if cjk and tag else run, cjk))
             tag = ""
     return [Term(text, cjk, i == len(words) - 1) for i, (text, cjk) in enumerate(words)]
+
+
+def phrase_tsquery(terms: list[Term]) -> str | None:
+    """The words next to each other in query order (two CJK words with or without a space between);
+    None for one word, or where a tag or a one-character word makes positions ambiguous."""
+    if len(terms) < 2 or any(t.text[0] in "#@" or (t.cjk and len(t.text) < 2) for t in terms):
+        return None
+    expr = terms[0].tsquery()
+    for prev, term in zip(terms, terms[1:]):
+        word = term.tsquery()
+        # in one CJK run the next word's first bigram sits two past this word's last (a bigram spans
+        # the join); across a space, one past
+        expr = f"(({expr}) <-> {word} | ({expr}) <2> {word})" if prev.cjk and term.cjk else f"({expr}) <-> {word}"
+    return expr
 
 
 def bucket_tsquery(terms: list[Term]) -> str:
@@ -398,7 +412,8 @@ class Candidates:
     One walk of the scope's first rows in post-id order serves every bucket and measures how frequent
     each word is. A bucket the walk could not fill gets a longer walk when its rows are frequent enough,
     or else the GIN index through its rarest word. Buckets that fill up also get the posts whose text is
-    or starts with the query's words (rare, and first in Meilisearch's order).
+    or starts with the query's words, and those holding the words side by side (rare, and first in
+    Meilisearch's order: exactness and proximity outrank the tie-break).
     """
 
     def __init__(self, conn: psycopg.Connection, topic: str | None, q: str, terms: list[Term], limit: int):
@@ -431,6 +446,10 @@ class Candidates:
         if len(rows) >= self.limit:  # otherwise every match, exact and leading ones included, is here
             seen = {(r[0], r[1]) for r in rows}
             found = self.conn.execute(EXACT_SQL[self.scope], params).fetchall()
+            phrase = phrase_tsquery(self.terms[:k])
+            if phrase:  # the words side by side, anywhere: proximity ranks them before everything else
+                params["rarest"] = self._rarest(params["words"])
+                found += _no_seqscan(self.conn, GATHER_SQL[self.scope], {**params, "match": phrase})
             if self.scope == "topic":
                 text = params["text"].replace("#", "").replace("@", "").replace(" ", "")
                 start = re.sub(r"([\\%_])", r"\\\1", text) + "%"  # LIKE-escaped
@@ -441,10 +460,13 @@ class Candidates:
                     extra.append(r)
         return rows, extra
 
+    def _rarest(self, words: list[str]) -> str:
+        """The word the walk saw least often (the longest among equals): the GIN index's best way in."""
+        return min(zip(self.per_word[:len(words)], [-len(w) for w in words], words))[2]
+
     def _more(self, k: int, params: dict) -> list[tuple]:
         """Bucket k's first `limit` rows when the first walk had too few: walk on, or ask GIN."""
-        counts = self.per_word[:k]
-        params["rarest"] = min(zip(counts, [-len(w) for w in params["words"]], params["words"]))[2]
+        params["rarest"] = self._rarest(params["words"])
         found, scan = self.per_level[k - 1], HEAD_SCAN
         for _ in range(3):
             # a longer walk reads about limit/frequency rows; collecting through GIN reads every match
