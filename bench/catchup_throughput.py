@@ -34,7 +34,7 @@ def reset(conn, meili) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=outbox_consumer.DEFAULT_BATCH_SIZE)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
 

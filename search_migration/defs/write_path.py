@@ -17,7 +17,7 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
 
 class CatchUpConfig(dg.Config):
     to_seq: Optional[int] = None  # default: the outbox head when the run starts
-    batch_size: int = 5000
+    batch_size: int = outbox_consumer.DEFAULT_BATCH_SIZE
 
 
 @dg.op(
