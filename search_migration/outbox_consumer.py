@@ -125,9 +125,11 @@ class PgSide:
     def apply(self, items: list[Item]) -> None:
         try:
             pg_documents.apply(self.conn, [i.doc_write() for i in items])
-        except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation, psycopg.DataError) as exc:
-            raise DeterministicError(_first_line(exc)) from exc
-        except psycopg.Error as exc:  # connection trouble, triggers, locks: retry, then stall
+        except psycopg.Error as exc:
+            # data exceptions (22) and constraint violations (23) fail again on the same row; anything
+            # else (connection trouble, triggers, locks, a server restart) is retried, then stalls
+            if (exc.sqlstate or "")[:2] in ("22", "23") or isinstance(exc, psycopg.DataError):
+                raise DeterministicError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
             raise TransientError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
 
@@ -331,27 +333,30 @@ class Consumer:
         self.engines = {"pg": PgSide(conn), "meili": MeiliSide(meili, index_uid)}
 
     def _apply_side(self, side: str, items: list[Item]) -> tuple[int, list[tuple[Item, str]], str | None]:
-        """Apply to one engine synchronously: (applied up to seq, rejected items, stall error)."""
+        """Apply to one engine synchronously: (applied up to seq, rejected items, stall error).
+
+        A rejected write is found by bisection, in seq order, so one poison row in a large batch
+        costs a few extra requests, not one per row."""
         engine = self.engines[side]
+        rejected: list[tuple[Item, str]] = []
+
+        def bisect(chunk: list[Item]) -> tuple[int, str] | None:
+            try:
+                self.retry.run(lambda: engine.apply(chunk))
+                return None
+            except TransientError as exc:
+                return chunk[0].seq - 1, str(exc)
+            except DeterministicError as exc:
+                if len(chunk) == 1:
+                    rejected.append((chunk[0], str(exc)))
+                    return None
+            mid = len(chunk) // 2
+            return bisect(chunk[:mid]) or bisect(chunk[mid:])
+
         if not items:
             return 0, [], None
-        try:
-            self.retry.run(lambda: engine.apply(items))
-            return items[-1].seq, [], None
-        except TransientError as exc:
-            return 0, [], str(exc)
-        except DeterministicError:
-            pass
-        # Someone in the batch is poison: apply row by row to find it and keep the rest.
-        rejected = []
-        for item in items:
-            try:
-                self.retry.run(lambda: engine.apply([item]))
-            except DeterministicError as exc:
-                rejected.append((item, str(exc)))
-            except TransientError as exc:
-                return item.seq - 1, rejected, str(exc)
-        return items[-1].seq, rejected, None
+        stall = bisect(items)
+        return (stall[0], rejected, stall[1]) if stall else (items[-1].seq, rejected, None)
 
     def _fetch(self, start: dict[str, int], sides: list[str], target: int, batch_size: int) -> _Batch | None:
         low = min(start.values())

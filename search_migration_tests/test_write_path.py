@@ -186,6 +186,23 @@ def test_malformed_row_is_dead_lettered_and_replayed_with_audit(seeded, servers,
     assert meili_index.doc_id(bad, TOPIC) in meili_ids(meili, index_uid)
 
 
+def test_a_document_one_engine_rejects_is_dead_lettered_for_that_engine_only(seeded, meili, index_uid):
+    with db.connect(seeded) as conn:
+        set_mode(conn, "dual")
+        rows = new_posts(conn, 300, "reject")
+        bad, bad_seq = rows[123]
+        conn.execute("UPDATE cn_relay.events SET content = 'forbidden words' WHERE event_id = %s", (bad,))
+        conn.execute("ALTER TABLE cn_search.post_search_documents "
+                     "ADD CONSTRAINT no_forbidden CHECK (content NOT LIKE 'forbidden%%')")
+        result = outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST)
+        assert not result.stalled and result.end_offset == source.outbox_head(conn)
+        assert conn.execute("SELECT backend, seq, reason_class FROM cn_search.dead_letters").fetchall() == [
+            ("pg", bad_seq, "rejected")]
+        docs = pg_docs(conn)
+        assert all((e, TOPIC) in docs for e, _ in rows if e != bad) and (bad, TOPIC) not in docs
+    assert {meili_index.doc_id(e, TOPIC) for e, _ in rows} <= meili_ids(meili, index_uid)  # Meilisearch took all
+
+
 def test_replay_limit_is_honoured_exactly(seeded, meili, index_uid):
     from search_migration import dead_letters
 
