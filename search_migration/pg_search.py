@@ -67,16 +67,14 @@ class Term:
 
 
 def parse_query(q: str) -> list[Term]:
-    """Query words in order: Latin/digit words and CJK runs, `#`/`@` tags kept whole."""
+    """Query words in order: Latin/digit words and CJK runs. A `#tag` or `@mention` is searched as its
+    word, as Meilisearch does (its tokenizer separates on `#` and `@`): `#nostr` finds `nostr`."""
     words: list[tuple[str, bool]] = []
     for word in normalize(q).split():
-        tag = ""
         for cjk, run in runs(word):
-            if not cjk and not run.strip("#@_"):
-                tag = run[-1] if run[-1] in "#@" else ""
-                continue
-            words.append(((tag + run) if cjk and tag else run, cjk))
-            tag = ""
+            bare = run.lstrip("#@")
+            if bare.strip("_"):
+                words.append((bare, cjk))
     return [Term(text, cjk, i == len(words) - 1) for i, (text, cjk) in enumerate(words)]
 
 
