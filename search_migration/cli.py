@@ -240,8 +240,10 @@ def cmd_demo_run(args) -> None:
         except demo_run.DemoError as exc:
             raise CliError(str(exc)) from None
     with _connect(s) as conn:
-        for line in status.render(status.compute(conn)):
-            print(line)
+        report = status.compute(conn)
+    report["gates"] = _latest_gates(s)
+    for line in status.render(report):
+        print(line)
     print(f"demo run finished at stage live in {time.monotonic() - started:.0f}s; "
           f"`scripts/dev` shows every run in the Dagster UI")
 
