@@ -112,17 +112,20 @@ def test_legacy_to_live_to_complete_and_back(dagster_env, seeded, meili, index_u
     assert ("search_read_backend", "pg", "shadow", "live", "oncall", True) in audit
 
 
-def test_degraded_postgres_fails_drift_and_cutover_changes_nothing(dagster_env, seeded):
+def test_degraded_postgres_fails_drift_and_overlap_and_cutover_changes_nothing(dagster_env, seeded, meili,
+                                                                               index_uid):
     instance = dagster_env
-    assert run_job(instance, "cutover_job", target_stage="dual").success
-    backfill_all(seeded)
+    to_shadow(instance, seeded)
     with db.connect(seeded) as conn:
         conn.execute("DELETE FROM cn_search.post_search_documents WHERE topic_id = %s", (TOPIC,))
-    checks = materialize(instance, "search_drift_report")
-    assert checks["drift_zero"] is False and checks["catchup_lag"] is True
+    shadow_traffic(seeded, meili, index_uid, 5)  # readers of the degraded topic
+    checks = materialize(instance, "search_drift_report", "shadow_read_report")
+    assert checks["drift_zero"] is False and checks["overlap_at_10"] is False
+    assert checks["catchup_lag"] is True and checks["shadow_sample_size"] is True
     before = stage_flags(seeded)
-    refused = run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=5)
-    assert not refused.success and "drift_zero: failed" in failure_message(refused)
+    refused = run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=25)
+    message = failure_message(refused)
+    assert not refused.success and "drift_zero: failed" in message and "overlap_at_10: failed" in message
     assert stage_flags(seeded) == before
 
 
