@@ -35,10 +35,16 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
 
 
+# Latency gates measure this machine, not the code: tests lift them (their logic is tested in test_gates).
+NO_LATENCY_GATES = {"search_p95_ms": 1e9, "suggest_p95_ms": 1e9}
+
+
 def materialize(instance, *names: str) -> dict[str, bool]:
     """Materialize reports in their own run; return {check name: passed}."""
     assets = [a for a in defs.assets if getattr(a, "key", None) and a.key.to_user_string() in names]
-    result = dg.materialize(assets, instance=instance, resources=defs.resources, raise_on_error=False)
+    config = {"ops": {name: {"config": NO_LATENCY_GATES} for name in names}}
+    result = dg.materialize(assets, instance=instance, resources=defs.resources, raise_on_error=False,
+                            run_config=config)
     return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
             for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
 

@@ -1,0 +1,46 @@
+"""Gate arithmetic on fixed reports: thresholds, strictness, and never passing on nothing."""
+
+from __future__ import annotations
+
+from search_migration import gates
+from search_migration.drift import DriftReport, TopicDrift
+from search_migration.shadow_report import ShadowReport
+
+
+def report(samples: int = 100, **kw) -> ShadowReport:
+    base = dict(window_hours=24, shadow_samples={"search": samples, "suggest": samples}, golden_queries=35,
+                overlap_median=0.95, overlap_p10=0.8, ndcg_at_10=0.97, error_rate=0.0,
+                zero_result_rate={"pg": 0.0, "meili": 0.0},
+                latency_ms={"search/pg": {"p95": 40.0}, "suggest/pg": {"p95": 15.0}}, expected_sample_rate=5)
+    return ShadowReport(**{**base, **kw})
+
+
+def by_name(results):
+    return {g.name: g for g in results}
+
+
+def test_a_good_report_passes_every_quality_gate():
+    assert all(g.passed for g in gates.quality(report()))
+
+
+def test_each_threshold_fails_its_own_gate():
+    slow = by_name(gates.quality(report(latency_ms={"search/pg": {"p95": 181.0}, "suggest/pg": {"p95": 80.0}})))
+    assert not slow["search_p95"].passed and slow["suggest_p95"].passed  # at most 80: 80 passes
+    worse = by_name(gates.quality(report(overlap_median=0.69, ndcg_at_10=0.9, error_rate=0.01)))
+    assert not worse["overlap_at_10"].passed and worse["ndcg_at_10"].passed  # at least 0.90: 0.90 passes
+    assert not worse["error_rate"].passed  # below 1 %: 1 % fails
+    custom = by_name(gates.quality(report(overlap_median=0.69), {"overlap_at_10": 0.5}))
+    assert custom["overlap_at_10"].passed
+
+
+def test_too_little_data_never_passes():
+    thin = by_name(gates.quality(report(samples=3)))
+    assert not thin["shadow_sample_size"].passed
+    assert not thin["overlap_at_10"].passed and "insufficient sample" in thin["overlap_at_10"].detail
+    empty = by_name(gates.quality(report(samples=0, overlap_median=None, ndcg_at_10=None, error_rate=None,
+                                         latency_ms={})))
+    assert not any(g.passed for g in empty.values())
+    nothing_compared = by_name(gates.integrity(DriftReport(10, 0, False, [TopicDrift("t", 0, 0)]), 0, True, "done"))
+    assert not nothing_compared["drift_zero"].passed and "insufficient sample" in nothing_compared["drift_zero"].detail
+    lagging = by_name(gates.integrity(DriftReport(10, 0, True, []), 1000, True, "done"))
+    assert not lagging["drift_zero"].passed and not lagging["catchup_lag"].passed  # < 1,000: 1,000 fails
