@@ -17,7 +17,7 @@ import meilisearch
 import psycopg
 from meilisearch.errors import MeilisearchCommunicationError, MeilisearchTimeoutError
 
-from . import meili_index, source
+from . import flags, meili_index, source, stages
 from .demo_corpus import BATCH_POSTS, NOTE_KIND, Batch, generate
 from .settings import ConfigError
 
@@ -155,12 +155,15 @@ def fingerprint(conn: psycopg.Connection) -> str:
 
 
 def reset(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str) -> None:
-    """Drop the demo corpus and everything derived from it (flags and their audit stay)."""
+    """Drop the demo corpus and everything derived from it, and go back to stage legacy (audited)."""
+    flags.set_flags(conn, stages.BASE_FLAGS["legacy"], by="demo seed --reset", reason="demo corpus replaced",
+                    stage_to="legacy")
     with conn.transaction():
         conn.execute("""
             TRUNCATE cn_relay.event_topics, cn_relay.events_outbox, cn_relay.consumer_offsets,
                      cn_search.post_search_documents, cn_search.backfill_checkpoints, cn_search.backfill_jobs,
-                     cn_search.backfill_watermarks, cn_search.shadow_read_logs,
+                     cn_search.backfill_watermarks, cn_search.backfill_manifest, cn_search.backfill_page_log,
+                     cn_search.shadow_read_logs,
                      cn_search.dead_letter_replays, cn_search.dead_letters, cn_search.consumer_side_offsets,
                      cn_search.side_write_failures, cn_search.outbox_gaps, cn_search.write_path_counters
                      RESTART IDENTITY

@@ -8,7 +8,7 @@ import psutil
 import psycopg
 import pytest
 
-from search_migration import db, demo_seed, meili_index, services, source
+from search_migration import db, demo_seed, flags, meili_index, services, source, stages
 from search_migration.demo_corpus import expected_live_rows_per_topic, generate
 from search_migration.migrate import migrate
 
@@ -81,8 +81,10 @@ def test_same_seed_same_corpus_and_legacy_index_matches_source(servers, migrated
         assert (again.posts_written, again.documents_indexed, again.fingerprint) == (0, 0, result.fingerprint)
         with pytest.raises(demo_seed.SeedError, match="different corpus"):
             demo_seed.seed(conn, meili, index_uid, posts=posts, topics=topics, seed=12)
+        flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="a migration under way")
         other = demo_seed.seed(conn, meili, index_uid, posts=2_000, topics=topics, seed=12, reset_first=True)
         assert other.fingerprint != result.fingerprint
+        assert flags.read_all(conn) == stages.BASE_FLAGS["legacy"]  # --reset starts the migration over
         assert meili_index.counts_per_topic(meili, index_uid) == source.live_rows_per_topic(conn)
 
 
