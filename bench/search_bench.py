@@ -19,18 +19,15 @@ Fill post_search_documents first (bench/search_load.py). Bounded: per-class x cl
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import time
 
-import ir_measures
 import pandas as pd
-from ir_measures import nDCG
 
 from search_migration import db, meili_index, meili_search, pg_search
 from search_migration.demo_corpus import EN_WORDS, JA_WORDS
-from search_migration.read_router import overlap_at_10
+from search_migration.quality import legacy_grades, ndcg_at_10, overlap_at_10
 from search_migration.settings import Settings
 from search_migration.text import normalize
 
@@ -117,14 +114,8 @@ def run(per_class: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
                 records.append({"endpoint": endpoint, **q, "pg_ids": pg_ids, "meili_ids": ms_ids,
                                 "pg_ms": pg_ms, "meili_ms": ms_ms})
     df = pd.DataFrame(records)
-    df["qid"] = [f"q{i}" for i in range(len(df))]
     df["overlap@10"] = [overlap_at_10(a, b) for a, b in zip(df.pg_ids, df.meili_ids)]
-    qrels = [ir_measures.Qrel(r.qid, d, 10 - rank) for r in df.itertuples() for rank, d in enumerate(r.meili_ids[:10])]
-    run_ = [ir_measures.ScoredDoc(r.qid, d, float(100 - rank)) for r in df.itertuples()
-            for rank, d in enumerate(r.pg_ids[:10])]
-    ndcg = {m.query_id: m.value for m in ir_measures.iter_calc([nDCG @ 10], qrels, run_)}
-    # a query where Meilisearch finds nothing has no judgments: agreement is whether PostgreSQL also finds nothing
-    df["NDCG@10"] = [ndcg.get(r.qid, 1.0 if not r.pg_ids else 0.0) for r in df.itertuples()]
+    df["NDCG@10"] = ndcg_at_10(list(df.pg_ids), [legacy_grades(ids) for ids in df.meili_ids])
 
     def summary(g: pd.DataFrame) -> pd.Series:
         return pd.Series({

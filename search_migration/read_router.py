@@ -25,6 +25,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from . import meili_search, pg_search
+from .quality import overlap_at_10
 from .text import normalize
 
 BACKENDS = ("meili", "pg")
@@ -73,13 +74,6 @@ def sample_bucket(viewer: str | None, query: str) -> int:
     """0-99, fixed for a (viewer, normalized query): the deterministic half of shadow sampling."""
     h = hashlib.sha256(f"{viewer or ''}\x00{normalize(query)}".encode()).digest()
     return int.from_bytes(h[:8], "big") % 100
-
-
-def overlap_at_10(a: list[str], b: list[str]) -> float:
-    top_a, top_b = a[:10], b[:10]
-    if not top_a and not top_b:
-        return 1.0
-    return len(set(top_a) & set(top_b)) / max(len(top_a), len(top_b))
 
 
 class ReadRouter:

@@ -6,7 +6,7 @@ import pytest
 
 from search_migration import db, demo_seed, meili_search, pg_documents, pg_search
 from search_migration.pg_documents import DocWrite
-from search_migration.read_router import overlap_at_10
+from search_migration.quality import overlap_at_10
 
 T1, T2 = "t-ramen", "t-tech"
 
