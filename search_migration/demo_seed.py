@@ -165,7 +165,8 @@ def reset(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str) -
                      cn_search.backfill_watermarks, cn_search.backfill_manifest, cn_search.backfill_page_log,
                      cn_search.shadow_read_logs,
                      cn_search.dead_letter_replays, cn_search.dead_letters, cn_search.consumer_side_offsets,
-                     cn_search.side_write_failures, cn_search.outbox_gaps, cn_search.write_path_counters
+                     cn_search.side_write_failures, cn_search.outbox_gaps, cn_search.write_path_counters,
+                     cn_search.read_request_counts
                      RESTART IDENTITY
         """)
         conn.execute("DELETE FROM cn_relay.events")

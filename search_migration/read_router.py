@@ -42,6 +42,14 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
+COUNT_FLUSH_EVERY = 100
+COUNT_SQL = """
+INSERT INTO cn_search.read_request_counts (minute, endpoint, requests)
+VALUES (date_trunc('minute', now()), %s, %s)
+ON CONFLICT (minute, endpoint) DO UPDATE SET requests = read_request_counts.requests + EXCLUDED.requests
+"""
+
+
 class SearchUnavailable(Exception):
     """The engine that must answer cannot; the message is one printable line."""
 
@@ -87,6 +95,7 @@ class ReadRouter:
         self._shadow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadow-read")
         self._pending: set[Future] = set()
         self._lock = threading.Lock()
+        self._requests: dict[str, int] = {}  # auto-routed requests not yet added to read_request_counts
 
     # ------------------------------------------------------------------ public API
 
@@ -119,6 +128,7 @@ class ReadRouter:
         with self._lock:
             pending = list(self._pending)
         wait(pending, timeout=timeout)
+        self._flush_counts()
 
     def close(self) -> None:
         self.drain()
@@ -155,6 +165,7 @@ class ReadRouter:
             except ValueError:
                 rate = 0
             shadowed = sample_bucket(viewer, q) < rate
+            self._count(endpoint)
         primary_done: Future = Future()
         if shadowed:
             secondary = "pg" if backend == "meili" else "meili"
@@ -171,6 +182,24 @@ class ReadRouter:
             raise
         primary_done.set_result(([i["event_id"] for i in items_of(result)], _ms(started)))
         return backend, result
+
+    def _count(self, endpoint: str) -> None:
+        """Count a request for the observed sampling rate; written in batches, off the request path."""
+        with self._lock:
+            self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
+            due = sum(self._requests.values()) >= COUNT_FLUSH_EVERY
+        if due:
+            self._shadow.submit(self._flush_counts)
+
+    def _flush_counts(self) -> None:
+        with self._lock:
+            counts, self._requests = self._requests, {}
+        if not counts:
+            return
+        try:
+            self._with_conn(lambda c: c.cursor().executemany(COUNT_SQL, list(counts.items())))
+        except SearchUnavailable:
+            pass  # a lost count only blurs the observed rate; reads must not fail for it
 
     def _forget(self, job: Future) -> None:
         with self._lock:

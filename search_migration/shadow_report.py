@@ -26,6 +26,11 @@ FROM cn_search.shadow_read_logs
 WHERE logged_at > now() - make_interval(hours => %s)
 """
 
+REQUESTS_SQL = """
+SELECT coalesce(sum(requests), 0)::bigint FROM cn_search.read_request_counts
+WHERE endpoint = 'search' AND minute > now() - make_interval(hours => %s)
+"""
+
 
 @dataclass
 class GoldenQuery:
@@ -52,6 +57,7 @@ class ShadowReport:
     zero_result_rate: dict[str, float | None]  # engine -> share of searches with no result
     latency_ms: dict[str, dict[str, float]]  # "endpoint/engine" -> {p50, p95, p99}
     expected_sample_rate: int
+    observed_sample_rate: float | None = None  # percent of auto-routed search requests that were sampled
     per_query: list[dict] = field(default_factory=list)
 
     @property
@@ -106,7 +112,9 @@ def _quantiles(series: pd.Series) -> dict[str, float]:
 
 def build(conn: psycopg.Connection, router, *, golden: list[GoldenQuery] | None = None,
           window_hours: float = 24, expected_sample_rate: int = 0) -> ShadowReport:
+    router.drain()  # this process's own counts and shadow rows first
     logs = _logs(conn, window_hours)
+    requests = conn.execute(REQUESTS_SQL, (window_hours,)).fetchone()[0]
     replay = replay_golden(router, load_golden() if golden is None else golden)
     frames = [d for d in (logs, replay) if len(d)]
     df = pd.concat(frames, ignore_index=True) if frames else logs
@@ -133,5 +141,6 @@ def build(conn: psycopg.Connection, router, *, golden: list[GoldenQuery] | None 
                           for e in ("pg", "meili")},
         latency_ms=latency,
         expected_sample_rate=expected_sample_rate,
+        observed_sample_rate=round(100.0 * int((logs.endpoint == "search").sum()) / requests, 2) if requests else None,
         per_query=per_query,
     )

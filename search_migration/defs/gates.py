@@ -88,7 +88,8 @@ def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: Me
             "overlap_at_10_p10": report.overlap_p10, "ndcg_at_10": report.ndcg_at_10, "error_rate": report.error_rate,
             "zero_result_rate_pg": report.zero_result_rate.get("pg"),
             "zero_result_rate_meili": report.zero_result_rate.get("meili"),
-            "expected_sample_rate_percent": report.expected_sample_rate, **latency,
+            "expected_sample_rate_percent": report.expected_sample_rate,
+            "observed_sample_rate_percent": report.observed_sample_rate, **latency,
             "golden": dg.MetadataValue.table(
                 records=[dg.TableRecord(r) for r in report.per_query],
                 schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("query", "string"),

@@ -1,0 +1,28 @@
+"""The shadow-read report against real engines: samples, golden replay, and the observed sampling rate."""
+
+from __future__ import annotations
+
+from search_migration import db, flags, shadow_report
+from search_migration.read_router import ReadRouter
+from search_migration.shadow_report import GoldenQuery
+
+from .test_write_path import TOPIC
+
+
+def test_report_counts_samples_replays_golden_and_observes_the_rate(seeded, meili, index_uid):
+    golden = [GoldenQuery(TOPIC, "ラーメン"), GoldenQuery(TOPIC, "rust")]
+    with db.connect(seeded) as conn, ReadRouter(seeded, meili, index_uid) as router:
+        flags.set_flags(conn, {"shadow_sample_rate": "100"}, by="test", reason="every request sampled")
+        for i in range(12):
+            router.search(TOPIC, ["東京", "coffee", "写真"][i % 3], viewer=f"v{i}")
+        full = shadow_report.build(conn, router, golden=golden, expected_sample_rate=100)
+        assert full.sample_size == 12 and full.observed_sample_rate == 100.0
+        assert full.golden_queries == 2 and [r["query"] for r in full.per_query] == ["ラーメン", "rust"]
+        assert full.overlap_median is not None and full.ndcg_at_10 is not None and full.error_rate == 0.0
+        assert {"search/pg", "search/meili"} <= set(full.latency_ms)
+
+        flags.set_flags(conn, {"shadow_sample_rate": "0"}, by="test", reason="sampling off")
+        for i in range(12):
+            router.search(TOPIC, "東京", viewer=f"w{i}")
+        half = shadow_report.build(conn, router, golden=[], expected_sample_rate=0)
+    assert half.sample_size == 12 and half.observed_sample_rate == 50.0  # 12 sampled of 24 auto requests
