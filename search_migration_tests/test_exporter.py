@@ -43,3 +43,22 @@ def test_metrics_read_durable_state(seeded, meili, index_uid):
     assert m['search_migration_stage{stage="dual"}'] == 1 and m['search_migration_stage{stage="legacy"}'] == 0
     assert m['search_migration_flag{flag="search_write_mode",value="dual"}'] == 1
     assert {"backfill_processed_rows", "backfill_eta_seconds", "shadow_overlap_at_10", "shadow_latency_delta_ms"} <= set(m)
+
+
+def test_the_grafana_dashboard_uses_only_exported_metric_names(seeded):
+    import json
+
+    from .conftest import REPO
+
+    port = free_port()
+    server, _ = exporter.serve(lambda: db.connect(seeded), "127.0.0.1", port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            exported = set(re.findall(r"^# TYPE (\S+) ", resp.read().decode(), re.M))
+    finally:
+        server.shutdown()
+    exported |= {f"{name}_total" for name in exported}  # counters are exposed with their _total samples
+    dashboard = json.loads((REPO / "ops" / "grafana-dashboard.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"]
+            for m in re.findall(r"\b((?:search|shadow|backfill|outbox)_[a-z0-9_]+)\b", t["expr"])}
+    assert used and used <= exported, used - exported
