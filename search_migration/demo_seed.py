@@ -21,7 +21,6 @@ from . import flags, meili_index, source, stages
 from .demo_corpus import BATCH_POSTS, NOTE_KIND, Batch, generate
 from .settings import ConfigError
 
-CONSUMER = source.CONSUMER
 MEILI_PUSH_DOCS = 20_000
 
 LIVE_ROWS_SQL = """
@@ -138,7 +137,7 @@ def index_legacy(conn: psycopg.Connection, meili: meilisearch.Client, index_uid:
         conn.execute(
             "INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES (%s, %s) "
             "ON CONFLICT (consumer) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
-            (CONSUMER, head))
+            (source.CONSUMER, head))
     return indexed
 
 

@@ -64,10 +64,14 @@ def quality(report, thresholds: dict | None = None) -> list[Gate]:
     ]
 
 
-def integrity(drift_report, backlog: int, backfill_done: bool, backfill_detail: str,
-              thresholds: dict | None = None) -> list[Gate]:
-    """Gates on drift.DriftReport, the outbox backlog and the backfill's completion."""
+def integrity(drift_report, backlog: int, progress, thresholds: dict | None = None) -> list[Gate]:
+    """Gates on drift.DriftReport, the outbox backlog and backfill.Progress (complete to its watermark)."""
     t = {**DEFAULTS, **(thresholds or {})}
+    if progress.watermark is None:
+        backfill_done, backfill_detail = False, "no high watermark captured yet"
+    else:
+        backfill_done = progress.rows_total > 0 and progress.rows_done >= progress.rows_total
+        backfill_detail = f"{progress.rows_done}/{progress.rows_total} rows at watermark {progress.watermark}"
     sampled = sum(x.sampled for x in drift_report.topics)
     if drift_report.backlog_too_large:
         drift_gate = Gate("drift_zero", False, None, 0, "backlog too large to tell drift from lag")

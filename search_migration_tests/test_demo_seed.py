@@ -45,7 +45,7 @@ def test_same_seed_same_corpus_and_legacy_index_matches_source(servers, migrated
         result = demo_seed.seed(conn, meili, index_uid, posts=posts, topics=topics, seed=11)
         live = source.live_rows_per_topic(conn)
         head = source.outbox_head(conn)
-        offset = source.consumer_offset(conn, demo_seed.CONSUMER)
+        offset = source.consumer_offset(conn, source.CONSUMER)
         deleted = conn.execute("SELECT count(*) FROM cn_relay.events WHERE is_deleted").fetchone()[0]
         orphans = conn.execute("""
             SELECT count(*) FROM cn_relay.event_topics et
@@ -134,14 +134,14 @@ def test_meilisearch_killed_mid_index_leaves_source_consistent_and_rerun_finishe
     _source_consistent(migrated_url)
     with db.connect(migrated_url) as conn:
         assert conn.execute("SELECT count(*) FROM cn_relay.events").fetchone()[0] == 30_000
-        assert source.consumer_offset(conn, demo_seed.CONSUMER) == 0  # legacy indexer did not finish
+        assert source.consumer_offset(conn, source.CONSUMER) == 0  # legacy indexer did not finish
 
     services.up(own_meili)  # the outage ends; the same data directory comes back
     rerun = run_cli("demo", "seed", "--posts", "30000", "--topics", "10", "--quiet", env=env)
     assert rerun.returncode == 0, rerun.stderr
     with db.connect(migrated_url) as conn:
         assert meili_index.counts_per_topic(own, "posts") == source.live_rows_per_topic(conn)
-        assert source.consumer_offset(conn, demo_seed.CONSUMER) == source.outbox_head(conn)
+        assert source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
 
 
 def run_cli_argv() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from search_migration import gates
+from search_migration.backfill import Progress
 from search_migration.drift import DriftReport, TopicDrift
 from search_migration.shadow_report import ShadowReport
 
@@ -13,6 +14,9 @@ def report(samples: int = 100, **kw) -> ShadowReport:
                 zero_result_rate={"pg": 0.0, "meili": 0.0},
                 latency_ms={"search/pg": {"p95": 40.0}, "suggest/pg": {"p95": 15.0}}, expected_sample_rate=5)
     return ShadowReport(**{**base, **kw})
+
+
+DONE = Progress(9, "now", 100, 100, {"succeeded": 3}, 0.0, 0.0)
 
 
 def by_name(results):
@@ -40,7 +44,16 @@ def test_too_little_data_never_passes():
     empty = by_name(gates.quality(report(samples=0, overlap_median=None, ndcg_at_10=None, error_rate=None,
                                          latency_ms={})))
     assert not any(g.passed for g in empty.values())
-    nothing_compared = by_name(gates.integrity(DriftReport(10, 0, False, [TopicDrift("t", 0, 0)]), 0, True, "done"))
+    nothing_compared = by_name(gates.integrity(DriftReport(10, 0, False, [TopicDrift("t", 0, 0)]), 0, DONE))
     assert not nothing_compared["drift_zero"].passed and "insufficient sample" in nothing_compared["drift_zero"].detail
-    lagging = by_name(gates.integrity(DriftReport(10, 0, True, []), 1000, True, "done"))
+    lagging = by_name(gates.integrity(DriftReport(10, 0, True, []), 1000, DONE))
     assert not lagging["drift_zero"].passed and not lagging["catchup_lag"].passed  # < 1,000: 1,000 fails
+    assert lagging["backfill_complete"].passed
+
+
+def test_backfill_is_complete_only_at_its_watermark():
+    clean = DriftReport(10, 0, False, [TopicDrift("t", 5, 5, sampled=5)])
+    assert not by_name(gates.integrity(clean, 0, Progress(None, None, 0, 0, {}, 0.0, None)))["backfill_complete"].passed
+    half = by_name(gates.integrity(clean, 0, Progress(9, "now", 100, 50, {}, 1.0, 50.0)))["backfill_complete"]
+    assert not half.passed and half.detail == "50/100 rows at watermark 9"
+    assert by_name(gates.integrity(clean, 0, DONE))["backfill_complete"].passed

@@ -43,10 +43,7 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
         report = drift.report(conn, meili.client(), meili.index_uid, sample_per_topic=config.drift_sample_per_topic)
         backlog = source.outbox_head(conn) - source.consumer_offset(conn, source.CONSUMER)
         progress = backfill.progress(conn)
-    done = progress.watermark is not None and progress.rows_total > 0 and progress.rows_done >= progress.rows_total
-    detail = (f"{progress.rows_done}/{progress.rows_total} rows at watermark {progress.watermark}"
-              if progress.watermark is not None else "no high watermark captured yet")
-    results = gates.integrity(report, backlog, done, detail, config.model_dump())
+    results = gates.integrity(report, backlog, progress, config.model_dump())
     drifting = report.drifting_topics[:20]
     return dg.MaterializeResult(
         metadata={
