@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import meilisearch
 import psycopg
 
-from . import flags, migrate, outbox_consumer, source, stages
+from . import flags, meili_index, migrate, outbox_consumer, source, stages
 from .stages import Move
 
 ENGINE_GATES = ("schema_migrated", "live_soak")
@@ -97,6 +97,9 @@ def reverse_catch_up(conn: psycopg.Connection, meili: meilisearch.Client, index_
 def execute(conn: psycopg.Connection, move: Move, *, by: str, reason: str, gates: dict[str, GateStatus | None],
             meili: meilisearch.Client | None = None, index_uid: str | None = None) -> dict:
     """Apply the move's flag changes with audit; returns {flag: (old, new)}."""
+    if move.target == "dual" and not move.rollback and meili is not None:
+        # the legacy index gets the settings PostgreSQL search mirrors (the tie-break) before shadow reads
+        meili_index.ensure_index(meili, index_uid)
     if move.rollback and move.source == "complete":
         if meili is None or index_uid is None:
             raise ValueError("rolling back from complete needs Meilisearch for the reverse catch-up")

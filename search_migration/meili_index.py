@@ -24,6 +24,9 @@ INDEX_SETTINGS = {
     "localizedAttributes": [{"attributePatterns": ["content"], "locales": ["jpn", "eng"]}],
     "faceting": {"maxValuesPerFacet": 100_000},
     "pagination": {"maxTotalHits": 10_000},
+    # Meilisearch's default rules, then an explicit tie-break: without it equal documents come back in
+    # arrival order, which PostgreSQL cannot know (posts indexed live arrive in no id order).
+    "rankingRules": ["words", "typo", "proximity", "attribute", "sort", "exactness", "event_id:asc"],
 }
 
 

@@ -10,8 +10,8 @@ follows Meilisearch's default bucket sort on a bounded candidate set:
 4. attribute  one searchable attribute, so only word position: how far each word sits from its place
               in the query, bucketed like Meilisearch (0, 1, 2-4, 5-7, 8-11, ...);
 5. exactness  content equals the query > content starts with it > more words matched exactly;
-6. tie-break  Meilisearch returns equal documents in internal-id order; the legacy index was built
-              in event-id order, so ascending post id mirrors it.
+6. tie-break  ascending post id: the index's last ranking rule is `event_id:asc` (meili_index), set
+              when the migration enters `dual`; Meilisearch's own order (arrival) is unknowable here.
 
 Candidates are bounded so a very frequent word stays fast: the first matches in tie-break order (a
 walk of the topic in post-id order for frequent words, the GIN index for rare ones — chosen by the

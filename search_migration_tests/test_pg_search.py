@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from search_migration import db, demo_seed, meili_search, pg_documents, pg_search
+from search_migration import db, demo_seed, meili_index, meili_search, pg_documents, pg_search
 from search_migration.pg_documents import DocWrite
 from search_migration.quality import overlap_at_10
 
@@ -120,3 +122,17 @@ def test_top_10_agrees_with_meilisearch_on_a_seeded_corpus(migrated_url, meili, 
                 ms = meili_search.search(meili, index_uid, topic, q, limit=10)
                 overlaps.append((topic, q) and overlap_at_10([i["event_id"] for i in pg.items], [i["event_id"] for i in ms.items]))
     assert sum(overlaps) / len(overlaps) >= 0.9, list(zip(queries * 2, overlaps))
+
+
+def test_equal_documents_indexed_live_in_any_order_rank_the_same_in_both(migrated_url, conn, meili, index_uid):
+    """Posts indexed one by one as they arrive: Meilisearch's tie-break is the index setting, not arrival."""
+    arrivals = list(range(1, 41))
+    random.Random(7).shuffle(arrivals)
+    meili_index.ensure_index(meili, index_uid)
+    for n in arrivals:  # one task per post: internal ids follow arrival order
+        meili_index.wait(meili, meili.index(index_uid).add_documents(
+            [meili_index.document(_post(n), T1, "rust coffee", 1_700_000_000)]).task_uid)
+    _write(migrated_url, [(n, T1, "rust coffee") for n in arrivals])
+    for q in ("rust", "coffee", "rust coffee"):
+        expected = [int(i["event_id"], 16) for i in meili_search.search(meili, index_uid, T1, q, limit=10).items]
+        assert _ids(pg_search.search(conn, T1, q, 10)) == expected == list(range(1, 11))

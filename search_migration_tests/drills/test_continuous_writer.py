@@ -25,7 +25,7 @@ from search_migration import db, demo_corpus, invariants, outbox_consumer, sourc
 from search_migration.read_router import ReadRouter
 
 from ..test_cutover import (  # noqa: F401  (dagster_env is a fixture)
-    QUERIES, backfill_all, dagster_env, failure_message, materialize, run_job, shadow_traffic, stage_flags)
+    QUERIES, backfill_all, dagster_env, evaluations, failure_message, run_job, shadow_traffic, stage_flags)
 
 SOAK_S = float(os.environ.get("SEARCH_MIGRATION_SOAK_SECONDS", "0"))
 
@@ -168,8 +168,8 @@ def hold() -> None:
 
 def gates_pass(instance, consumer: Consumer, *names: str) -> None:
     with consumer.paused():  # writes keep flowing; the gates read engines that hold still
-        checks = materialize(instance, *names)
-    assert checks and all(checks.values()), [name for name, ok in checks.items() if not ok]
+        checks = evaluations(instance, *names)
+    assert checks and all(c.passed for c in checks), [f"{c.check_name}: {c.description}" for c in checks if not c.passed]
 
 
 def advance(instance, target: str, rate: int | None = None, job: str = "cutover_job") -> None:
