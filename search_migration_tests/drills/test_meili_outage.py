@@ -13,7 +13,7 @@ from search_migration.read_router import ReadRouter
 
 from ..test_cutover import QUERIES
 from ..test_write_path import new_posts
-from .helpers import (assert_invariant, backfill_everything, catch_up_all, child, poll, product_writes, set_mode)
+from .helpers import (FAST, assert_invariant, backfill_everything, catch_up_all, child, poll, product_writes, set_mode)
 
 UID = "posts"
 
@@ -52,6 +52,9 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
         sides = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets"))
         assert start < sides["meili"] < head and sides["meili"] == source.consumer_offset(conn, source.CONSUMER)
         assert sides["pg"] >= sides["meili"]  # the overall offset is the lagging side's: Meilisearch's
+        for _ in range(3):  # the sensor keeps requesting catch-up runs while Meilisearch is down
+            again = outbox_consumer.catch_up(conn, own, UID, batch_size=50, retry=FAST)
+            assert "meili" in again.stalled
 
         # reads during the outage: every answer is PostgreSQL's, none fails; the shadow side records errors
         asked = [(topics[i % len(topics)], q) for i, q in enumerate(QUERIES)]
