@@ -7,6 +7,7 @@ never see each other's rows. Servers this session started are stopped at the end
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,6 +116,23 @@ def own_meili(tmp_path, servers: Servers) -> Settings:
     services.up(s)
     yield s
     services.down(s)
+
+
+@pytest.fixture
+def own_pg(servers: Servers) -> Settings:
+    """A PostgreSQL server of this test's own, so the test can stop and restart it like an outage.
+
+    Its data lives under .local like the session's server: pytest's tmp_path is private to root and
+    the server runs as an unprivileged user when the tests run as root."""
+    port = free_port()
+    home = REPO / ".local" / f"own-pg-{port}"
+    s = Settings.from_env({"SEARCH_MIGRATION_HOME": str(home), "SEARCH_MIGRATION_CACHE": str(CACHE),
+                           "MEILI_URL": servers.meili_url, "MEILI_MASTER_KEY": servers.meili_key,
+                           "SEARCH_MIGRATION_PG_PORT": str(port)})
+    services.up(s)
+    yield s
+    services.down(s)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

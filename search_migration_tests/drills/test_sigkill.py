@@ -1,0 +1,104 @@
+"""Drill 1: SIGKILL of a real Dagster run — a backfill mid-partition, a catch-up mid-batch — then a rerun.
+
+Protections proved: the backfill's page transaction (documents + checkpoint together) and the versioned
+writer (a resumed backfill never overwrites what catch-up wrote after the watermark); the consumer
+commits an offset only after every engine applied the rows below it, so a kill replays, never skips.
+"""
+
+from __future__ import annotations
+
+from search_migration import backfill, db, demo_seed, meili_index, source
+from search_migration.backfill import Window
+
+from ..test_write_path import new_posts
+from .helpers import (WEEK, assert_invariant, backfill_everything, busiest_week, catch_up_all, catchup_run,
+                      dagster_home, kill_group, materialize, no_advisory_locks, partition_key, poll, product_writes,
+                      set_mode)
+
+
+def test_backfill_run_sigkilled_mid_partition_then_rerun(servers, migrated_url, meili, index_uid, tmp_path):
+    url = migrated_url
+    with db.connect(url) as conn:
+        demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
+        set_mode(conn, "dual")
+        backfill.capture_watermark(conn, by="drill")
+        topic, start, rows = busiest_week(conn)
+        topics = source.topic_ids(conn)
+    window, key = Window(start, start + WEEK), partition_key(topic, start)
+    env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,
+                      DAGSTER_HOME=str(dagster_home(tmp_path, topics)))
+    config = {"page_size": 4, "max_rows_per_second": 8, "lease_timeout_seconds": 3}
+
+    run = materialize(env, key, config, tmp_path / "killed.log")
+    with db.connect(url) as conn:
+        def checkpointed():
+            assert run.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            row = conn.execute("SELECT rows_done FROM cn_search.backfill_checkpoints WHERE partition_key = %s",
+                               (key,)).fetchone()
+            return row and row[0] >= 4
+        poll(checkpointed, 300, "the first checkpoint")
+        kill_group(run)
+        done_at_kill = conn.execute("SELECT rows_done FROM cn_search.backfill_checkpoints WHERE partition_key = %s",
+                                    (key,)).fetchone()[0]
+        assert 0 < done_at_kill < rows, "the kill must land mid-partition"
+        # while the run is dead the product edits, deletes and un-tags posts of that very window, and
+        # catch-up applies it: rows behind and ahead of the checkpoint now carry versions above the watermark
+        changed = product_writes(conn, "sigkill-backfill", edits=6, deletes=6, removals=4, topic=topic,
+                                 window=window)
+        assert sum(map(len, changed.values())) == 16
+    catch_up_all(url, meili, index_uid)
+    with db.connect(url) as conn:
+        poll(lambda: conn.execute("SELECT heartbeat_at < now() - interval '3 seconds' FROM cn_search.backfill_jobs "
+                                  "WHERE partition_key = %s", (key,)).fetchone()[0], 60, "the dead lease to expire")
+
+    config["max_rows_per_second"] = 0
+    rerun = materialize(env, key, config, tmp_path / "rerun.log")
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    with db.connect(url) as conn:
+        status, attempts, resumed = conn.execute(
+            "SELECT j.status, j.attempts, (SELECT sum(rows_done) FROM cn_search.backfill_page_log p "
+            "WHERE p.partition_key = j.partition_key AND p.lease_token = j.lease_token) "
+            "FROM cn_search.backfill_jobs j WHERE partition_key = %s", (key,)).fetchone()
+        assert (status, attempts) == ("succeeded", 2)
+        assert resumed == rows - done_at_kill  # the rerun walked only what the killed run had not committed
+    backfill_everything(url)
+    catch_up_all(url, meili, index_uid)
+    assert_invariant(url, "1a backfill SIGKILL", meili, index_uid)
+
+
+def test_catchup_run_sigkilled_mid_batch_then_rerun(servers, seeded, meili, index_uid, tmp_path):
+    url = seeded
+    with db.connect(url) as conn:
+        set_mode(conn, "dual")
+        backfill.capture_watermark(conn, by="drill")
+    backfill_everything(url)
+    with db.connect(url) as conn:
+        start = source.consumer_offset(conn, source.CONSUMER)
+        new_posts(conn, 2_000, "sigkill-catchup")
+        product_writes(conn, "sigkill-catchup", inserts=20, edits=40, deletes=40, removals=20)
+        head = source.outbox_head(conn)
+    env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,
+                      DAGSTER_HOME=str(dagster_home(tmp_path, [])))
+
+    run = catchup_run(env, {"batch_size": 25}, tmp_path / "killed.log")
+    with db.connect(url) as conn:
+        def mid_batch():
+            assert run.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            offset = source.consumer_offset(conn, source.CONSUMER)
+            written = conn.execute("SELECT coalesce(max(source_seq), 0) FROM cn_search.post_search_documents"
+                                   ).fetchone()[0]
+            return offset > start + 200 and written > offset  # rows written whose offset is not committed
+        poll(mid_batch, 300, "catch-up progress with a batch in flight")
+        kill_group(run)
+        offset_at_kill = source.consumer_offset(conn, source.CONSUMER)
+        ahead_at_kill = conn.execute("SELECT count(*) FROM cn_search.post_search_documents WHERE source_seq > %s",
+                                     (offset_at_kill,)).fetchone()[0]
+        assert start < offset_at_kill < head, "the kill must land mid-range"
+    poll(lambda: no_advisory_locks(url), 60, "the killed run's consumer lock to go with its session")
+
+    rerun = catchup_run(env, {}, tmp_path / "rerun.log")
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+    assert_invariant(url, "1b catch-up SIGKILL", meili, index_uid)
+    assert ahead_at_kill > 0, "the kill must land between a batch's writes and its offset commit"
+    with db.connect(url) as conn:
+        assert meili_index.counts_per_topic(meili, index_uid) == source.live_rows_per_topic(conn)
