@@ -86,8 +86,9 @@ def replay_failed_job():
 
 @dg.sensor(job=catchup_job, minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
            owners=OWNERS, tags=tags("any", "write-path"), metadata=runbook("runbook-write-path"),
-           description="Keeps the engines current: requests a catch-up run (at most 200,000 rows) whenever the "
-                       "outbox head is ahead of the consumer, never two at once. Must stay ON from dual onwards.")
+           description=f"Keeps the engines current: requests a catch-up run (at most {MAX_RANGE:,} rows) whenever "
+                       "the outbox head is ahead of the consumer, never two at once. It is the write path at every "
+                       "stage: keep it ON.")
 def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     running = context.instance.get_runs(dg.RunsFilter(job_name="catchup_job", statuses=IN_FLIGHT), limit=1)
     if running:
