@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -10,6 +11,7 @@ import psycopg
 
 from search_migration import db, demo_seed
 from search_migration.definitions import defs
+from search_migration.defs.ui import RUNBOOK_URL
 
 from .conftest import REPO
 
@@ -20,6 +22,46 @@ def test_definitions_load():
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"cn_relay/events_outbox", "legacy/meili_index"} <= keys
     assert defs.resolve_job_def("observe_sources_job") is not None
+
+
+README_ANCHORS = set(re.findall(r'<a id="([^"]+)"></a>', (REPO / "README.md").read_text()))
+
+
+def runbook_anchor(metadata) -> str:
+    """The README anchor a definition's runbook link points at (it must exist: the UI links there)."""
+    url = metadata["runbook"].value
+    assert url.startswith(f"{RUNBOOK_URL}#"), url
+    anchor = url.split("#", 1)[1]
+    assert anchor in README_ANCHORS, f"{url}: README.md has no <a id=\"{anchor}\">"
+    return anchor
+
+
+def test_every_asset_and_check_tells_an_operator_what_it_is_and_links_its_runbook():
+    graph = defs.get_repository_def().asset_graph
+    keys = graph.get_all_asset_keys()
+    assert len(keys) == 6
+    for key in keys:
+        node = graph.get(key)
+        assert len(node.description or "") > 60, key
+        assert node.owners == ["team:search-migration"] and node.group_name, key
+        assert {"stage", "domain"} <= set(node.tags), key
+        runbook_anchor(node.metadata)
+    checks = {k.name: graph.get_check_spec(k) for k in graph.asset_check_keys}
+    assert len(checks) == 9
+    for name, spec in checks.items():
+        assert spec.description.startswith("Gate: "), name
+        assert runbook_anchor(spec.metadata) == f"gate-{name}"
+
+
+def test_every_job_sensor_and_schedule_has_a_description_tags_and_runbook():
+    repo = defs.get_repository_def()
+    defined = [j for j in repo.get_all_jobs() if not j.name.startswith("__")] + repo.sensor_defs + repo.schedule_defs
+    assert len(defined) == 8
+    for d in defined:
+        assert len(d.description or "") > 40, d.name
+        assert d.owners == ["team:search-migration"], d.name
+        assert {"stage", "domain"} <= set(d.tags), d.name
+        runbook_anchor(d.metadata)
 
 
 def test_dagster_definitions_validate(servers, database_url):

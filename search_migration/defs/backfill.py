@@ -14,6 +14,7 @@ from .. import backfill
 from ..partition_keys import topic_from_partition_key
 from .partitions import topics_partitions
 from .resources import PostgresResource
+from .ui import OWNERS, number, runbook, tags
 
 BACKFILL_START = os.environ.get("SEARCH_MIGRATION_BACKFILL_START", "2026-01-05")  # a Monday
 BACKFILL_POOL = "backfill_source"  # limit in dagster.yaml: concurrency.pools.default_limit
@@ -34,9 +35,12 @@ class BackfillConfig(dg.Config):
     max_rows_per_second: float = 0.0  # per partition; 0 = unthrottled
 
 
-@dg.asset(group_name="backfill", kinds={"postgres"},
-          description="MAX(cn_relay.events_outbox.seq) once writes are dual: the backfill copies up to it, "
-                      "catch-up covers everything after. Refuses while search_write_mode is meili_only.")
+@dg.asset(group_name="backfill", kinds={"postgres"}, owners=OWNERS, tags=tags("dual", "backfill"),
+          metadata=runbook("runbook-backfill"),
+          description="The backfill's finish line: MAX(cn_relay.events_outbox.seq), captured once writes are dual, "
+                      "with a frozen manifest of every (topic, post) at or below it. The backfill copies up to it; "
+                      "catch-up covers everything after. Fails (changing nothing) while search_write_mode is "
+                      "meili_only: run cutover_job to dual first.")
 def backfill_high_watermark(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
         try:
@@ -59,8 +63,11 @@ def window_of(partition_key: str) -> tuple[str, backfill.Window]:
           deps=[backfill_high_watermark], backfill_policy=DEFAULT_BACKFILL_POLICY, pool=BACKFILL_POOL,
           retry_policy=dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL,
                                       jitter=dg.Jitter.PLUS_MINUS),
-          description="One topic's posts of one week, copied at the high watermark into "
-                      "cn_search.post_search_documents: keyset-paged, checkpointed, lease-fenced, versioned.")
+          owners=OWNERS, tags=tags("dual", "backfill"), metadata=runbook("runbook-backfill"),
+          description="PostgreSQL search documents, one partition per topic × week, copied as they were at the "
+                      "high watermark into cn_search.post_search_documents. Safe to re-run: a partition resumes "
+                      "after its checkpoint and a completed one is a no-op (config rebuild: true re-copies). "
+                      "Materialize all partitions once backfill_high_watermark exists.")
 def post_search_documents(context: dg.AssetExecutionContext, config: BackfillConfig,
                           postgres: PostgresResource) -> dg.MaterializeResult:
     options = backfill.PartitionOptions(page_size=config.page_size, lease_timeout_s=config.lease_timeout_seconds,
@@ -88,10 +95,13 @@ def _metadata(results: list[backfill.PartitionResult], overall: dict) -> dict:
           "rows_per_second": round((copied + skipped) / duration, 1) if duration else 0.0,
           "duration_seconds": round(duration, 3), "partitions_in_run": len(results),
           "backfill_rows_done": overall["rows_done"], "backfill_rows_total": overall["rows_total"],
-          "backfill_eta_seconds": overall["eta_seconds"] if overall["eta_seconds"] is not None else "unknown",
+          "backfill_eta_seconds": number(overall["eta_seconds"]),
           "high_watermark": overall["high_watermark"] or 0}
     if len(results) > 1:
-        md["per_partition"] = dg.MetadataValue.json({r.partition_key: r.metadata() for r in results})
+        rows = [r.metadata() for r in results]
+        md["per_partition"] = dg.MetadataValue.table(
+            records=[dg.TableRecord(row) for row in rows],
+            schema=dg.TableSchema(columns=[dg.TableColumn(k, "string" if isinstance(v, str) else type(v).__name__) for k, v in rows[0].items()]))
     elif results:
         md["resumed_after_rows"] = results[0].resumed_after_rows
         md["noop_already_complete"] = results[0].noop

@@ -8,6 +8,7 @@ import dagster as dg
 from .. import cutover, flags, stages
 from .gates import DRIFT_CHECKS, QUALITY_CHECKS
 from .resources import MeiliResource, PostgresResource
+from .ui import OWNERS, runbook, tags
 
 CHECK_ASSET = {**{name: "search_drift_report" for name in DRIFT_CHECKS},
                **{name: "shadow_read_report" for name in QUALITY_CHECKS}}
@@ -84,12 +85,18 @@ def rollback_op(context: dg.OpExecutionContext, config: CutoverConfig, postgres:
     _move(context, config, postgres, meili, rollback_only=True)
 
 
-@dg.job(description="Cutover one stage forward, gated by the latest gate results (config: target_stage, "
-                    "shadow_rate, by, reason, dry_run).")
+@dg.job(owners=OWNERS, tags=tags("any", "cutover"), metadata=runbook("runbook-cutover"),
+        description="Move the migration ONE stage forward (legacy -> dual -> shadow 5/25/50 -> live -> complete). "
+                    "Refuses, changing nothing, unless every gate of the move passed within max_gate_age_minutes: "
+                    "materialize search_drift_report and shadow_read_report first. Try dry_run: true. "
+                    "Config: target_stage, shadow_rate, by, reason.")
 def cutover_job():
     cutover_op()
 
 
-@dg.job(description="Roll back to an earlier stage (config: target_stage, shadow_rate, by, reason, dry_run).")
+@dg.job(owners=OWNERS, tags=tags("any", "rollback"), metadata=runbook("runbook-rollback"),
+        description="The emergency exit: back to any earlier stage in one run, no gates. From live, reads return "
+                    "to Meilisearch at once; from complete, Meilisearch is caught up first. "
+                    "Config: target_stage (e.g. shadow), by, reason.")
 def rollback_job():
     rollback_op()

@@ -5,10 +5,32 @@ import dagster as dg
 from .. import backfill, drift, flags, gates, shadow_report, source
 from ..read_router import ReadRouter
 from .resources import MeiliResource, PostgresResource
+from .ui import OWNERS, number, runbook, tags
 
+D = gates.DEFAULTS
+# What each gate means to whoever reads a red check; its runbook entry (anchor gate-<name>) says what to do.
+CHECK_DESCRIPTIONS = {
+    "drift_zero": "Gate: no sampled document differs between Meilisearch and PostgreSQL (ids and content, both "
+                  "ways). Red: the indexes disagree; do not cut over.",
+    "catchup_lag": f"Gate: outbox backlog (head minus consumer offset) below {D['outbox_backlog']:,} rows. Red: "
+                   "catch-up is behind or stalled.",
+    "backfill_complete": "Gate: every manifest row up to the high watermark is copied. Red: backfill partitions "
+                         "are missing or failed.",
+    "shadow_sample_size": f"Gate: at least {D['min_sample']} shadow search reads in the window. Red: not enough "
+                          "traffic measured yet; every quality gate fails with it.",
+    "overlap_at_10": f"Gate: median overlap@10 of PostgreSQL vs Meilisearch results at least {D['overlap_at_10']}.",
+    "ndcg_at_10": f"Gate: mean NDCG@10 of PostgreSQL, graded by the legacy ranking, at least {D['ndcg_at_10']}.",
+    "search_p95": f"Gate: PostgreSQL search P95 at most {D['search_p95_ms']:g} ms.",
+    "suggest_p95": f"Gate: PostgreSQL suggest P95 at most {D['suggest_p95_ms']:g} ms.",
+    "error_rate": f"Gate: PostgreSQL error rate on shadow reads below {D['error_rate']:.0%}.",
+}
 DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete")
 QUALITY_CHECKS = ("shadow_sample_size", "overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "error_rate")
-RUNBOOK = "README.md#runbook"
+
+
+def _check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(name, asset=asset, description=CHECK_DESCRIPTIONS[name],
+                              metadata=runbook(f"gate-{name}")) for name in names]
 
 
 class Thresholds(dg.Config):
@@ -27,16 +49,17 @@ class Thresholds(dg.Config):
 
 def _check_results(results: list[gates.Gate]) -> list[dg.AssetCheckResult]:
     return [dg.AssetCheckResult(check_name=g.name, passed=g.passed, description=g.detail,
-                                metadata={"value": g.value, "threshold": g.threshold, "detail": g.detail})
+                                metadata={"value": number(g.value), "threshold": number(g.threshold), "detail": g.detail})
             for g in results]
 
 
 @dg.asset(
     group_name="gates", kinds={"postgres", "meilisearch"}, deps=["post_search_documents"],
-    check_specs=[dg.AssetCheckSpec(name, asset="search_drift_report") for name in DRIFT_CHECKS],
-    description="Per topic: documents in Meilisearch vs live PostgreSQL documents (exact counts, sampled ids "
-                f"and content both ways), outbox backlog and backfill completion. Gates: {', '.join(DRIFT_CHECKS)}. "
-                f"Runbook: {RUNBOOK}",
+    check_specs=_check_specs("search_drift_report", DRIFT_CHECKS), owners=OWNERS, tags=tags("dual", "gates"),
+    metadata=runbook("runbook-gates"),
+    description="Are the two indexes the same? Per topic: Meilisearch vs PostgreSQL documents (exact counts, "
+                "sampled ids and content both ways), outbox backlog and backfill completion. Materialize it before "
+                f"every cutover; its checks ({', '.join(DRIFT_CHECKS)}) gate dual -> shadow and every step after.",
 )
 def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
@@ -66,10 +89,12 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
 
 @dg.asset(
     group_name="gates", kinds={"postgres", "meilisearch"}, deps=["post_search_documents"],
-    check_specs=[dg.AssetCheckSpec(name, asset="shadow_read_report") for name in QUALITY_CHECKS],
-    description="Shadow-read logs of the last window plus the golden query set replayed against both engines: "
-                "overlap@10, NDCG@10 (graded by the legacy ranking without judgments), P50/P95/P99 per engine, "
-                f"error and zero-result rates, sample size. Gates: {', '.join(QUALITY_CHECKS)}. Runbook: {RUNBOOK}",
+    check_specs=_check_specs("shadow_read_report", QUALITY_CHECKS), owners=OWNERS, tags=tags("shadow", "gates"),
+    metadata=runbook("runbook-gates"),
+    description="Is PostgreSQL search as good and as fast? Shadow reads of the last window plus the golden "
+                "queries replayed on both engines: overlap@10, NDCG@10, P50/P95/P99 per engine, error and "
+                "zero-result rates. Materialize it before each shadow ramp step and before live; its checks "
+                f"({', '.join(QUALITY_CHECKS)}) gate those moves.",
 )
 def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
     with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.client(), meili.index_uid) as router:
@@ -81,12 +106,14 @@ def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: Me
         metadata={
             "sample_size": report.sample_size, "shadow_search_samples": report.shadow_samples.get("search", 0),
             "shadow_suggest_samples": report.shadow_samples.get("suggest", 0),
-            "golden_queries": report.golden_queries, "overlap_at_10_median": report.overlap_median,
-            "overlap_at_10_p10": report.overlap_p10, "ndcg_at_10": report.ndcg_at_10, "error_rate": report.error_rate,
-            "zero_result_rate_pg": report.zero_result_rate.get("pg"),
-            "zero_result_rate_meili": report.zero_result_rate.get("meili"),
-            "expected_sample_rate_percent": report.expected_sample_rate,
-            "observed_sample_rate_percent": report.observed_sample_rate, **latency,
+            "golden_queries": report.golden_queries, "overlap_at_10_median": number(report.overlap_median),
+            "overlap_at_10_p10": number(report.overlap_p10), "ndcg_at_10": number(report.ndcg_at_10),
+            "error_rate": number(report.error_rate),
+            "zero_result_rate_pg": number(report.zero_result_rate.get("pg")),
+            "zero_result_rate_meili": number(report.zero_result_rate.get("meili")),
+            "expected_sample_rate_percent": number(report.expected_sample_rate),
+            "observed_sample_rate_percent": number(report.observed_sample_rate),
+            **{k: number(v) for k, v in latency.items()},
             "golden": dg.MetadataValue.table(
                 records=[dg.TableRecord(r) for r in report.per_query],
                 schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("query", "string"),

@@ -6,41 +6,54 @@ import dagster as dg
 
 from .. import meili_index, source
 from .resources import MeiliResource, PostgresResource
+from .ui import OWNERS, runbook, tags
 
-
-@dg.observable_source_asset(
-    key=["cn_relay", "events_outbox"],
-    group_name="source",
-    description="The product's transactional outbox; its head sequence versions everything downstream.",
+# multi_observable_source_asset only because its AssetSpec takes owners (observable_source_asset does not).
+OUTBOX = dg.AssetSpec(
+    ["cn_relay", "events_outbox"], group_name="source", owners=OWNERS, tags=tags("any", "source"),
+    kinds={"postgres"}, metadata=runbook("runbook-source"),
+    description="The product's transactional outbox (read-only for us). consumer_lag = outbox head minus the "
+                "catch-up consumer's offset: if it keeps growing, catch-up is stalled or too slow; see the "
+                "write-path runbook.",
 )
-def events_outbox(postgres: PostgresResource) -> dg.ObserveResult:
+LEGACY_INDEX = dg.AssetSpec(
+    ["legacy", "meili_index"], group_name="source", owners=OWNERS, tags=tags("any", "source"),
+    kinds={"meilisearch"}, metadata=runbook("runbook-source"),
+    description="The Meilisearch index that serves reads until stage live: documents per topic. A sudden drop "
+                "means the legacy index lost documents; compare with search_drift_report before any cutover.",
+)
+
+
+@dg.multi_observable_source_asset(specs=[OUTBOX], name="events_outbox")
+def events_outbox(postgres: PostgresResource):
     with postgres.connect() as conn:
         head = source.outbox_head(conn)
         offset = source.consumer_offset(conn, source.CONSUMER)
-    return dg.ObserveResult(
-        data_version=dg.DataVersion(str(head)),
+    yield dg.ObserveResult(
+        asset_key=OUTBOX.key, data_version=dg.DataVersion(str(head)),
         metadata={"outbox_head_seq": head, "consumer_offset": offset, "consumer_lag": head - offset},
     )
 
 
-@dg.observable_source_asset(
-    key=["legacy", "meili_index"],
-    group_name="source",
-    description="The Meilisearch index serving reads today (stage legacy): documents per topic.",
-)
-def legacy_meili_index(meili: MeiliResource) -> dg.ObserveResult:
+@dg.multi_observable_source_asset(specs=[LEGACY_INDEX], name="legacy_meili_index")
+def legacy_meili_index(meili: MeiliResource):
     counts = meili_index.counts_per_topic(meili.client(), meili.index_uid)
     total = sum(counts.values())
-    return dg.ObserveResult(
-        data_version=dg.DataVersion(str(total)),
+    yield dg.ObserveResult(
+        asset_key=LEGACY_INDEX.key, data_version=dg.DataVersion(str(total)),
         metadata={"documents": total, "topics": len(counts)},
     )
 
 
 observe_sources_job = dg.define_asset_job(
-    "observe_sources_job", selection=[events_outbox.key, legacy_meili_index.key],
-    description="Record outbox head, consumer lag and legacy index size.",
+    "observe_sources_job", selection=[OUTBOX.key, LEGACY_INDEX.key], owners=OWNERS, tags=tags("any", "source"),
+    metadata=runbook("runbook-source"),
+    description="Record the outbox head, the consumer lag and the legacy index size (safe at any stage; "
+                "read-only).",
 )
 observe_sources_schedule = dg.ScheduleDefinition(
     job=observe_sources_job, cron_schedule="* * * * *", default_status=dg.DefaultScheduleStatus.STOPPED,
+    owners=OWNERS, tags=tags("any", "source"), metadata=runbook("runbook-source"),
+    description="Every minute, observe the outbox lag and the legacy index size so their history plots in the "
+                "UI. Off by default; turn it on for the whole migration.",
 )

@@ -9,6 +9,7 @@ from .. import dead_letters, outbox_consumer, source
 from ..partition_keys import PartitionKeyError, topic_partition_key
 from .partitions import topics_partitions
 from .resources import MeiliResource, PostgresResource
+from .ui import OWNERS, runbook, tags
 
 MAX_RANGE = 200_000  # outbox rows per catch-up run: long enough to be efficient, short enough to retry
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -44,8 +45,11 @@ def catch_up(context: dg.OpExecutionContext, config: CatchUpConfig, postgres: Po
     return dg.Output(result.end_offset, metadata=metadata)
 
 
-@dg.job(description="Bounded outbox catch-up; with default config, up to the current outbox head.",
-        tags={"search_migration/kind": "catchup"})
+@dg.job(owners=OWNERS, tags={"search_migration/kind": "catchup", **tags("any", "write-path")},
+        metadata=runbook("runbook-write-path"),
+        description="Apply new outbox rows to the engines search_write_mode names, up to the outbox head (or "
+                    "to_seq). Started by high_watermark_sensor; a failed run means an engine stalled: fix it and "
+                    "the next run resumes at the stalled row.")
 def catchup_job():
     catch_up()
 
@@ -73,13 +77,18 @@ def replay_failed(context: dg.OpExecutionContext, config: ReplayConfig, postgres
         raise dg.Failure(f"{len(failed)} of {len(outcomes)} dead letters failed to replay")
 
 
-@dg.job(description="Replay dead letters (config: by, reason, limit, dry_run).")
+@dg.job(owners=OWNERS, tags=tags("any", "write-path"), metadata=runbook("runbook-dead-letters"),
+        description="Re-apply dead-lettered outbox rows, oldest first, after their cause is fixed; audited. "
+                    "Start with dry_run: true. Config: by, reason, limit, dry_run.")
 def replay_failed_job():
     replay_failed()
 
 
 @dg.sensor(job=catchup_job, minimum_interval_seconds=10, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Request a bounded catch-up run whenever the outbox head is ahead of the consumer.")
+           owners=OWNERS, tags=tags("any", "write-path"), metadata=runbook("runbook-write-path"),
+           description=f"Keeps the engines current: requests a catch-up run (at most {MAX_RANGE:,} rows) whenever "
+                       "the outbox head is ahead of the consumer, never two at once. It is the write path at every "
+                       "stage: keep it ON.")
 def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     running = context.instance.get_runs(dg.RunsFilter(job_name="catchup_job", statuses=IN_FLIGHT), limit=1)
     if running:
@@ -103,7 +112,9 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Add new product topics to the `topics` dynamic partitions.")
+           owners=OWNERS, tags=tags("any", "backfill"), metadata=runbook("runbook-backfill"),
+           description="Adds every new product topic to the `topics` partitions of post_search_documents, so the "
+                       "backfill covers it. A skipped topic (bad id) is logged as a warning.")
 def topic_partitions_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     with postgres.connect() as conn:
         topics = source.topic_ids(conn)

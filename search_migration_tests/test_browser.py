@@ -1,0 +1,125 @@
+"""The operator's view for real: Debian's chromium (driven by browser/operator_view.mjs) on a live `dagster dev`
+with the demo corpus sees the migration's assets, gates and topic × week partitions, launches a backfill of a few
+partitions from the Materialize dialog, and those partitions' documents land in PostgreSQL.
+
+Screenshots go to the test's tmp dir; SEARCH_MIGRATION_SCREENSHOTS=docs/screenshots refreshes the README's.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from search_migration import backfill, db, flags
+from search_migration.defs.backfill import BACKFILL_START, window_of
+from search_migration.defs.gates import DRIFT_CHECKS, QUALITY_CHECKS
+from search_migration.partition_keys import topic_partition_key
+
+from .conftest import REPO, dagster_dev
+from .test_backfill import actual, expected
+from .test_backfill_dagster import BACKFILL_STATUS, launch_asset_run, run_status
+from .test_dev_ui import graphql, wait_for
+
+BROWSER = REPO / "browser"
+CHROMIUM = "/usr/bin/chromium"
+POSTS, TOPICS = 3000, 4
+ASSETS = ["events_outbox", "meili_index", "backfill_high_watermark", "post_search_documents", "search_drift_report",
+          "shadow_read_report"]
+DONE = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+
+
+@pytest.fixture
+def dev(servers, database_url, index_uid, tmp_path):
+    missing = [p for p in (Path(CHROMIUM), BROWSER / "node_modules" / "playwright-core") if not p.exists()]
+    assert not missing, f"{missing} missing: run scripts/browser-setup (scripts/test runs it)"
+    with dagster_dev(servers.env(DATABASE_URL=database_url, MEILI_INDEX=index_uid), tmp_path, POSTS, TOPICS) as running:
+        yield running
+
+
+def operator_view(config: dict, tmp_path: Path) -> dict:
+    """One phase of browser/operator_view.mjs; on failure, its message names the step and the screenshot."""
+    shots = Path(os.environ.get("SEARCH_MIGRATION_SCREENSHOTS") or tmp_path / "screenshots").resolve()
+    shots.mkdir(parents=True, exist_ok=True)
+    config = {**config, "chromium": CHROMIUM, "screenshots": str(shots), "failures": str(tmp_path)}
+    proc = subprocess.run([shutil.which("node") or "node", "operator_view.mjs", json.dumps(config)], cwd=BROWSER,
+                          capture_output=True, text=True, timeout=360)
+    assert proc.returncode == 0, f"operator_view.mjs {config['phase']}: {proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def topic_keys(port: int) -> list[str]:
+    node = graphql(port, """{ assetNodeOrError(assetKey: {path: ["post_search_documents"]}) {
+        ... on AssetNode { partitionKeysByDimension { name partitionKeys } } } }""")["assetNodeOrError"]
+    return next(d["partitionKeys"] for d in node["partitionKeysByDimension"] if d["name"] == "topic")
+
+
+def backfill_runs(port: int, backfill_id: str) -> list[str]:
+    runs = graphql(port, """query($id: String!) { runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+        ... on Runs { results { status } } } }""", {"id": backfill_id})["runsOrError"]["results"]
+    return [r["status"] for r in runs]
+
+
+@pytest.mark.timeout(900)
+def test_an_operator_backfills_partitions_from_the_ui(dev, database_url, tmp_path):
+    port, proc = dev
+    wait_for(lambda: len(topic_keys(port)) == TOPICS, 300, "topic_partitions_sensor to add the demo topics", proc)
+    with db.connect(database_url) as conn:
+        flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="browser test: backfill needs dual")
+    watermark_run = launch_asset_run(port, "backfill_high_watermark")
+    assert wait_for(lambda: run_status(port, watermark_run), 240, "the watermark run", proc) == "SUCCESS"
+
+    with db.connect(database_url) as conn:
+        wm = backfill.latest_watermark(conn)
+        # the two busiest topics and, within them, the two busiest weeks: partitions with documents to copy
+        topics = [t for (t,) in conn.execute("SELECT topic_id FROM cn_search.backfill_manifest GROUP BY 1 "
+                                             "ORDER BY count(*) DESC, 1 LIMIT 2")]
+        weeks = [w for (w,) in conn.execute(
+            "SELECT to_char(to_timestamp(created_at - (created_at - %s) %% 604800) AT TIME ZONE 'UTC', 'YYYY-MM-DD') "
+            "FROM cn_search.backfill_manifest WHERE topic_id = ANY(%s) GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 2",
+            (calendar.timegm(time.strptime(BACKFILL_START, "%Y-%m-%d")), topics))]
+    keys = {f"{w}|{topic_partition_key(t)}" for w in weeks for t in topics}
+
+    launched = operator_view({"phase": "launch", "base": f"http://127.0.0.1:{port}", "assets": ASSETS,
+                              "checks": {"search_drift_report": list(DRIFT_CHECKS),
+                                         "shadow_read_report": list(QUALITY_CHECKS)},
+                              "weeks": weeks, "topics": [topic_partition_key(t) for t in topics]}, tmp_path)
+    backfill_id = launched["backfillId"]
+    b = graphql(port, 'query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill '
+                      '{ partitionNames assetSelection { path } } } }', {"id": backfill_id})["partitionBackfillOrError"]
+    assert set(b["partitionNames"]) == keys and b["assetSelection"] == [{"path": ["post_search_documents"]}]
+
+    def finished():
+        s = graphql(port, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        return s if s["status"] in DONE else None
+    status = wait_for(finished, 480, "the UI's backfill to finish", proc)
+    counts = status["assetBackfillData"]["assetBackfillStatuses"][0]
+    assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
+    assert counts["numPartitionsMaterialized"] == counts["numPartitionsTargeted"] == len(keys)
+    runs = backfill_runs(port, backfill_id)
+    assert runs and set(runs) == {"SUCCESS"}, runs
+
+    with db.connect(database_url) as conn:
+        created = dict(conn.execute("SELECT event_id, created_at FROM cn_relay.events"))
+        windows = {topic: [] for topic in topics}
+        for key in keys:
+            topic, window = window_of(key)
+            windows[topic].append(window)
+        want = {r for r in expected(conn, wm.seq) if r[0] in windows and any(
+            w.start <= created[r[1]] < w.end for w in windows[r[0]])}
+        got = actual(conn)
+    assert want and got == want  # exactly the chosen partitions, every document at its watermark version
+
+    after = operator_view({"phase": "after", "base": f"http://127.0.0.1:{port}", "backfillId": backfill_id}, tmp_path)
+    shots = launched["screenshots"] + after["screenshots"]
+    assert [Path(s).stem for s in shots] == ["asset-graph", "gates", "partitions", "launch-backfill",
+                                             "backfill-completed", "asset-overview"]
+    for s in shots:
+        data = Path(s).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 20_000, s
