@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 CONSUMER = source.CONSUMER
 EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_TOPIC_ID = 255
+# A post larger than this is dead-lettered for both engines alike: relays cap events near 64 KiB, and
+# a tsvector (at most ~4 bytes of lexemes per byte of CJK text) must stay under PostgreSQL's 1 MB.
+MAX_CONTENT_BYTES = 65_536
 GAP_TIMEOUT_S = 15.0
 DEFAULT_BATCH_SIZE = 20_000  # bench/catchup_throughput.py: 100k rows dual 1,700 rows/s at 1,000, 9,200 at 20,000
 
@@ -100,6 +103,9 @@ class Item:
                 return "missing_source_event", "the outbox names an event that cn_relay.events does not hold"
             if self.created_at is None or self.created_at <= 0:
                 return "malformed_payload", "event created_at is not a positive unix time"
+            size = len((self.content or "").encode())
+            if size > MAX_CONTENT_BYTES and not self.event_deleted:
+                return "content_too_large", f"content is {size} bytes, over the {MAX_CONTENT_BYTES}-byte limit"
         return None
 
     @property
@@ -126,9 +132,10 @@ class PgSide:
         try:
             pg_documents.apply(self.conn, [i.doc_write() for i in items])
         except psycopg.Error as exc:
-            # data exceptions (22) and constraint violations (23) fail again on the same row; anything
-            # else (connection trouble, triggers, locks, a server restart) is retried, then stalls
-            if (exc.sqlstate or "")[:2] in ("22", "23") or isinstance(exc, psycopg.DataError):
+            # data exceptions (22), constraint violations (23) and program limits (54: a tsvector over
+            # 1 MB) fail again on the same row; anything else (connection trouble, triggers, locks, a
+            # server restart) is retried, then stalls
+            if (exc.sqlstate or "")[:2] in ("22", "23", "54") or isinstance(exc, psycopg.DataError):
                 raise DeterministicError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
             raise TransientError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
