@@ -136,8 +136,19 @@ class PgSide:
             # 1 MB) fail again on the same row; anything else (connection trouble, triggers, locks, a
             # server restart) is retried, then stalls
             if (exc.sqlstate or "")[:2] in ("22", "23", "54") or isinstance(exc, psycopg.DataError):
-                raise DeterministicError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
-            raise TransientError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+                raise DeterministicError(_pg_error(exc)) from exc
+            raise TransientError(_pg_error(exc)) from exc
+
+
+def _pg_error(exc: psycopg.Error) -> str:
+    """What failed, never the row: a server's message may quote the data (a failing row, a tsvector
+    literal, a trigger's RAISE), and this text goes to dead letters, run logs and stall records."""
+    if exc.sqlstate is None:  # the client or the connection: no row data, and the words say what to fix
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    diag = exc.diag
+    named = "".join(f", {k} {v}" for k, v in (("table", diag.table_name), ("constraint", diag.constraint_name),
+                                              ("column", diag.column_name)) if v)
+    return f"{type(exc).__name__} (SQLSTATE {exc.sqlstate}{named})"
 
 
 class MeiliSide:
@@ -158,7 +169,7 @@ class MeiliSide:
             status = getattr(exc, "status_code", None) or 0
             if status in (408, 429) or status >= 500:
                 raise TransientError(f"HTTP {status}: {exc.code}") from exc
-            raise DeterministicError(f"HTTP {status}: {exc.code}: {_first_line(exc)}") from exc
+            raise DeterministicError(f"HTTP {status}: {exc.code}") from exc  # its message may quote the document
 
     def _wait(self, task_uid: int) -> None:
         def wait():
