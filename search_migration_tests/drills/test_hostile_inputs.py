@@ -39,7 +39,7 @@ HOSTILE = {
     "sql": "' OR '1'='1'; DROP TABLE cn_relay.events; --",
     "meta": "' ; -- % _ \\",
     "like": "%_%",
-    "filter": 'x" OR topic_id != "',
+    "filter": 'x" OR topic_id != "y',
     "long": "東京ラーメン " * 14_286,  # 100k characters
     "empty": "",
     "blank": " \t\n\u3000 ",
