@@ -36,10 +36,10 @@ WORDY = st.lists(st.sampled_from(["東京", "ラーメン", "#nostr", "@alice", 
                                   "x#東京", "🍜", "e\u0301", "\u200b", "2026", "한국어", "שלום", "dev_team"]), max_size=8)
 
 HOSTILE = {
+    "filter": 'x" OR topic_id != "y',  # spliced unescaped into a Meilisearch filter, it matches every topic
     "sql": "' OR '1'='1'; DROP TABLE cn_relay.events; --",
     "meta": "' ; -- % _ \\",
     "like": "%_%",
-    "filter": 'x" OR topic_id != "y',
     "long": "東京ラーメン " * 14_286,  # 100k characters
     "empty": "",
     "blank": " \t\n\u3000 ",
