@@ -34,9 +34,7 @@ log = logging.getLogger(__name__)
 CONSUMER = source.CONSUMER
 EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_TOPIC_ID = 255
-# A post larger than this is dead-lettered for both engines alike: relays cap events near 64 KiB, and
-# a tsvector (at most ~4 bytes of lexemes per byte of CJK text) must stay under PostgreSQL's 1 MB.
-MAX_CONTENT_BYTES = 65_536
+MAX_CONTENT_BYTES = pg_documents.MAX_CONTENT_BYTES
 GAP_TIMEOUT_S = 15.0
 DEFAULT_BATCH_SIZE = 20_000  # bench/catchup_throughput.py: 100k rows dual 1,700 rows/s at 1,000, 9,200 at 20,000
 

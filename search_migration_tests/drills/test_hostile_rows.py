@@ -110,8 +110,15 @@ def open_dead_letters(conn) -> dict[int, tuple[str, str]]:
 def test_hostile_rows_are_dead_lettered_good_rows_land_in_both_engines(dagster_env, seeded, meili, index_uid):
     with db.connect(seeded) as conn:
         flags.set_flags(conn, {"search_write_mode": "dual"}, by="drill", reason="hostile rows drill")
-        backfill_all(seeded)
         t = Traffic(conn)
+        # Below the watermark, so the backfill meets them too: a huge post, and garbage naming a live post.
+        legacy_huge_seq = t.post("legacy-huge", huge_text(2_000_000))[0]
+        legacy_huge = t.good.pop()
+        t.expect_bad(legacy_huge_seq, "content_too_large")
+        seeded_post = conn.execute("SELECT event_id, topic_id FROM cn_relay.event_topics ORDER BY event_id LIMIT 1"
+                                   ).fetchone()
+        t.expect_bad(t.outbox("frobnicate", *seeded_post), "unknown_op")  # must not become its version
+        backfill_all(seeded)  # never fails on the huge post: it is dead-lettered, as catch-up does
         t.post("lead", "最初の普通の投稿 ordinary first post", n=30)
         for name, text in NASTY.items():
             t.post(name, text)
@@ -182,10 +189,10 @@ def test_hostile_rows_are_dead_lettered_good_rows_land_in_both_engines(dagster_e
                      "VALUES (%s, %s, 1, '遅れて届いた投稿 late event', %s)", (missing, PUBKEY, BASE_TS))
         conn.execute("INSERT INTO cn_relay.event_topics VALUES (%s, %s)", (missing, TOPIC))
         conn.execute("UPDATE cn_relay.events SET content = left(content, 1000) WHERE event_id = ANY(%s)",
-                     ([huge_post[0], edited[0]],))
+                     ([huge_post[0], edited[0], legacy_huge[0]],))
         outcomes = dead_letters.replay(conn, meili, index_uid, by="drill", reason="source fixed")
         applied = {o.seq for o in outcomes if o.action == "applied"}
-        assert applied == {missing_seq, huge_seq, edited_seq}
+        assert applied == {missing_seq, huge_seq, edited_seq, legacy_huge_seq}
         # an unknown-op row is no newer state: it must not resolve an earlier dead letter as superseded
         assert {o.seq for o in outcomes if o.action == "failed"} == set(t.bad) - applied  # audited, still open
         assert set(open_dead_letters(conn)) == set(t.bad) - applied
