@@ -25,7 +25,7 @@ import psycopg
 
 from . import db, pg_documents
 from .flags import WriteMode, write_mode
-from .pg_documents import DocWrite
+from .pg_documents import MAX_CONTENT_BYTES, DocWrite
 
 DEFAULT_PAGE_SIZE = 5_000
 DEFAULT_LEASE_TIMEOUT_S = 60.0
@@ -66,7 +66,7 @@ INSERT INTO cn_search.backfill_manifest (topic_id, created_at, event_id, version
 SELECT o.topic_id, e.created_at, o.event_id, max(o.seq)
 FROM cn_relay.events_outbox o
 JOIN cn_relay.events e ON e.event_id = o.event_id
-WHERE o.seq <= %(seq)s
+WHERE o.seq <= %(seq)s AND o.op IN ('upsert', 'delete')  -- an unknown-op row is no version
 GROUP BY o.topic_id, e.created_at, o.event_id
 """
 
@@ -315,17 +315,28 @@ ON CONFLICT (partition_key) DO UPDATE SET last_created_at = EXCLUDED.last_create
 """
 
 
+TOO_LARGE_SQL = """
+INSERT INTO cn_search.dead_letters (backend, op, seq, event_id, topic_id, reason_class, error)
+VALUES ('source', 'upsert', %s, %s, %s, 'content_too_large', %s) ON CONFLICT (backend, seq) DO NOTHING
+"""
+
+
 def write_page(conn: psycopg.Connection, lease: Lease, rows: list[SourceRow], rows_done_before: int,
                writer: Writer = pg_documents.apply_staged) -> PageResult:
     """Documents, checkpoint and progress of one page in one fenced transaction: all or nothing."""
     if not rows:
         raise ValueError("write_page needs at least one row")
+    too_large = {r.event_id for r in rows if r.live and len((r.content or "").encode()) > MAX_CONTENT_BYTES}
     writes = [DocWrite(r.version_seq, r.event_id, lease.topic_id, False, r.content or "", r.created_at)
-              for r in rows if r.live]
+              for r in rows if r.live and r.event_id not in too_large]
     with conn.transaction():
         # a page lost to a server crash loses its checkpoint with it and is simply copied again
         conn.execute("SET LOCAL synchronous_commit = off")
         _fence(conn, lease)
+        for r in rows:  # as catch-up does: quarantined and replayable once shortened, never a failing page
+            if r.event_id in too_large:
+                conn.execute(TOO_LARGE_SQL, (r.version_seq, r.event_id, lease.topic_id,
+                                             f"content is over the {MAX_CONTENT_BYTES}-byte limit"))
         copied = writer(conn, writes) if writes else 0
         skipped = len(rows) - copied
         last = rows[-1]

@@ -26,7 +26,7 @@ LIMIT %s
 SUPERSEDED_SQL = """
 SELECT EXISTS (
     SELECT 1 FROM cn_relay.events_outbox
-    WHERE event_id = %s AND topic_id = %s AND seq > %s
+    WHERE event_id = %s AND topic_id = %s AND seq > %s AND op IN ('upsert', 'delete')  -- garbage supersedes nothing
       AND seq <= (SELECT last_seq FROM cn_relay.consumer_offsets WHERE consumer = %s))
 """
 

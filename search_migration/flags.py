@@ -7,6 +7,7 @@ from, to, and any gate evidence), so the flag table and its history can never di
 from __future__ import annotations
 
 import json
+import re
 from enum import Enum
 
 import psycopg
@@ -32,16 +33,21 @@ class WriteMode(str, Enum):
         return self in (WriteMode.DUAL, WriteMode.PG_ONLY)
 
 
+def _shown(value: str) -> str:
+    """A refused value as echoed back: short enough for one line."""
+    return repr(value[:40]) + ("..." if len(value) > 40 else "")
+
+
 def _percent(name: str, value: str) -> str:
-    if not value.isdigit() or not 0 <= int(value) <= 100:
-        raise FlagError(f"{name} must be an integer from 0 to 100, got {value!r}")
+    if not re.fullmatch(r"[0-9]{1,3}", value) or int(value) > 100:  # not isdigit(): "²" and 5,000 digits crash int()
+        raise FlagError(f"{name} must be an integer from 0 to 100, got {_shown(value)}")
     return str(int(value))
 
 
 def _one_of(*allowed: str):
     def check(name: str, value: str) -> str:
         if value not in allowed:
-            raise FlagError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+            raise FlagError(f"{name} must be one of {', '.join(allowed)}; got {_shown(value)}")
         return value
     return check
 
@@ -56,7 +62,7 @@ VALIDATORS = {
 
 def validate(name: str, value: str) -> str:
     if name not in VALIDATORS:
-        raise FlagError(f"unknown flag {name!r}; known flags: {', '.join(sorted(VALIDATORS))}")
+        raise FlagError(f"unknown flag {_shown(name)}; known flags: {', '.join(sorted(VALIDATORS))}")
     return VALIDATORS[name](name, value.strip())
 
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CONSUMER = source.CONSUMER
 EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_TOPIC_ID = 255
+MAX_CONTENT_BYTES = pg_documents.MAX_CONTENT_BYTES
 GAP_TIMEOUT_S = 15.0
 DEFAULT_BATCH_SIZE = 20_000  # bench/catchup_throughput.py: 100k rows dual 1,700 rows/s at 1,000, 9,200 at 20,000
 
@@ -100,6 +101,9 @@ class Item:
                 return "missing_source_event", "the outbox names an event that cn_relay.events does not hold"
             if self.created_at is None or self.created_at <= 0:
                 return "malformed_payload", "event created_at is not a positive unix time"
+            size = len((self.content or "").encode())
+            if size > MAX_CONTENT_BYTES and not self.event_deleted:
+                return "content_too_large", f"content is {size} bytes, over the {MAX_CONTENT_BYTES}-byte limit"
         return None
 
     @property
@@ -126,11 +130,23 @@ class PgSide:
         try:
             pg_documents.apply(self.conn, [i.doc_write() for i in items])
         except psycopg.Error as exc:
-            # data exceptions (22) and constraint violations (23) fail again on the same row; anything
-            # else (connection trouble, triggers, locks, a server restart) is retried, then stalls
-            if (exc.sqlstate or "")[:2] in ("22", "23") or isinstance(exc, psycopg.DataError):
-                raise DeterministicError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
-            raise TransientError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            # data exceptions (22), constraint violations (23) and program limits (54: a tsvector over
+            # 1 MB) fail again on the same row; anything else (connection trouble, triggers, locks, a
+            # server restart) is retried, then stalls
+            if (exc.sqlstate or "")[:2] in ("22", "23", "54") or isinstance(exc, psycopg.DataError):
+                raise DeterministicError(_pg_error(exc)) from exc
+            raise TransientError(_pg_error(exc)) from exc
+
+
+def _pg_error(exc: psycopg.Error) -> str:
+    """What failed, never the row: a server's message may quote the data (a failing row, a tsvector
+    literal, a trigger's RAISE), and this text goes to dead letters, run logs and stall records."""
+    if exc.sqlstate is None:  # the client or the connection: no row data, and the words say what to fix
+        return f"{type(exc).__name__}: {_first_line(exc)}"
+    diag = exc.diag
+    named = "".join(f", {k} {v}" for k, v in (("table", diag.table_name), ("constraint", diag.constraint_name),
+                                              ("column", diag.column_name)) if v)
+    return f"{type(exc).__name__} (SQLSTATE {exc.sqlstate}{named})"
 
 
 class MeiliSide:
@@ -151,7 +167,7 @@ class MeiliSide:
             status = getattr(exc, "status_code", None) or 0
             if status in (408, 429) or status >= 500:
                 raise TransientError(f"HTTP {status}: {exc.code}") from exc
-            raise DeterministicError(f"HTTP {status}: {exc.code}: {_first_line(exc)}") from exc
+            raise DeterministicError(f"HTTP {status}: {exc.code}") from exc  # its message may quote the document
 
     def _wait(self, task_uid: int) -> None:
         def wait():

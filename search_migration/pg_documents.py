@@ -14,6 +14,12 @@ import psycopg
 from .text import NORMALIZER_VERSION, index_tokens, normalize, tsvector_literal
 
 
+# A post larger than this is dead-lettered (`content_too_large`) by catch-up and backfill alike, for both
+# engines: relays cap events near 64 KiB, and a tsvector (up to ~4 bytes of lexemes per byte of CJK
+# text) must stay under PostgreSQL's 1 MB.
+MAX_CONTENT_BYTES = 65_536
+
+
 @dataclass(frozen=True)
 class DocWrite:
     seq: int

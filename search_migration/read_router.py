@@ -58,6 +58,25 @@ class BadRequest(Exception):
     """The request itself is wrong (a malformed cursor, an unknown backend)."""
 
 
+MAX_QUERY_CHARS = 1_000  # longer is not a search-box query; both engines would only waste time on it
+MAX_TOPIC_CHARS = 255  # outbox_consumer.MAX_TOPIC_ID: no longer topic is ever indexed
+MAX_VIEWER_CHARS = 255
+
+
+def check_text(name: str, value: str | None, max_chars: int) -> None:
+    """Refuse input no engine can answer (too long, NUL, lone surrogates) as one line, before any engine sees it."""
+    if value is None:
+        return
+    if len(value) > max_chars:
+        raise BadRequest(f"{name} is longer than {max_chars} characters")
+    if "\x00" in value:
+        raise BadRequest(f"{name} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{name} is not valid UTF-8 text") from None
+
+
 def encode_cursor(offset: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
 
@@ -102,6 +121,9 @@ class ReadRouter:
     def search(self, topic: str, q: str, limit: int = 20, cursor: str | None = None, backend: str = "auto",
                viewer: str | None = None) -> dict:
         offset = decode_cursor(cursor)
+        check_text("topic", topic, MAX_TOPIC_CHARS)
+        check_text("query", q, MAX_QUERY_CHARS)
+        check_text("viewer", viewer, MAX_VIEWER_CHARS)
         if limit < 1 or limit > 1000:
             raise BadRequest("limit must be between 1 and 1000")
         engines = {
@@ -114,6 +136,8 @@ class ReadRouter:
                 "total": page.total, "backend": chosen}
 
     def suggest(self, q: str, limit: int = 5, backend: str = "auto", viewer: str | None = None) -> dict:
+        check_text("query", q, MAX_QUERY_CHARS)
+        check_text("viewer", viewer, MAX_VIEWER_CHARS)
         if limit < 1 or limit > 100:
             raise BadRequest("limit must be between 1 and 100")
         engines = {

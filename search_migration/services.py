@@ -251,6 +251,9 @@ def _start_postgres(s: Settings, state: dict) -> str:
         "-c max_wal_size=8GB",
         "-c checkpoint_timeout=15min",
         "-c wal_compression=on",
+        # statement errors go to the client (which logs them without row data); in the server log their
+        # DETAIL ("Failing row contains ...") and messages would carry post content
+        "-c log_min_messages=fatal",
     ])
     proc = _pg_run(
         [_pg_bin("pg_ctl"), "-D", str(pgdata), "-l", str(log), "-w", "-t", str(START_TIMEOUT_S),

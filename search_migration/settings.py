@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -42,10 +42,11 @@ class Settings:
     home: Path
     pg_port: int
     meili_port: int
-    external_database_url: str | None
+    # repr=False: a Settings shows up in tracebacks, test reports and logs; DSNs and keys must not
+    external_database_url: str | None = field(repr=False)
     external_meili_url: str | None
-    external_meili_key: str | None
-    external_dagster_pg_url: str | None
+    external_meili_key: str | None = field(repr=False)
+    external_dagster_pg_url: str | None = field(repr=False)
     meili_index: str
     cache_dir: Path  # downloaded binaries; shareable between homes
 

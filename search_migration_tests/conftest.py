@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -42,9 +42,9 @@ def with_dbname(url: str, dbname: str) -> str:
 
 @dataclass
 class Servers:
-    database_url: str  # a maintenance database on the server; tests create their own
+    database_url: str = field(repr=False)  # a maintenance database on the server; tests create their own
     meili_url: str
-    meili_key: str
+    meili_key: str = field(repr=False)  # hypothesis and pytest print fixture values in failure reports
     settings: Settings | None  # set when this session started embedded services
 
     def env(self, **extra: str) -> dict[str, str]:
