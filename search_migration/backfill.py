@@ -416,6 +416,7 @@ class Backfiller:
     def __enter__(self) -> "Backfiller":
         self.conn = db.connect(self.conninfo)
         self.conn.execute("SET synchronous_commit = off")
+        pg_documents.create_stage(self.conn)
         self.heartbeat = Heartbeat(self.conninfo, max(0.2, self.options.lease_timeout_s / 4)).__enter__()
         return self
 
