@@ -11,7 +11,7 @@ COPY rows/s) and the backfill wall times; a shared machine is noisy, so judge th
     eval "$(SEARCH_MIGRATION_HOME=/work/main/.local/bench1m SEARCH_MIGRATION_PG_PORT=55500 \
         SEARCH_MIGRATION_MEILI_PORT=7750 .venv/bin/search-migration services env)"
     .venv/bin/python bench/backfill_1m.py                     # full corpus, 2 workers, 3 pairs
-    .venv/bin/python bench/backfill_1m.py --writer copy --topics 20 --pairs 1   # other writer, bounded
+    .venv/bin/python bench/backfill_1m.py --writer unnest --topics 20 --pairs 1   # other writer, bounded
     .venv/bin/python bench/backfill_1m.py --weeks 26          # 200 topics x 26 weeks (policy input)
 
 Bounded: at most --workers processes (default 2), --pairs sequential trials; the bench database stays
@@ -164,7 +164,7 @@ def bare_copy(url: str, path: Path) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--writer", choices=sorted(WRITERS), default="unnest")
+    p.add_argument("--writer", choices=sorted(WRITERS), default="copy", help="copy: what the asset uses")
     p.add_argument("--workers", type=int, default=2, help="parallel partitions (the Dagster pool limit)")
     p.add_argument("--page-size", type=int, default=backfill.DEFAULT_PAGE_SIZE)
     p.add_argument("--topics", type=int, help="only the first N topics (bounded runs)")
