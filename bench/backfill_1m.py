@@ -142,10 +142,11 @@ FROM cn_search.post_search_documents
 
 def dump(url: str, path: Path) -> int:
     """The backfill's final rows, in binary COPY format: what every bare COPY loads."""
-    with db.connect(url) as conn, path.open("wb") as f, conn.cursor().copy(
-            "COPY cn_search.post_search_documents TO STDOUT (FORMAT binary)") as out:
-        for chunk in out:
-            f.write(chunk)
+    with db.connect(url) as conn:
+        with path.open("wb") as f, conn.cursor().copy(
+                "COPY cn_search.post_search_documents TO STDOUT (FORMAT binary)") as out:
+            for chunk in out:
+                f.write(chunk)
         return conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone()[0]
 
 
