@@ -1,18 +1,20 @@
 """Backfill throughput vs a bare COPY of the same final rows into the same indexed table, in one run.
 
 Runs against the 1,000,000-post corpus seeded under .local/bench1m, but never touches its database:
-it copies cn_relay into a separate database (`bench_backfill`) on the same server once, then per
-trial truncates cn_search there, captures the watermark (manifest included in the timing), copies
-every topic × week partition with W worker processes (W = the pool limit), checks the documents,
-dumps them and times a bare COPY of exactly those rows back into the emptied table.
+it copies cn_relay into a separate database (`bench_backfill`) on the same server once. Then, for
+each of --pairs pairs, interleaved so both sides see the same machine load: a backfill from empty
+(watermark + manifest included in its time; every topic × week partition with W worker processes,
+W = the pool limit), checked against the first backfill's rows, then a bare COPY of exactly those
+rows into the emptied, still-indexed table. Prints every pair, the median ratio (backfill rows/s ÷
+COPY rows/s) and the backfill wall times; a shared machine is noisy, so judge the median.
 
-    cd /work/main && eval "$(SEARCH_MIGRATION_HOME=$PWD/.local/bench1m SEARCH_MIGRATION_PG_PORT=55500 \
+    eval "$(SEARCH_MIGRATION_HOME=/work/main/.local/bench1m SEARCH_MIGRATION_PG_PORT=55500 \
         SEARCH_MIGRATION_MEILI_PORT=7750 .venv/bin/search-migration services env)"
-    .venv/bin/python bench/backfill_1m.py                     # full corpus, 2 workers, COPY-into-staging
-    .venv/bin/python bench/backfill_1m.py --writer both --topics 20   # writer comparison, bounded
+    .venv/bin/python bench/backfill_1m.py                     # full corpus, 2 workers, 3 pairs
+    .venv/bin/python bench/backfill_1m.py --writer unnest --topics 20 --pairs 1   # other writer, bounded
     .venv/bin/python bench/backfill_1m.py --weeks 26          # 200 topics x 26 weeks (policy input)
 
-Bounded: at most --workers processes (default 2), one trial per writer; the bench database stays
+Bounded: at most --workers processes (default 2), --pairs sequential trials; the bench database stays
 (~1.5 GB) for re-runs: drop it with `DROP DATABASE bench_backfill`.
 """
 
@@ -22,6 +24,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -104,7 +107,9 @@ def _worker(args) -> tuple[int, int, int]:
     return copied, skipped, len(chunk)
 
 
-def trial(url: str, writer: str, workers: int, page_size: int, topics: int | None, weeks: int | None) -> dict:
+def backfill_trial(url: str, writer: str, workers: int, page_size: int, topics: int | None,
+                   weeks: int | None) -> dict:
+    """One backfill from empty: watermark + manifest, then every partition with W worker processes."""
     reset(url)
     started = time.monotonic()
     with db.connect(url) as conn:
@@ -119,30 +124,39 @@ def trial(url: str, writer: str, workers: int, page_size: int, topics: int | Non
     with db.connect(url) as conn:
         docs = conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone()[0]
         failed = conn.execute("SELECT count(*) FROM cn_search.backfill_jobs WHERE status <> 'succeeded'").fetchone()[0]
-        indexes = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'cn_search' "
-                                              "AND tablename = 'post_search_documents' ORDER BY 1")]
+        rows = conn.execute(FINGERPRINT_SQL).fetchone()
     assert docs == copied and failed == 0, (docs, copied, failed)
-    copy_s = bare_copy(url)
-    return {"writer": writer, "workers": workers, "page_size": page_size, "partitions": len(parts),
-            "watermark": wm.seq, "manifest_rows": wm.manifest_rows, "documents": docs, "rows_skipped": skipped,
-            "manifest_seconds": round(manifest_s, 2), "backfill_seconds": round(backfill_s, 2),
-            "backfill_rows_per_second": round(docs / backfill_s), "bare_copy_seconds": round(copy_s, 2),
-            "bare_copy_rows_per_second": round(docs / copy_s), "ratio": round(copy_s / backfill_s, 3),
-            "per_partition_ms": round(1000 * backfill_s * workers / len(parts), 2), "indexes": indexes}
+    return {"fingerprint": [int(rows[0]), str(rows[1])], "partitions": len(parts), "watermark": wm.seq, "manifest_rows": wm.manifest_rows, "documents": docs,
+            "rows_skipped": skipped, "manifest_seconds": round(manifest_s, 2), "seconds": round(backfill_s, 2),
+            "rows_per_second": round(docs / backfill_s),
+            "per_partition_ms": round(1000 * (backfill_s - manifest_s) * workers / len(parts), 2)}
 
 
-def bare_copy(url: str) -> float:
-    """The same final rows, COPYed back into the emptied, still-indexed table."""
-    with tempfile.TemporaryDirectory() as tmp, db.connect(url) as conn:
-        dump = Path(tmp) / "docs.bin"
-        with dump.open("wb") as f, conn.cursor().copy(
+# the documents' identity, version and content, order-independent: every trial must produce the same rows
+FINGERPRINT_SQL = """
+SELECT count(*), sum(hashtextextended(post_id || '|' || topic_id || '|' || source_seq || '|' || is_deleted || '|'
+                                      || content || '|' || search_tokens::text, 0)::numeric)
+FROM cn_search.post_search_documents
+"""
+
+
+def dump(url: str, path: Path) -> int:
+    """The backfill's final rows, in binary COPY format: what every bare COPY loads."""
+    with db.connect(url) as conn:
+        with path.open("wb") as f, conn.cursor().copy(
                 "COPY cn_search.post_search_documents TO STDOUT (FORMAT binary)") as out:
             for chunk in out:
                 f.write(chunk)
+        return conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone()[0]
+
+
+def bare_copy(url: str, path: Path) -> float:
+    """The same final rows, COPYed into the emptied, still-indexed table."""
+    with db.connect(url) as conn:
         conn.execute("TRUNCATE cn_search.post_search_documents")
         conn.execute("CHECKPOINT")
         started = time.monotonic()
-        with conn.transaction(), dump.open("rb") as f, conn.cursor().copy(
+        with conn.transaction(), path.open("rb") as f, conn.cursor().copy(
                 "COPY cn_search.post_search_documents FROM STDIN (FORMAT binary)") as into:
             while chunk := f.read(1 << 20):
                 into.write(chunk)
@@ -151,19 +165,41 @@ def bare_copy(url: str) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--writer", choices=["unnest", "copy", "both"], default="copy")
+    p.add_argument("--writer", choices=sorted(WRITERS), default="copy", help="copy: what the asset uses")
     p.add_argument("--workers", type=int, default=2, help="parallel partitions (the Dagster pool limit)")
     p.add_argument("--page-size", type=int, default=backfill.DEFAULT_PAGE_SIZE)
     p.add_argument("--topics", type=int, help="only the first N topics (bounded runs)")
     p.add_argument("--weeks", type=int, help="only the first N weeks")
+    p.add_argument("--pairs", type=int, default=3, help="backfill/COPY pairs, interleaved")
     args = p.parse_args()
     source_url = os.environ.get("DATABASE_URL")
     if not source_url:
         sys.exit("error: DATABASE_URL is not set; eval the bench1m `services env` first (see the docstring)")
     url = prepare(source_url)
-    for writer in (["unnest", "copy"] if args.writer == "both" else [args.writer]):
-        result = trial(url, writer, args.workers, args.page_size, args.topics, args.weeks)
-        print(json.dumps(result), flush=True)
+    with db.connect(url) as conn:
+        indexes = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'cn_search' "
+                                              "AND tablename = 'post_search_documents' ORDER BY 1")]
+    print(json.dumps({"writer": args.writer, "workers": args.workers, "page_size": args.page_size,
+                      "indexes": indexes}), flush=True)
+    ratios, walls = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = Path(tmp) / "docs.bin"
+        for i in range(args.pairs):
+            b = backfill_trial(url, args.writer, args.workers, args.page_size, args.topics, args.weeks)
+            if i == 0:
+                rows_in_dump, first = dump(url, rows), b["fingerprint"]
+            assert b["fingerprint"] == first, (b["fingerprint"], first)
+            copy_s = bare_copy(url, rows)
+            ratio = copy_s / b["seconds"]  # = backfill rows/s ÷ COPY rows/s: the same rows on both sides
+            ratios.append(ratio)
+            walls.append(b["seconds"])
+            print(json.dumps({"pair": i + 1, "backfill": b, "bare_copy_seconds": round(copy_s, 2),
+                              "bare_copy_rows_per_second": round(rows_in_dump / copy_s), "ratio": round(ratio, 3),
+                              "load_avg_1m": round(os.getloadavg()[0], 1)}), flush=True)
+    print(json.dumps({"pairs": args.pairs, "ratios": [round(r, 3) for r in ratios],
+                      "median_ratio": round(statistics.median(ratios), 3),
+                      "backfill_seconds": walls, "median_backfill_seconds": round(statistics.median(walls), 2),
+                      "goal": "median_ratio >= 0.5 and backfill_seconds < 120"}), flush=True)
 
 
 if __name__ == "__main__":

@@ -125,58 +125,65 @@ class Lease:
     completed: bool = False  # the partition was already complete: nothing to do
 
 
-ACQUIRE_LOCK_SQL = """
-SELECT status, lease_owner, (heartbeat_at > now() - make_interval(secs => %(timeout)s)) AS live
-FROM cn_search.backfill_jobs WHERE partition_key = %(key)s FOR UPDATE
+LOCK_SQL = """
+SELECT j.status, j.lease_owner, coalesce(j.heartbeat_at > now() - make_interval(secs => %(timeout)s), false),
+       j.rows_copied + j.rows_skipped, coalesce(j.rows_total, 0), c.last_created_at, c.last_event_id, c.rows_done
+FROM cn_search.backfill_jobs j LEFT JOIN cn_search.backfill_checkpoints c USING (partition_key)
+WHERE j.partition_key = %(key)s FOR UPDATE OF j
 """
 
 START_SQL = """
 UPDATE cn_search.backfill_jobs SET
     status = 'running', lease_token = %(token)s, lease_owner = %(owner)s, heartbeat_at = now(),
     attempts = attempts + 1, started_at = now(), finished_at = NULL, last_error = NULL,
-    high_watermark = %(seq)s, rows_total = %(total)s,
+    high_watermark = %(seq)s,
+    rows_total = (SELECT count(*) FROM cn_search.backfill_manifest
+                  WHERE topic_id = %(topic)s AND created_at >= %(start)s AND created_at < %(end)s),
     rows_copied = CASE WHEN %(reset)s THEN 0 ELSE rows_copied END,
     rows_skipped = CASE WHEN %(reset)s THEN 0 ELSE rows_skipped END
 WHERE partition_key = %(key)s
-"""
-
-WINDOW_COUNT_SQL = """
-SELECT count(*) FROM cn_search.backfill_manifest
-WHERE topic_id = %s AND created_at >= %s AND created_at < %s
+RETURNING rows_total
 """
 
 
 def acquire(conn: psycopg.Connection, partition_key: str, topic_id: str, window: Window, wm: Watermark, *,
             owner: str, lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S, rebuild: bool = False) -> Lease:
-    """Take the partition's lease: a fresh job, a failed one, or one whose holder stopped heartbeating.
+    """Take the partition's lease in a transaction of its own (see `take`)."""
+    with conn.transaction():
+        return take(conn, partition_key, topic_id, window, wm, owner=owner, lease_timeout_s=lease_timeout_s,
+                    rebuild=rebuild)
 
-    A completed partition is returned as `completed` (a cheap no-op) unless a rebuild is asked for.
+
+def take(conn: psycopg.Connection, partition_key: str, topic_id: str, window: Window, wm: Watermark, *,
+         owner: str, lease_timeout_s: float = DEFAULT_LEASE_TIMEOUT_S, rebuild: bool = False) -> Lease:
+    """Inside a transaction: take the lease of a fresh job, a failed one, or one whose holder stopped heartbeating.
+
+    The job row stays locked until the caller commits, so the caller may copy the first page (and even
+    finish) in the same transaction. A completed partition is returned as `completed` (a cheap no-op)
+    unless a rebuild is asked for.
     """
     token = uuid.uuid4()
-    with conn.transaction():
-        conn.execute(
-            "INSERT INTO cn_search.backfill_jobs (partition_key, topic_id, window_start, window_end, high_watermark) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (partition_key) DO NOTHING",
-            (partition_key, topic_id, window.start, window.end, wm.seq))
-        status, holder, live = conn.execute(ACQUIRE_LOCK_SQL,
-                                            {"key": partition_key, "timeout": lease_timeout_s}).fetchone()
-        if status == "succeeded" and not rebuild:
-            done = conn.execute("SELECT rows_copied + rows_skipped, coalesce(rows_total, 0) "
-                                "FROM cn_search.backfill_jobs WHERE partition_key = %s", (partition_key,)).fetchone()
-            return Lease(partition_key, token, topic_id, window, wm.seq, done[1], done[0], None, completed=True)
-        if status == "running" and live:
-            raise LeaseBusy(f"partition {partition_key} is being backfilled by {holder} (its lease is live); "
-                            "not starting a second copy")
-        reset = rebuild or status == "succeeded"
-        if reset:
-            conn.execute("DELETE FROM cn_search.backfill_checkpoints WHERE partition_key = %s", (partition_key,))
-        total = conn.execute(WINDOW_COUNT_SQL, (topic_id, window.start, window.end)).fetchone()[0]
-        conn.execute(START_SQL, {"token": token, "owner": owner, "seq": wm.seq, "total": total,
-                                 "reset": reset, "key": partition_key})
-        cp = conn.execute("SELECT last_created_at, last_event_id, rows_done FROM cn_search.backfill_checkpoints "
-                          "WHERE partition_key = %s", (partition_key,)).fetchone()
-    after = (cp[0], cp[1]) if cp else None
-    return Lease(partition_key, token, topic_id, window, wm.seq, total, cp[2] if cp else 0, after)
+    conn.execute(
+        "INSERT INTO cn_search.backfill_jobs (partition_key, topic_id, window_start, window_end, high_watermark) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (partition_key) DO NOTHING",
+        (partition_key, topic_id, window.start, window.end, wm.seq))
+    status, holder, live, done, total, cp_ts, cp_id, cp_done = conn.execute(
+        LOCK_SQL, {"key": partition_key, "timeout": lease_timeout_s}).fetchone()
+    if status == "succeeded" and not rebuild:
+        return Lease(partition_key, token, topic_id, window, wm.seq, total, done, None, completed=True)
+    if status == "running" and live:
+        raise LeaseBusy(f"partition {partition_key} is being backfilled by {holder} (its lease is live); "
+                        "not starting a second copy")
+    reset = rebuild or status == "succeeded"
+    if reset and cp_done is not None:
+        conn.execute("DELETE FROM cn_search.backfill_checkpoints WHERE partition_key = %s", (partition_key,))
+        cp_done = None
+    total = conn.execute(START_SQL, {"token": token, "owner": owner, "seq": wm.seq, "topic": topic_id,
+                                     "start": window.start, "end": window.end, "reset": reset,
+                                     "key": partition_key}).fetchone()[0]
+    if cp_done is None:
+        return Lease(partition_key, token, topic_id, window, wm.seq, total, 0, None)
+    return Lease(partition_key, token, topic_id, window, wm.seq, total, cp_done, (cp_ts, cp_id))
 
 
 def _fence(conn: psycopg.Connection, lease: Lease) -> None:
@@ -196,11 +203,14 @@ def heartbeat(conn: psycopg.Connection, lease: Lease) -> None:
                      (lease.partition_key,))
 
 
+FINISH_SQL = ("UPDATE cn_search.backfill_jobs SET status = 'succeeded', finished_at = now(), heartbeat_at = now() "
+              "WHERE partition_key = %s")
+
+
 def finish(conn: psycopg.Connection, lease: Lease) -> None:
     with conn.transaction():
         _fence(conn, lease)
-        conn.execute("UPDATE cn_search.backfill_jobs SET status = 'succeeded', finished_at = now(), "
-                     "heartbeat_at = now() WHERE partition_key = %s", (lease.partition_key,))
+        conn.execute(FINISH_SQL, (lease.partition_key,))
 
 
 def fail(conn: psycopg.Connection, lease: Lease, error: str) -> None:
@@ -305,13 +315,25 @@ class PageResult:
     rows_skipped: int  # not live in the source, or PostgreSQL already holds a newer version / tombstone
 
 
-CHECKPOINT_SQL = """
-INSERT INTO cn_search.backfill_checkpoints (partition_key, last_created_at, last_event_id, rows_done, lease_token,
-                                            updated_at)
-VALUES (%(key)s, %(ts)s, %(id)s, %(done)s, %(token)s, now())
-ON CONFLICT (partition_key) DO UPDATE SET last_created_at = EXCLUDED.last_created_at,
-    last_event_id = EXCLUDED.last_event_id, rows_done = EXCLUDED.rows_done,
-    lease_token = EXCLUDED.lease_token, updated_at = now()
+# The checkpoint, the progress and the page log of one page in one statement (and, for the last page,
+# the finish): fewer round trips per page, the same single transaction.
+PAGE_DONE_SQL = """
+WITH checkpoint AS (
+    INSERT INTO cn_search.backfill_checkpoints (partition_key, last_created_at, last_event_id, rows_done,
+                                                lease_token, updated_at)
+    VALUES (%(key)s, %(ts)s, %(id)s, %(done)s, %(token)s, now())
+    ON CONFLICT (partition_key) DO UPDATE SET last_created_at = EXCLUDED.last_created_at,
+        last_event_id = EXCLUDED.last_event_id, rows_done = EXCLUDED.rows_done,
+        lease_token = EXCLUDED.lease_token, updated_at = now()
+), page_log AS (
+    INSERT INTO cn_search.backfill_page_log (partition_key, lease_token, rows_done, rows_copied)
+    VALUES (%(key)s, %(token)s, %(rows)s, %(copied)s)
+)
+UPDATE cn_search.backfill_jobs SET rows_copied = rows_copied + %(copied)s, rows_skipped = rows_skipped + %(skipped)s,
+    heartbeat_at = clock_timestamp(),
+    status = CASE WHEN %(last)s THEN 'succeeded' ELSE status END,
+    finished_at = CASE WHEN %(last)s THEN now() ELSE finished_at END
+WHERE partition_key = %(key)s
 """
 
 
@@ -322,31 +344,32 @@ VALUES ('source', 'upsert', %s, %s, %s, 'content_too_large', %s) ON CONFLICT (ba
 
 
 def write_page(conn: psycopg.Connection, lease: Lease, rows: list[SourceRow], rows_done_before: int,
-               writer: Writer = pg_documents.apply_staged) -> PageResult:
+               writer: Writer = pg_documents.apply_staged, *, last: bool = False) -> PageResult:
     """Documents, checkpoint and progress of one page in one fenced transaction: all or nothing."""
-    if not rows:
-        raise ValueError("write_page needs at least one row")
-    too_large = {r.event_id for r in rows if r.live and len((r.content or "").encode()) > MAX_CONTENT_BYTES}
-    writes = [DocWrite(r.version_seq, r.event_id, lease.topic_id, False, r.content or "", r.created_at)
-              for r in rows if r.live and r.event_id not in too_large]
     with conn.transaction():
         # a page lost to a server crash loses its checkpoint with it and is simply copied again
         conn.execute("SET LOCAL synchronous_commit = off")
         _fence(conn, lease)
-        for r in rows:  # as catch-up does: quarantined and replayable once shortened, never a failing page
-            if r.event_id in too_large:
-                conn.execute(TOO_LARGE_SQL, (r.version_seq, r.event_id, lease.topic_id,
-                                             f"content is over the {MAX_CONTENT_BYTES}-byte limit"))
-        copied = writer(conn, writes) if writes else 0
-        skipped = len(rows) - copied
-        last = rows[-1]
-        conn.execute(CHECKPOINT_SQL, {"key": lease.partition_key, "ts": last.created_at, "id": last.event_id,
-                                      "done": rows_done_before + len(rows), "token": lease.token})
-        conn.execute("UPDATE cn_search.backfill_jobs SET rows_copied = rows_copied + %s, "
-                     "rows_skipped = rows_skipped + %s, heartbeat_at = now() WHERE partition_key = %s",
-                     (copied, skipped, lease.partition_key))
-        conn.execute("INSERT INTO cn_search.backfill_page_log (partition_key, lease_token, rows_done, rows_copied) "
-                     "VALUES (%s, %s, %s, %s)", (lease.partition_key, lease.token, len(rows), copied))
+        return _write_page(conn, lease, rows, rows_done_before, writer, last)
+
+
+def _write_page(conn: psycopg.Connection, lease: Lease, rows: list[SourceRow], rows_done_before: int,
+                writer: Writer, last: bool) -> PageResult:
+    """Inside a fenced transaction: documents, then checkpoint + progress (+ the finish when `last`)."""
+    if not rows:
+        raise ValueError("write_page needs at least one row")
+    too_large = {r.event_id for r in rows if r.live and len((r.content or "").encode()) > MAX_CONTENT_BYTES}
+    for r in rows:  # as catch-up does: quarantined and replayable once shortened, never a failing page
+        if r.event_id in too_large:
+            conn.execute(TOO_LARGE_SQL, (r.version_seq, r.event_id, lease.topic_id,
+                                         f"content is over the {MAX_CONTENT_BYTES}-byte limit"))
+    writes = [DocWrite(r.version_seq, r.event_id, lease.topic_id, False, r.content or "", r.created_at)
+              for r in rows if r.live and r.event_id not in too_large]
+    copied = writer(conn, writes) if writes else 0
+    skipped = len(rows) - copied
+    conn.execute(PAGE_DONE_SQL, {"key": lease.partition_key, "ts": rows[-1].created_at, "id": rows[-1].event_id,
+                                 "done": rows_done_before + len(rows), "token": lease.token, "rows": len(rows),
+                                 "copied": copied, "skipped": skipped, "last": last})
     return PageResult(len(rows), copied, skipped)
 
 
@@ -389,7 +412,12 @@ class PartitionOptions:
 
 
 class Backfiller:
-    """Copies partitions one after another on one connection and one heartbeat (a run, a bench worker)."""
+    """Copies partitions one after another on one connection and one heartbeat (a run, a bench worker).
+
+    Its commits are asynchronous (a page lost to a server crash loses its checkpoint with it and is
+    simply copied again); leaving the `with` block normally flushes them, so whatever a run reports as
+    done is durable.
+    """
 
     def __init__(self, conninfo: str, *, owner: str, options: PartitionOptions | None = None):
         self.conninfo, self.owner, self.options = conninfo, owner, options or PartitionOptions()
@@ -398,62 +426,113 @@ class Backfiller:
 
     def __enter__(self) -> "Backfiller":
         self.conn = db.connect(self.conninfo)
+        self.conn.execute("SET synchronous_commit = off")
+        pg_documents.create_stage(self.conn)
         self.heartbeat = Heartbeat(self.conninfo, max(0.2, self.options.lease_timeout_s / 4)).__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.heartbeat.__exit__(*exc)
-        self.conn.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.heartbeat.__exit__(exc_type, *exc)
+        try:
+            if exc_type is None:
+                flush(self.conn)
+        finally:
+            self.conn.close()
 
     def run(self, partition_key: str, topic_id: str, window: Window,
             on_page: Callable[[PartitionResult], None] | None = None) -> PartitionResult:
-        """Copy one partition to completion under a lease; resumes after its checkpoint."""
+        """Copy one partition to completion under a lease; resumes after its checkpoint.
+
+        The lease, the first page and, when that page is the last, the finish commit as one transaction:
+        most weekly windows fit one page, so most partitions cost one commit. Every further page is its
+        own fenced transaction with its checkpoint.
+        """
         opts, conn = self.options, self.conn
         started = time.monotonic()
-        wm = require_watermark(conn)
-        lease = acquire(conn, partition_key, topic_id, window, wm, owner=self.owner,
-                        lease_timeout_s=opts.lease_timeout_s, rebuild=opts.rebuild)
-        result = PartitionResult(partition_key, topic_id, window, lease.rows_total, lease.rows_done,
-                                 resumed_after_rows=lease.rows_done if lease.after else 0, noop=lease.completed)
-        if lease.completed:
-            result.duration_s = time.monotonic() - started
-            return result
-        self.heartbeat.track(lease)
+        lease = taken = None
         try:
-            after = lease.after
+            with conn.transaction():
+                taken = take(conn, partition_key, topic_id, window, require_watermark(conn), owner=self.owner,
+                             lease_timeout_s=opts.lease_timeout_s, rebuild=opts.rebuild)
+                result = PartitionResult(partition_key, topic_id, window, taken.rows_total, taken.rows_done,
+                                         resumed_after_rows=taken.rows_done if taken.after else 0,
+                                         noop=taken.completed)
+                if not taken.completed:
+                    after, done = self._page(taken, taken.after, result)
+            if taken.completed:
+                result.duration_s = time.monotonic() - started
+                return result
+            lease = taken
+            self.heartbeat.track(lease)
             while True:
+                result.duration_s = time.monotonic() - started
+                if on_page and result.pages:
+                    on_page(result)
+                if done:
+                    break
+                _throttle(result, opts.max_rows_per_second, started)
                 lost = self.heartbeat.lost(lease)
                 if lost is not None:
                     raise lost if isinstance(lost, LeaseLost) else LeaseLost(
                         f"heartbeat for partition {partition_key} failed: {type(lost).__name__}")
-                rows = read_page(conn, topic_id, window, after, opts.page_size)
-                if not rows:
-                    break
-                page = write_page(conn, lease, rows, result.rows_done, opts.writer)
-                after = (rows[-1].created_at, rows[-1].event_id)
-                result.rows_done += page.rows_done
-                result.rows_copied += page.rows_copied
-                result.rows_skipped += page.rows_skipped
-                result.pages += 1
-                result.duration_s = time.monotonic() - started
-                if on_page:
-                    on_page(result)
-                if len(rows) < opts.page_size:
-                    break
-                _throttle(result, opts.max_rows_per_second, started)
-            finish(conn, lease)
-        except LeaseLost:
+                with conn.transaction():
+                    _fence(conn, lease)
+                    after, done = self._page(lease, after, result)
+        except (LeaseLost, LeaseBusy):
             raise
         except Exception as exc:
-            try:
-                fail(conn, lease, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            except Exception:
-                pass  # the lease is gone or the database is: the original error is what matters
+            if taken is not None and not taken.completed:
+                self._record_failure(lease, taken, exc)
             raise
         finally:
             self.heartbeat.track(None)
         result.duration_s = time.monotonic() - started
         return result
+
+    def _page(self, lease: Lease, after: tuple[int, str] | None,
+              result: PartitionResult) -> tuple[tuple[int, str] | None, bool]:
+        """Inside the lease's transaction: read and write the next page; finish on the last one.
+
+        Returns the new position and whether the partition is done. A window the manifest shows empty
+        finishes without a page read.
+        """
+        rows = read_page(self.conn, lease.topic_id, lease.window, after, self.options.page_size) \
+            if lease.rows_total else []
+        if not rows:
+            self.conn.execute(FINISH_SQL, (lease.partition_key,))
+            return after, True
+        last = len(rows) < self.options.page_size
+        page = _write_page(self.conn, lease, rows, result.rows_done, self.options.writer, last)
+        result.rows_done += page.rows_done
+        result.rows_copied += page.rows_copied
+        result.rows_skipped += page.rows_skipped
+        result.pages += 1
+        return (rows[-1].created_at, rows[-1].event_id), last
+
+    def _record_failure(self, lease: Lease | None, taken: Lease, exc: Exception) -> None:
+        """Mark the job failed with the error (class and first line; never row content) if still ours.
+
+        A failure inside the first transaction rolled the lease back with it: take it again to record.
+        """
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        try:
+            if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                return  # the connection is broken: nothing can be recorded
+            if lease is None:
+                lease = acquire(self.conn, taken.partition_key, taken.topic_id, taken.window,
+                                require_watermark(self.conn), owner=self.owner,
+                                lease_timeout_s=self.options.lease_timeout_s, rebuild=self.options.rebuild)
+            fail(self.conn, lease, error)
+        except Exception:
+            pass  # the lease is gone or the database is: the original error is what matters
+
+
+def flush(conn: psycopg.Connection) -> None:
+    """Make every earlier asynchronous commit of this session durable: a synchronous commit flushes
+    the WAL up to its own record, which lies after theirs."""
+    conn.execute("SET synchronous_commit = on")
+    with conn.transaction():
+        conn.execute("SELECT pg_current_xact_id()")  # an xid, so the commit writes (and flushes) a record
 
 
 def run_partition(conninfo: str, partition_key: str, topic_id: str, window: Window, *, owner: str,

@@ -7,6 +7,7 @@ a tombstone. Applying the same writes twice leaves identical state.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import psycopg
@@ -111,6 +112,18 @@ _STAGE_COLUMNS = ("post_id", "topic_id", "content", "normalized", "tokens", "cre
                   "deleted", "version")
 
 
+_STAGED: "weakref.WeakSet[psycopg.Connection]" = weakref.WeakSet()  # sessions whose stage surely exists
+
+
+def create_stage(conn: psycopg.Connection) -> None:
+    """Create the session's staging table once, outside any transaction (so no rollback can drop it):
+    a per-page CREATE .. IF NOT EXISTS cost about as much as the page's COPY."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise ValueError("create_stage runs outside a transaction")
+    conn.execute(STAGE_DDL)
+    _STAGED.add(conn)
+
+
 def apply_staged(conn: psycopg.Connection, writes: list[DocWrite]) -> int:
     """`apply` for big batches: COPY into a temp table, then upsert from it. Needs a transaction."""
     if not writes:
@@ -119,7 +132,8 @@ def apply_staged(conn: psycopg.Connection, writes: list[DocWrite]) -> int:
         raise ValueError("apply_staged runs inside a transaction (its staging rows vanish at commit)")
     cols = columns(latest_per_document(writes))
     with conn.cursor() as cur:
-        cur.execute(STAGE_DDL)
+        if conn not in _STAGED:
+            cur.execute(STAGE_DDL)
         with cur.copy("COPY pg_documents_stage FROM STDIN") as cp:
             for row in zip(*(cols[c] for c in _STAGE_COLUMNS)):
                 cp.write_row(row)

@@ -278,3 +278,49 @@ def test_a_post_deleted_by_catch_up_during_its_backfill_stays_deleted(migrated_u
         want = {x for x in expected(conn, head) if x[0] == topic and conn.execute(
             "SELECT created_at FROM cn_relay.events WHERE event_id = %s", (x[1],)).fetchone()[0] in range(w.start, w.end)}
         assert {(t, p, h) for t, p, h, _ in live_docs} == {(t, p, h) for t, p, h, _ in want}
+
+
+def test_a_window_the_manifest_shows_empty_finishes_without_a_page(migrated_url):
+    seed(migrated_url, 300, 2)
+    topic = topic_ids(2)[0]
+    with db.connect(migrated_url) as conn:
+        go_dual(conn)
+        backfill.capture_watermark(conn, by="test")
+    before_corpus = Window(EPOCH - 2 * WEEK, EPOCH - WEEK)
+    r = backfill.run_partition(migrated_url, "empty", topic, before_corpus, owner="t")
+    assert (r.rows_total, r.rows_done, r.pages, r.noop) == (0, 0, 0, False)
+    with db.connect(migrated_url) as conn:
+        assert conn.execute("SELECT status, attempts FROM cn_search.backfill_jobs WHERE partition_key = 'empty'"
+                            ).fetchone() == ("succeeded", 1)
+        assert not conn.execute("SELECT 1 FROM cn_search.backfill_checkpoints WHERE partition_key = 'empty'").fetchall()
+
+
+def test_a_failure_in_the_first_page_is_recorded_and_a_retry_completes(migrated_url):
+    """The lease and the first page share a transaction: a failing page leaves no document, and the
+    failure (class and message, never content) is still recorded on the job."""
+    seed(migrated_url, 600, 2)
+    topic = topic_ids(2)[0]
+    w = WINDOWS[3]
+    with db.connect(migrated_url) as conn:
+        go_dual(conn)
+        wm = backfill.capture_watermark(conn, by="test")
+
+    def broken_writer(conn, writes):
+        pg_documents.apply(conn, writes)  # written, then rolled back with the page
+        raise RuntimeError("writer broke")
+
+    with pytest.raises(RuntimeError):
+        backfill.run_partition(migrated_url, "p", topic, w, owner="a",
+                               options=PartitionOptions(page_size=10, writer=broken_writer))
+    with db.connect(migrated_url) as conn:
+        assert conn.execute("SELECT status, last_error, attempts FROM cn_search.backfill_jobs").fetchone() == (
+            "failed", "RuntimeError: writer broke", 1)
+        assert conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone()[0] == 0
+        assert not conn.execute("SELECT 1 FROM cn_search.backfill_checkpoints").fetchall()
+    r = backfill.run_partition(migrated_url, "p", topic, w, owner="b", options=PartitionOptions(page_size=10))
+    assert r.resumed_after_rows == 0 and r.rows_done == r.rows_total > 10
+    with db.connect(migrated_url) as conn:
+        assert conn.execute("SELECT status, attempts FROM cn_search.backfill_jobs").fetchone() == ("succeeded", 2)
+        want = {x for x in expected(conn, wm.seq) if x[0] == topic and w.start <= conn.execute(
+            "SELECT created_at FROM cn_relay.events WHERE event_id = %s", (x[1],)).fetchone()[0] < w.end}
+        assert actual(conn) == want and len(want) == r.rows_copied

@@ -22,6 +22,8 @@ BACKFILL_POOL = "backfill_source"  # limit in dagster.yaml: concurrency.pools.de
 # a Dagster run costs ~5 s of overhead, a partition ~26 ms, pool limit 2 -> predicted 111 s, vs 142 s
 # for single_run() (no parallelism, one failure stops everything), 207 s for multi_run(100) and 625 s for
 # multi_run(25). Larger N saves a little more but leaves the pool idle behind one slow run.
+# Re-measured after the one-transaction partition (bench/backfill_1m.py: ~21 ms a partition; run overhead
+# 6.3-7.5 s): for 200 x 39 weeks the model predicts 152 s for multi_run(400), 111 s for multi_run(1000).
 DEFAULT_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=400)
 
 weeks_partitions = dg.WeeklyPartitionsDefinition(start_date=BACKFILL_START, day_offset=1, end_offset=1)
