@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+import dagster as dg
 import pytest
 
 from search_migration import db, demo_seed, meili_index, services
@@ -166,3 +168,25 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess
     """The real console entry point in a child process, as an operator would run it."""
     return subprocess.run([sys.executable, "-m", "search_migration.cli", *args], env=env, capture_output=True,
                           text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture
+def dagster_env(request, monkeypatch, servers: Servers, index_uid: str):
+    """A test Dagster instance whose resources read the test's database (`seeded` when the test asks
+    for it, else `migrated_url`) and index from the environment, as a deployment's EnvVars do."""
+    url = request.getfixturevalue("seeded" if "seeded" in request.fixturenames else "migrated_url")
+    for name, value in servers.env(DATABASE_URL=url, MEILI_INDEX=index_uid).items():
+        monkeypatch.setenv(name, value)
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def poll(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll an observable condition with a deadline (never a sleep as synchronization)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

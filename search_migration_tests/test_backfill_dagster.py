@@ -16,22 +16,12 @@ from search_migration import backfill, db, demo_seed, flags
 from search_migration.demo_corpus import topic_ids
 from search_migration.partition_keys import topic_partition_key
 
-from .conftest import REPO, dagster_dev
+from .conftest import REPO, dagster_dev, poll
 from .test_backfill import actual, expected
 from .test_dev_ui import graphql, wait_for
 
 DAGSTER = str(REPO / ".venv" / "bin" / "dagster")
 
-
-def poll(predicate, timeout: float, what: str):
-    """Poll an observable condition with a deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def materialize(env: dict, partition: str, config: dict, log: Path) -> subprocess.Popen:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dagster as dg
-import pytest
 
 from search_migration import backfill, db, flags, meili_index, outbox_consumer, read_router, source
 from search_migration.backfill import Window
@@ -14,13 +13,6 @@ from .test_write_path import TOPIC, meili_ids, new_posts
 
 QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python"]
 
-
-@pytest.fixture
-def dagster_env(monkeypatch, servers, seeded, index_uid):
-    for name, value in servers.env(DATABASE_URL=seeded, MEILI_INDEX=index_uid).items():
-        monkeypatch.setenv(name, value)
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def run_job(instance, name: str, **config) -> dg.ExecuteInProcessResult:

@@ -29,16 +29,6 @@ FAST = Retry(attempts=2, initial_s=0.01, max_s=0.05)
 WEEK = 7 * 24 * 3600
 
 
-def poll(predicate, timeout: float, what: str):
-    """Poll an observable condition with a deadline (never a sleep as synchronization)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def set_mode(conn: psycopg.Connection, mode: str) -> None:
     flags.set_flags(conn, {"search_write_mode": mode}, by="drill", reason="fault drill")

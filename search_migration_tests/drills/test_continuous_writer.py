@@ -24,8 +24,7 @@ from contextlib import contextmanager
 from search_migration import db, demo_corpus, invariants, outbox_consumer, source
 from search_migration.read_router import ReadRouter
 
-from ..test_cutover import (  # noqa: F401  (dagster_env is a fixture)
-    QUERIES, backfill_all, dagster_env, evaluations, failure_message, run_job, shadow_traffic, stage_flags)
+from ..test_cutover import QUERIES, backfill_all, evaluations, failure_message, run_job, shadow_traffic, stage_flags
 
 SOAK_S = float(os.environ.get("SEARCH_MIGRATION_SOAK_SECONDS", "0"))
 

@@ -177,13 +177,6 @@ def test_invalid_flag_values_are_refused_in_one_line_and_change_nothing(servers,
     assert _fingerprint(migrated_url) == before  # flags and their audit untouched
 
 
-@pytest.fixture
-def dagster_env(monkeypatch, servers, migrated_url, index_uid):
-    for name, value in servers.env(DATABASE_URL=migrated_url, MEILI_INDEX=index_uid).items():
-        monkeypatch.setenv(name, value)
-    with dg.instance_for_test() as instance:
-        yield instance
-
 
 def test_cutover_refuses_unknown_stages_and_bad_shadow_rates(dagster_env, migrated_url):
     before = _fingerprint(migrated_url)

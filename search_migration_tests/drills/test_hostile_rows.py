@@ -17,7 +17,6 @@ import json
 import random
 
 import dagster as dg
-import pytest
 
 from search_migration import dead_letters, db, flags, invariants, outbox_consumer, source
 from search_migration.definitions import defs
@@ -87,13 +86,6 @@ class Traffic:
     def expect_bad(self, seq: int, reason_class: str, backend: str = "source") -> None:
         self.bad[seq] = (backend, reason_class)
 
-
-@pytest.fixture
-def dagster_env(monkeypatch, servers, seeded, index_uid):
-    for name, value in servers.env(DATABASE_URL=seeded, MEILI_INDEX=index_uid).items():
-        monkeypatch.setenv(name, value)
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def catchup_run(instance, batch_size: int) -> dg.ExecuteInProcessResult:

@@ -15,8 +15,9 @@ import signal
 from search_migration import backfill, db, demo_seed, source
 from search_migration.backfill import Window
 
+from ..conftest import poll
 from .helpers import (WEEK, assert_invariant, backfill_everything, busiest_week, catch_up_all, dagster_home,
-                      materialize, partition_key, poll, product_writes, set_mode)
+                      materialize, partition_key, product_writes, set_mode)
 
 
 def setup(servers, url: str, meili, index_uid: str, tmp_path):

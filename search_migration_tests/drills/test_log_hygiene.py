@@ -21,8 +21,6 @@ import urllib.request
 import uuid
 from urllib.parse import urlsplit
 
-import dagster as dg
-import pytest
 
 from search_migration import backfill, db, flags, source
 from search_migration.backfill import Window
@@ -81,15 +79,8 @@ def size(path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-@pytest.fixture
-def dagster_instance(monkeypatch, servers, migrated_url, index_uid):
-    for name, value in servers.env(DATABASE_URL=migrated_url, MEILI_INDEX=index_uid).items():
-        monkeypatch.setenv(name, value)
-    with dg.instance_for_test() as instance:
-        yield instance
 
-
-def test_no_secret_or_personal_data_in_any_log(dagster_instance, servers, migrated_url, meili, index_uid, capfd):
+def test_no_secret_or_personal_data_in_any_log(dagster_env, servers, migrated_url, meili, index_uid, capfd):
     s: Settings | None = servers.settings
     server_logs = [s.services_dir / "pgdata" / "server.log", s.services_dir / "meili" / "meilisearch.log"] if s else []
     offsets = {p: size(p) for p in server_logs}
@@ -136,13 +127,13 @@ def test_no_secret_or_personal_data_in_any_log(dagster_instance, servers, migrat
             """)
         config = {"ops": {"catch_up": {"config": {"batch_size": 8}}}}
         first = defs.resolve_job_def("catchup_job").execute_in_process(
-            instance=dagster_instance, run_config=config, raise_on_error=False)
+            instance=dagster_env, run_config=config, raise_on_error=False)
         assert not first.success  # the PostgreSQL side stalled on the trigger
         with db.connect(migrated_url) as conn:
             assert conn.execute("SELECT count(*) FROM cn_search.side_write_failures").fetchone()[0] == 1
             conn.execute("DROP TRIGGER drill_stall ON cn_search.post_search_documents")
         second = defs.resolve_job_def("catchup_job").execute_in_process(
-            instance=dagster_instance, run_config=config, raise_on_error=False)
+            instance=dagster_env, run_config=config, raise_on_error=False)
         assert second.success
         with db.connect(migrated_url) as conn:
             reasons = sorted(r for r, in conn.execute("SELECT reason_class FROM cn_search.dead_letters"))
@@ -164,7 +155,7 @@ def test_no_secret_or_personal_data_in_any_log(dagster_instance, servers, migrat
         assert run.returncode == 0, run.stderr[-2000:]
         outputs["search"] = run.stderr  # stdout is the answer itself (ids), not a log
 
-        refused = run_job(dagster_instance, "cutover_job", target_stage="live")
+        refused = run_job(dagster_env, "cutover_job", target_stage="live")
         assert not refused.success
 
         for args in (("status",), ("status", "--json")):
@@ -200,11 +191,11 @@ def test_no_secret_or_personal_data_in_any_log(dagster_instance, servers, migrat
     sources: dict[str, list[str]] = {"python logging": capture.lines, "fd stdout": out.splitlines(),
                                      "fd stderr": err.splitlines()}
     sources.update({f"cli {name}": text.splitlines() for name, text in outputs.items()})
-    for run in dagster_instance.get_runs():
-        sources[f"dagster run {run.job_name}"] = [repr(e) for e in dagster_instance.all_logs(run.run_id)]
+    for run in dagster_env.get_runs():
+        sources[f"dagster run {run.job_name}"] = [repr(e) for e in dagster_env.all_logs(run.run_id)]
     for path in server_logs:
         sources[path.name] = tail(path, offsets[path])
-    assert len(capture.lines) > 50 and len(dagster_instance.get_runs()) == 3  # the session really logged
+    assert len(capture.lines) > 50 and len(dagster_env.get_runs()) == 3  # the session really logged
     assert all(sources[name] for name in ("cli seed", "cli replay", "cli status", "cli metrics scrape",
                                           "dagster run catchup_job", "dagster run cutover_job")), \
         [name for name, lines in sources.items() if not lines]

@@ -13,7 +13,8 @@ from search_migration.read_router import ReadRouter
 
 from ..test_cutover import QUERIES
 from ..test_write_path import new_posts
-from .helpers import (FAST, assert_invariant, backfill_everything, catch_up_all, child, poll, product_writes, set_mode)
+from ..conftest import poll
+from .helpers import (FAST, assert_invariant, backfill_everything, catch_up_all, child, product_writes, set_mode)
 
 UID = "posts"
 

@@ -13,8 +13,9 @@ from search_migration.backfill import Window
 from search_migration.migrate import migrate
 
 from ..test_write_path import new_posts
+from ..conftest import poll
 from .helpers import (WEEK, assert_invariant, backfill_everything, busiest_week, catch_up_all, child, partition_key,
-                      poll, product_writes, set_mode)
+                      product_writes, set_mode)
 
 
 def restart(s) -> None:

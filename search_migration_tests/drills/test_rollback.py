@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from search_migration import backfill, db, flags, invariants, source, stages
 
-from ..test_cutover import dagster_env, failure_message, run_job  # noqa: F401  (dagster_env is a fixture)
+from ..test_cutover import failure_message, run_job
 from .helpers import assert_invariant, backfill_everything, catch_up_all, product_writes, set_mode
 
 

@@ -11,8 +11,9 @@ from search_migration import backfill, db, demo_seed, meili_index, source
 from search_migration.backfill import Window
 
 from ..test_write_path import new_posts
+from ..conftest import poll
 from .helpers import (WEEK, assert_invariant, backfill_everything, busiest_week, catch_up_all, catchup_run,
-                      dagster_home, kill_group, materialize, no_advisory_locks, partition_key, poll, product_writes,
+                      dagster_home, kill_group, materialize, no_advisory_locks, partition_key, product_writes,
                       set_mode)
 
 
