@@ -44,6 +44,8 @@ async function assetGraph(page) {
     step = `see asset ${asset} in the graph`;
     await visible(page, asset);
   }
+  step = 'asset statuses loaded in the graph';
+  await page.waitForFunction(() => !document.body.innerText.includes('Loading...'));  // real statuses in the picture
   await shot(page, 'asset-graph');
   for (const [asset, checks] of Object.entries(cfg.checks)) {
     step = `see the checks of ${asset}`;
@@ -118,8 +120,9 @@ const context = await chromium.launchPersistentContext(profile, {
 });
 const page = context.pages()[0] ?? await context.newPage();
 page.setDefaultTimeout(cfg.stepTimeoutMs ?? 60000);
-// Dagster's first-visit newsletter dialog covers the page; dismiss it whenever it shows.
-await page.addLocatorHandler(page.getByRole('button', { name: 'Skip' }), (b) => b.click());
+// Dagster's first-visit newsletter dialog: the test marks it seen (setNuxSeen); should it show anyway,
+// dismiss it without waiting on it to vanish (a wait that hung a click once).
+await page.addLocatorHandler(page.getByRole('button', { name: 'Skip' }), (b) => b.click(), { noWaitAfter: true });
 try {
   if (cfg.phase === 'launch') {
     await assetGraph(page);

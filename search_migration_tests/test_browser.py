@@ -86,6 +86,9 @@ def test_an_operator_backfills_partitions_from_the_ui(dev, database_url, tmp_pat
             (calendar.timegm(time.strptime(BACKFILL_START, "%Y-%m-%d")), topics))]
     keys = {f"{w}|{topic_partition_key(t)}" for w in weeks for t in topics}
 
+    # Dagster's first-visit newsletter dialog (shown on localhost) would cover the page at a random moment:
+    # mark it seen on the server, as dismissing it in the UI does
+    assert graphql(port, "mutation { setNuxSeen }")["setNuxSeen"]
     launched = operator_view({"phase": "launch", "base": f"http://127.0.0.1:{port}", "assets": ASSETS,
                               "checks": {"search_drift_report": list(DRIFT_CHECKS),
                                          "shadow_read_report": list(QUALITY_CHECKS)},
