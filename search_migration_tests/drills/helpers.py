@@ -16,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
-from search_migration import backfill, db, flags, invariants, outbox_consumer, source
+from search_migration import backfill, db, demo_seed, flags, invariants, outbox_consumer, source
 from search_migration.backfill import Window
 from search_migration.demo_corpus import EPOCH
 from search_migration.outbox_consumer import Retry
@@ -146,6 +146,20 @@ def dagster_home(tmp_path: Path, topics: list[str]) -> Path:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("topics", [topic_partition_key(t) for t in topics])
     return home
+
+
+def dual_partition(servers, url: str, meili, index_uid: str, tmp_path: Path):
+    """A 2,000-post corpus in dual with its watermark, and its busiest topic-week partition to drill on;
+    returns (Dagster env, topic, window, partition key, rows in it)."""
+    with db.connect(url) as conn:
+        demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
+        set_mode(conn, "dual")
+        backfill.capture_watermark(conn, by="drill")
+        topic, start, rows = busiest_week(conn)
+        topics = source.topic_ids(conn)
+    env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,
+                      DAGSTER_HOME=str(dagster_home(tmp_path, topics)))
+    return env, topic, Window(start, start + WEEK), partition_key(topic, start), rows
 
 
 def materialize(env: dict, partition: str, config: dict, log: Path) -> subprocess.Popen:

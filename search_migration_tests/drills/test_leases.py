@@ -12,24 +12,10 @@ from __future__ import annotations
 import os
 import signal
 
-from search_migration import backfill, db, demo_seed, source
-from search_migration.backfill import Window
+from search_migration import db
 
 from ..conftest import poll
-from .helpers import (WEEK, assert_invariant, backfill_everything, busiest_week, catch_up_all, dagster_home,
-                      materialize, partition_key, product_writes, set_mode)
-
-
-def setup(servers, url: str, meili, index_uid: str, tmp_path):
-    with db.connect(url) as conn:
-        demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
-        set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
-        topic, start, rows = busiest_week(conn)
-        topics = source.topic_ids(conn)
-    env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,
-                      DAGSTER_HOME=str(dagster_home(tmp_path, topics)))
-    return env, topic, Window(start, start + WEEK), partition_key(topic, start), rows
+from .helpers import assert_invariant, backfill_everything, catch_up_all, dual_partition, materialize, product_writes
 
 
 def job(conn, key: str):
@@ -45,7 +31,7 @@ def page_tokens(conn, key: str) -> list[tuple]:
 
 def test_a_zombie_run_writes_nothing_after_a_takeover(servers, migrated_url, meili, index_uid, tmp_path):
     url = migrated_url
-    env, topic, window, key, rows = setup(servers, url, meili, index_uid, tmp_path)
+    env, topic, window, key, rows = dual_partition(servers, url, meili, index_uid, tmp_path)
     zombie = materialize(env, key, {"page_size": 2, "max_rows_per_second": 4, "lease_timeout_seconds": 3},
                          tmp_path / "zombie.log")
     with db.connect(url) as conn:
@@ -91,7 +77,7 @@ def test_a_zombie_run_writes_nothing_after_a_takeover(servers, migrated_url, mei
 
 def test_two_runs_of_one_partition_at_once_only_one_works(servers, migrated_url, meili, index_uid, tmp_path):
     url = migrated_url
-    env, topic, window, key, rows = setup(servers, url, meili, index_uid, tmp_path)
+    env, topic, window, key, rows = dual_partition(servers, url, meili, index_uid, tmp_path)
     config = {"page_size": 2, "max_rows_per_second": 3, "lease_timeout_seconds": 60}
     runs = [materialize(env, key, config, tmp_path / f"run{i}.log") for i in range(2)]
     codes = [r.wait(timeout=600) for r in runs]

@@ -7,27 +7,17 @@ commits an offset only after every engine applied the rows below it, so a kill r
 
 from __future__ import annotations
 
-from search_migration import backfill, db, demo_seed, meili_index, source
-from search_migration.backfill import Window
+from search_migration import backfill, db, meili_index, source
 
-from ..test_write_path import new_posts
 from ..conftest import poll
-from .helpers import (WEEK, assert_invariant, backfill_everything, busiest_week, catch_up_all, catchup_run,
-                      dagster_home, kill_group, materialize, no_advisory_locks, partition_key, product_writes,
-                      set_mode)
+from ..test_write_path import new_posts
+from .helpers import (assert_invariant, backfill_everything, catch_up_all, catchup_run, dagster_home,
+                      dual_partition, kill_group, materialize, no_advisory_locks, product_writes, set_mode)
 
 
 def test_backfill_run_sigkilled_mid_partition_then_rerun(servers, migrated_url, meili, index_uid, tmp_path):
     url = migrated_url
-    with db.connect(url) as conn:
-        demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
-        set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
-        topic, start, rows = busiest_week(conn)
-        topics = source.topic_ids(conn)
-    window, key = Window(start, start + WEEK), partition_key(topic, start)
-    env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,
-                      DAGSTER_HOME=str(dagster_home(tmp_path, topics)))
+    env, topic, window, key, rows = dual_partition(servers, url, meili, index_uid, tmp_path)
     config = {"page_size": 4, "max_rows_per_second": 8, "lease_timeout_seconds": 3}
 
     run = materialize(env, key, config, tmp_path / "killed.log")
