@@ -41,6 +41,14 @@ def go_dual(conn) -> None:
     flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="backfill test")
 
 
+def at_watermark(url: str, posts: int, topics: int) -> backfill.Watermark:
+    """A seeded source with writes dual and the watermark captured: where every partition test starts."""
+    seed(url, posts, topics)
+    with db.connect(url) as conn:
+        go_dual(conn)
+        return backfill.capture_watermark(conn, by="test")
+
+
 def run_all(url: str, topics: list[str], options: PartitionOptions | None = None) -> list[backfill.PartitionResult]:
     return [backfill.run_partition(url, f"{w.start}|{t}", t, w, owner="test", options=options)
             for t in topics for w in WINDOWS]
@@ -97,11 +105,8 @@ def test_backfill_copies_exactly_the_live_rows_at_the_watermark(migrated_url):
 
 
 def test_rerun_of_a_complete_partition_is_a_noop_unless_rebuilt(migrated_url):
-    seed(migrated_url, 600, 2)
+    at_watermark(migrated_url, 600, 2)
     topic = topic_ids(2)[0]
-    with db.connect(migrated_url) as conn:
-        go_dual(conn)
-        backfill.capture_watermark(conn, by="test")
     w = WINDOWS[3]
     first = backfill.run_partition(migrated_url, "p", topic, w, owner="a", options=PartitionOptions(page_size=5))
     assert first.rows_copied > 5 and not first.noop
@@ -116,12 +121,10 @@ def test_rerun_of_a_complete_partition_is_a_noop_unless_rebuilt(migrated_url):
 
 
 def test_a_new_run_resumes_after_the_checkpoint(migrated_url):
-    seed(migrated_url, 600, 2)
+    wm = at_watermark(migrated_url, 600, 2)
     topic = topic_ids(2)[0]
     w = WINDOWS[3]
     with db.connect(migrated_url) as conn:
-        go_dual(conn)
-        wm = backfill.capture_watermark(conn, by="test")
         lease = backfill.acquire(conn, "p", topic, w, wm, owner="crashed")
         page = backfill.read_page(conn, topic, w, None, 10)
         backfill.write_page(conn, lease, page, 0)
@@ -138,12 +141,10 @@ def test_a_new_run_resumes_after_the_checkpoint(migrated_url):
 
 
 def test_a_zombie_lease_holder_can_write_nothing_after_a_takeover(migrated_url):
-    seed(migrated_url, 600, 2)
+    wm = at_watermark(migrated_url, 600, 2)
     topic = topic_ids(2)[0]
     w = WINDOWS[3]
     with db.connect(migrated_url) as conn:
-        go_dual(conn)
-        wm = backfill.capture_watermark(conn, by="test")
         zombie = backfill.acquire(conn, "p", topic, w, wm, owner="zombie", lease_timeout_s=30)
         first, second = backfill.read_page(conn, topic, w, None, 10), None
         backfill.write_page(conn, zombie, first, 0)
@@ -177,12 +178,10 @@ def test_a_zombie_lease_holder_can_write_nothing_after_a_takeover(migrated_url):
 
 
 def test_backfill_never_overwrites_a_newer_document_or_a_tombstone(migrated_url):
-    seed(migrated_url, 600, 2)
+    wm = at_watermark(migrated_url, 600, 2)
     topic = topic_ids(2)[0]
     w = WINDOWS[3]
     with db.connect(migrated_url) as conn:
-        go_dual(conn)
-        wm = backfill.capture_watermark(conn, by="test")
         rows = [r for r in backfill.read_page(conn, topic, w, None, 1000) if r.live]
         deleted, edited = rows[0], rows[1]
         # catch-up got there first with later outbox rows: a delete and an edit
@@ -281,11 +280,8 @@ def test_a_post_deleted_by_catch_up_during_its_backfill_stays_deleted(migrated_u
 
 
 def test_a_window_the_manifest_shows_empty_finishes_without_a_page(migrated_url):
-    seed(migrated_url, 300, 2)
+    at_watermark(migrated_url, 300, 2)
     topic = topic_ids(2)[0]
-    with db.connect(migrated_url) as conn:
-        go_dual(conn)
-        backfill.capture_watermark(conn, by="test")
     before_corpus = Window(EPOCH - 2 * WEEK, EPOCH - WEEK)
     r = backfill.run_partition(migrated_url, "empty", topic, before_corpus, owner="t")
     assert (r.rows_total, r.rows_done, r.pages, r.noop) == (0, 0, 0, False)
@@ -298,12 +294,9 @@ def test_a_window_the_manifest_shows_empty_finishes_without_a_page(migrated_url)
 def test_a_failure_in_the_first_page_is_recorded_and_a_retry_completes(migrated_url):
     """The lease and the first page share a transaction: a failing page leaves no document, and the
     failure (class and message, never content) is still recorded on the job."""
-    seed(migrated_url, 600, 2)
+    wm = at_watermark(migrated_url, 600, 2)
     topic = topic_ids(2)[0]
     w = WINDOWS[3]
-    with db.connect(migrated_url) as conn:
-        go_dual(conn)
-        wm = backfill.capture_watermark(conn, by="test")
 
     def broken_writer(conn, writes):
         pg_documents.apply(conn, writes)  # written, then rolled back with the page
