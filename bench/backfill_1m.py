@@ -3,8 +3,8 @@
 Runs against the 1,000,000-post corpus seeded under .local/bench1m, but never touches its database:
 it copies cn_relay into a separate database (`bench_backfill`) on the same server once. Then, for
 each of --pairs pairs, interleaved so both sides see the same machine load: a backfill from empty
-(watermark + manifest included in its time; every topic × week partition with W worker processes,
-W = the pool limit), checked against the first backfill's rows, then a bare COPY of exactly those
+(watermark + manifest included in its time; every topic × week partition, in runs of --per-run
+partitions handed to W worker processes as they free up, W = the pool limit), checked against the first backfill's rows, then a bare COPY of exactly those
 rows into the emptied, still-indexed table. Prints every pair, the median ratio (backfill rows/s ÷
 COPY rows/s) and the backfill wall times; a shared machine is noisy, so judge the median.
 
@@ -42,6 +42,7 @@ MONDAY = 1_767_571_200  # 2026-01-05, the first week of the Dagster partitions
 WEEK = 7 * 24 * 3600
 TABLES = ["cn_relay.events", "cn_relay.event_topics", "cn_relay.events_outbox", "cn_relay.consumer_offsets"]
 
+PER_RUN = 400  # search_migration/defs/backfill.py: DEFAULT_BACKFILL_POLICY (the bench does not import Dagster)
 WRITERS = {"unnest": pg_documents.apply, "copy": pg_documents.apply_staged}
 
 # --------------------------------------------------------------------------- setup
@@ -107,7 +108,7 @@ def _worker(args) -> tuple[int, int, int]:
     return copied, skipped, len(chunk)
 
 
-def backfill_trial(url: str, writer: str, workers: int, page_size: int, topics: int | None,
+def backfill_trial(url: str, writer: str, workers: int, per_run: int, page_size: int, topics: int | None,
                    weeks: int | None) -> dict:
     """One backfill from empty: watermark + manifest, then every partition with W worker processes."""
     reset(url)
@@ -116,9 +117,11 @@ def backfill_trial(url: str, writer: str, workers: int, page_size: int, topics: 
         wm = backfill.capture_watermark(conn, by="bench")
     manifest_s = time.monotonic() - started
     parts = partitions(url, topics, weeks)
-    chunks = [parts[i::workers] for i in range(workers)]
+    # runs of `per_run` partitions taken by whichever worker is free, as Dagster's run queue hands
+    # multi_run(N) runs to the pool's slots
+    chunks = [parts[i:i + per_run] for i in range(0, len(parts), per_run)]
     with mp.get_context("fork").Pool(workers) as pool:
-        done = pool.map(_worker, [(url, writer, page_size, c) for c in chunks])
+        done = list(pool.imap_unordered(_worker, [(url, writer, page_size, c) for c in chunks]))
     backfill_s = time.monotonic() - started
     copied, skipped = sum(d[0] for d in done), sum(d[1] for d in done)
     with db.connect(url) as conn:
@@ -167,6 +170,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--writer", choices=sorted(WRITERS), default="copy", help="copy: what the asset uses")
     p.add_argument("--workers", type=int, default=2, help="parallel partitions (the Dagster pool limit)")
+    p.add_argument("--per-run", type=int, default=PER_RUN,
+                   help="partitions per run (the asset's BackfillPolicy.multi_run)")
     p.add_argument("--page-size", type=int, default=backfill.DEFAULT_PAGE_SIZE)
     p.add_argument("--topics", type=int, help="only the first N topics (bounded runs)")
     p.add_argument("--weeks", type=int, help="only the first N weeks")
@@ -185,7 +190,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = Path(tmp) / "docs.bin"
         for i in range(args.pairs):
-            b = backfill_trial(url, args.writer, args.workers, args.page_size, args.topics, args.weeks)
+            b = backfill_trial(url, args.writer, args.workers, args.per_run, args.page_size, args.topics, args.weeks)
             if i == 0:
                 rows_in_dump, first = dump(url, rows), b["fingerprint"]
             assert b["fingerprint"] == first, (b["fingerprint"], first)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from .text import NORMALIZER_VERSION, index_tokens, normalize, tsvector_literal
+from .text import NORMALIZER_VERSION, normalize, token_positions, tsvector_literal
 
 
 # A post larger than this is dead-lettered (`content_too_large`) by catch-up and backfill alike, for both
@@ -80,7 +80,7 @@ def columns(writes: list[DocWrite]) -> dict[str, list]:
         cols["topic_id"].append(w.topic_id)
         cols["content"].append(text)
         cols["normalized"].append(normalized)
-        cols["tokens"].append(tsvector_literal(index_tokens(normalized)))
+        cols["tokens"].append(tsvector_literal(token_positions(normalized)))
         cols["created_at"].append(w.created_at)
         cols["visibility"].append(w.visibility)
         cols["seq"].append(w.seq)

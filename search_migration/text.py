@@ -90,54 +90,84 @@ def runs(normalized: str) -> list[tuple[bool, str]]:
     return pieces
 
 
-def cjk_grams(run: str) -> list[str]:
-    """Overlapping bigrams plus the final unigram, so a 1-character query still finds the run's end."""
-    if len(run) == 1:
-        return [run]
-    return [run[i:i + 2] for i in range(len(run) - 1)] + [run[-1]]
+def token_positions(normalized: str) -> dict[str, list[int]]:
+    """Each index token with its positions (from 1, in reading order): what a tsvector holds.
+
+    CJK runs are overlapping bigrams plus a final unigram at the last bigram's position (so a
+    1-character query still finds the run's end); Latin/digit runs are words; `#tag` and `@name` are
+    tokens of their own and plain words too. One CJK split of the whole text, straight into the
+    map: the backfill tokenizes every post, and this was half of its Python time
+    (bench/backfill_1m.py).
+    """
+    positions: dict[str, list[int]] = {}
+    get = positions.get
+    pos = 0
+    pending_tag = ""  # `#ラーメン`: a tag mark right before a CJK run, in the same word
+    for i, piece in enumerate(_CJK_SPLIT.split(normalized)):
+        if i % 2:  # odd pieces are the CJK runs
+            n = len(piece)
+            if pending_tag:  # the tag sits where its run starts
+                piece_tag = pending_tag + piece
+                found = get(piece_tag)
+                if found is None:
+                    positions[piece_tag] = [pos + 1]
+                else:
+                    found.append(pos + 1)
+                pending_tag = ""
+            for j in range(n - 1):
+                gram = piece[j:j + 2]
+                found = get(gram)
+                if found is None:
+                    positions[gram] = [pos + j + 1]
+                else:
+                    found.append(pos + j + 1)
+            pos += n - 1 if n > 1 else 1
+            gram = piece[-1]
+            found = get(gram)
+            if found is None:
+                positions[gram] = [pos]
+            else:
+                found.append(pos)
+            continue
+        word = ""
+        for word in piece.split():  # Latin/digit words (the first and last may touch a CJK run)
+            if word.strip("#@_"):  # a lone `#` or `@` is not a word
+                pos += 1
+                found = get(word)
+                if found is None:
+                    positions[word] = [pos]
+                else:
+                    found.append(pos)
+                bare = word.lstrip("#@")
+                if bare != word:  # `#nostr` is also found by `nostr`
+                    found = get(bare)
+                    if found is None:
+                        positions[bare] = [pos]
+                    else:
+                        found.append(pos)
+        # a word of tag marks only, touching the next CJK run
+        pending_tag = word[-1] if word and not word.strip("#@") and not piece[-1].isspace() else ""
+    return positions
 
 
 def index_tokens(normalized: str) -> list[tuple[str, int]]:
-    """(token, position) pairs, positions from 1 in reading order."""
-    tokens: list[tuple[str, int]] = []
-    pos = 0
-    for word in normalized.split():
-        pending_tag = ""
-        for cjk, run in runs(word):
-            if not cjk and run[-1] in "#@" and not run.strip("#@"):
-                pending_tag = run[-1]  # `#ラーメン`: the tag mark before a CJK run
-                continue
-            if cjk:
-                if pending_tag:  # the tag is a token of its own, besides the run's bigrams
-                    tokens.append((pending_tag + run, pos + 1))
-                grams = cjk_grams(run)
-                for i, gram in enumerate(grams):
-                    # the trailing unigram shares the last bigram's position
-                    tokens.append((gram, pos + min(i, len(grams) - 2) + 1 if len(grams) > 1 else pos + 1))
-                pos += max(1, len(grams) - 1)
-            elif run.strip("#@_"):  # a lone `#` or `@` is not a word
-                pos += 1
-                tokens.append((run, pos))
-                bare = run.lstrip("#@")
-                if bare and bare != run:  # `#nostr` is also found by `nostr`
-                    tokens.append((bare, pos))
-            pending_tag = ""
-    return tokens
+    """(token, position) pairs in reading order: `token_positions` as a list, for reading and tests."""
+    pairs = [(token, p) for token, ps in token_positions(normalized).items() for p in ps]
+    return sorted(pairs, key=lambda pair: pair[1])
 
 
-def tsvector_literal(tokens: list[tuple[str, int]]) -> str:
+_POSITION_TEXT = tuple(map(str, range(MAX_POSITION + 1)))  # int formatting was a tenth of the backfill's Python
+
+
+def tsvector_literal(positions: dict[str, list[int]]) -> str:
     """A `tsvector` input literal with explicit positions (no parser, no stemming)."""
-    positions: dict[str, list[int]] = {}
-    for token, pos in tokens:
-        found = positions.get(token)
-        if found is None:
-            positions[token] = [min(pos, MAX_POSITION)]
-        else:
-            found.append(min(pos, MAX_POSITION))
     parts = []
     for token, ps in positions.items():
         if "'" in token or "\\" in token:
             token = token.replace("\\", "\\\\").replace("'", "''")
-        listed = str(ps[0]) if len(ps) == 1 else ",".join(map(str, sorted(set(ps))[:256]))
-        parts.append(f"'{token}':{listed}")
+        if len(ps) == 1:
+            p = ps[0]
+            parts.append("'" + token + "':" + _POSITION_TEXT[p if p < MAX_POSITION else MAX_POSITION])
+        else:
+            parts.append("'" + token + "':" + ",".join(map(str, sorted({min(p, MAX_POSITION) for p in ps})[:256])))
     return " ".join(parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search_migration.text import NORMALIZER_VERSION, index_tokens, normalize, tsvector_literal
+from search_migration.text import NORMALIZER_VERSION, index_tokens, normalize, token_positions, tsvector_literal
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -41,8 +41,13 @@ def test_tags_are_their_own_tokens_and_also_plain_words():
 
 
 def test_tsvector_literal_escapes_and_caps_positions():
-    literal = tsvector_literal([("it's", 1), ("a\\b", 2), ("x", 20_000)])
-    assert literal == "'it''s':1 'a\\\\b':2 'x':16383"
+    literal = tsvector_literal({"it's": [1], "a\\b": [2], "x": [20_000], "y": [3, 20_001, 3, 20_002]})
+    assert literal == "'it''s':1 'a\\\\b':2 'x':16383 'y':3,16383"
+
+
+def test_repeated_tokens_keep_every_position():
+    assert token_positions(normalize("ラーメン rust ラーメン #rust")) == {
+        "ラー": [1, 5], "ーメ": [2, 6], "メン": [3, 7], "ン": [3, 7], "rust": [4, 8], "#rust": [8]}
 
 
 def test_version_is_current():
