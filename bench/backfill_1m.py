@@ -43,7 +43,7 @@ WEEK = 7 * 24 * 3600
 TABLES = ["cn_relay.events", "cn_relay.event_topics", "cn_relay.events_outbox", "cn_relay.consumer_offsets"]
 
 PER_RUN = 400  # search_migration/defs/backfill.py: DEFAULT_BACKFILL_POLICY (the bench does not import Dagster)
-WRITERS = {"unnest": pg_documents.apply, "copy": pg_documents.apply_staged}
+WRITERS = {"unnest": pg_documents.apply_by_topic, "copy": pg_documents.apply_staged}
 
 # --------------------------------------------------------------------------- setup
 
@@ -101,8 +101,7 @@ def _worker(args) -> tuple[int, int, int]:
     copied = skipped = 0
     with backfill.Backfiller(url, owner=f"bench pid {os.getpid()}",
                              options=PartitionOptions(page_size=page_size, writer=WRITERS[writer])) as b:
-        for key, topic, window in chunk:
-            r = b.run(key, topic, window)
+        for r in b.run_many(chunk):
             copied += r.rows_copied
             skipped += r.rows_skipped
     return copied, skipped, len(chunk)

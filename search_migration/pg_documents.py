@@ -8,6 +8,7 @@ a tombstone. Applying the same writes twice leaves identical state.
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from dataclasses import dataclass
 
 import psycopg
@@ -69,37 +70,49 @@ def latest_per_document(writes: list[DocWrite]) -> list[DocWrite]:
     return sorted(newest.values(), key=lambda w: w.seq)
 
 
-def columns(writes: list[DocWrite]) -> dict[str, list]:
-    """Column arrays for UPSERT_SQL; tombstones carry no text (a deleted post's words are gone)."""
-    cols: dict[str, list] = {k: [] for k in ("post_id", "topic_id", "content", "normalized", "tokens",
-                                             "created_at", "visibility", "seq", "deleted", "version")}
+_COLUMNS = ("post_id", "topic_id", "content", "normalized", "tokens", "created_at", "visibility", "seq", "deleted",
+            "version")
+
+
+def rows(writes: list[DocWrite]) -> list[tuple]:
+    """One row per write in `_COLUMNS` order; tombstones carry no text (a deleted post's words are gone)."""
+    out = []
     for w in writes:
         text = "" if w.deleted else w.content
         normalized = normalize(text)
-        cols["post_id"].append(w.post_id)
-        cols["topic_id"].append(w.topic_id)
-        cols["content"].append(text)
-        cols["normalized"].append(normalized)
-        cols["tokens"].append(tsvector_literal(token_positions(normalized)))
-        cols["created_at"].append(w.created_at)
-        cols["visibility"].append(w.visibility)
-        cols["seq"].append(w.seq)
-        cols["deleted"].append(w.deleted)
-        cols["version"].append(NORMALIZER_VERSION)
-    return cols
+        out.append((w.post_id, w.topic_id, text, normalized, tsvector_literal(token_positions(normalized)),
+                    w.created_at, w.visibility, w.seq, w.deleted, NORMALIZER_VERSION))
+    return out
+
+
+def columns(writes: list[DocWrite]) -> dict[str, list]:
+    """Column arrays for UPSERT_SQL."""
+    return dict(zip(_COLUMNS, map(list, zip(*rows(writes))))) if writes else {k: [] for k in _COLUMNS}
+
+
+def _by_topic(sql: str) -> str:
+    """The statement, answering with how many rows it wrote per topic (what a backfill page reports)."""
+    return f"WITH written AS ({sql} RETURNING d.topic_id) SELECT topic_id, count(*) FROM written GROUP BY topic_id"
+
+
+UPSERT_BY_TOPIC_SQL = _by_topic(UPSERT_SQL)
+
+
+def apply_by_topic(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[str]:
+    """Apply versioned writes in one statement; return how many rows changed, per topic."""
+    if not writes:
+        return Counter()
+    with conn.cursor() as cur:
+        return Counter(dict(cur.execute(UPSERT_BY_TOPIC_SQL, columns(latest_per_document(writes))).fetchall()))
 
 
 def apply(conn: psycopg.Connection, writes: list[DocWrite]) -> int:
     """Apply versioned writes in one statement; return how many rows changed."""
-    if not writes:
-        return 0
-    with conn.cursor() as cur:
-        cur.execute(UPSERT_SQL, columns(latest_per_document(writes)))
-        return cur.rowcount
+    return sum(apply_by_topic(conn, writes).values())
 
 
 # COPY into a staging table, then one INSERT .. SELECT with the same versioning rule as UPSERT_SQL.
-# Measured faster than the unnest upsert for backfill pages (bench/backfill_1m.py --writer both).
+# Measured faster than the unnest upsert for backfill pages (bench/backfill_1m.py --writer unnest).
 STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS pg_documents_stage (
     post_id text, topic_id text, content text, normalized_text text, search_tokens text, created_at bigint,
@@ -107,9 +120,7 @@ CREATE TEMP TABLE IF NOT EXISTS pg_documents_stage (
 ) ON COMMIT DELETE ROWS
 """
 _SELECT, _REST = UPSERT_SQL.split("FROM unnest(", 1)
-STAGED_UPSERT_SQL = _SELECT + "FROM pg_documents_stage AS w\n" + _REST[_REST.index("ON CONFLICT"):]
-_STAGE_COLUMNS = ("post_id", "topic_id", "content", "normalized", "tokens", "created_at", "visibility", "seq",
-                  "deleted", "version")
+STAGED_UPSERT_BY_TOPIC_SQL = _by_topic(_SELECT + "FROM pg_documents_stage AS w\n" + _REST[_REST.index("ON CONFLICT"):])
 
 
 _STAGED: "weakref.WeakSet[psycopg.Connection]" = weakref.WeakSet()  # sessions whose stage surely exists
@@ -124,18 +135,16 @@ def create_stage(conn: psycopg.Connection) -> None:
     _STAGED.add(conn)
 
 
-def apply_staged(conn: psycopg.Connection, writes: list[DocWrite]) -> int:
-    """`apply` for big batches: COPY into a temp table, then upsert from it. Needs a transaction."""
+def apply_staged(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[str]:
+    """`apply_by_topic` for big batches: COPY into a temp table, then upsert from it. Needs a transaction."""
     if not writes:
-        return 0
+        return Counter()
     if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
         raise ValueError("apply_staged runs inside a transaction (its staging rows vanish at commit)")
-    cols = columns(latest_per_document(writes))
     with conn.cursor() as cur:
         if conn not in _STAGED:
             cur.execute(STAGE_DDL)
         with cur.copy("COPY pg_documents_stage FROM STDIN") as cp:
-            for row in zip(*(cols[c] for c in _STAGE_COLUMNS)):
+            for row in rows(latest_per_document(writes)):
                 cp.write_row(row)
-        cur.execute(STAGED_UPSERT_SQL)
-        return cur.rowcount
+        return Counter(dict(cur.execute(STAGED_UPSERT_BY_TOPIC_SQL).fetchall()))

@@ -76,15 +76,13 @@ def post_search_documents(context: dg.AssetExecutionContext, config: BackfillCon
                                         rebuild=config.rebuild, max_rows_per_second=config.max_rows_per_second)
     results = []
     with backfill.Backfiller(postgres.database_url, owner=f"dagster run {context.run_id}", options=options) as b:
-        for key in context.partition_keys:
-            topic_id, window = window_of(key)
-            try:
-                r = b.run(str(key), topic_id, window)
-            except backfill.BackfillError as exc:
-                raise dg.Failure(description=str(exc)) from None
-            context.log.info(f"{key}: {'already complete' if r.noop else 'copied'} {r.rows_copied} rows, "
-                             f"skipped {r.rows_skipped}, {r.rows_per_second:.0f} rows/s")
-            results.append(r)
+        try:
+            for r in b.run_many([(str(key), *window_of(key)) for key in context.partition_keys]):
+                context.log.info(f"{r.partition_key}: {'already complete' if r.noop else 'copied'} {r.rows_copied} "
+                                 f"rows, skipped {r.rows_skipped}, {r.rows_per_second:.0f} rows/s")
+                results.append(r)
+        except backfill.BackfillError as exc:
+            raise dg.Failure(description=str(exc)) from None
     with postgres.connect() as conn:
         overall = backfill.progress(conn).as_dict()
     return dg.MaterializeResult(metadata=_metadata(results, overall))
