@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import psycopg
 
@@ -276,8 +276,7 @@ class Heartbeat:
 # --------------------------------------------------------------------------- pages
 
 
-@dataclass(frozen=True)
-class SourceRow:
+class SourceRow(NamedTuple):
     created_at: int
     event_id: str
     version_seq: int
@@ -625,7 +624,7 @@ class Backfiller:
         rows: dict[str, list[SourceRow]] = {key: [] for key, *_ in members}
         for key, *row in conn.execute(BATCH_READ_SQL, {
                 "keys": [m[0] for m in members], "topics": [m[1] for m in members],
-                "starts": [m[2].start for m in members], "ends": [m[2].end for m in members]}):
+                "starts": [m[2].start for m in members], "ends": [m[2].end for m in members]}).fetchall():
             rows[key].append(SourceRow(*row))
         writes = [w for key, topic_id, _, _ in members for w in _writes(conn, topic_id, rows[key])]
         written = self.options.writer(conn, writes) if writes else Counter()

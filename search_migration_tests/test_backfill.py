@@ -317,3 +317,71 @@ def test_a_failure_in_the_first_page_is_recorded_and_a_retry_completes(migrated_
         want = {x for x in expected(conn, wm.seq) if x[0] == topic and w.start <= conn.execute(
             "SELECT created_at FROM cn_relay.events WHERE event_id = %s", (x[1],)).fetchone()[0] < w.end}
         assert actual(conn) == want and len(want) == r.rows_copied
+
+
+def test_small_partitions_share_a_transaction_and_the_others_go_alone(migrated_url):
+    """run_many (what a Dagster run calls): small windows are taken, copied and finished together, one
+    partition per topic per transaction; a window over a page, one resuming after a checkpoint and one
+    already complete take their own way; the copy is exact either way."""
+    wm = at_watermark(migrated_url, 2000, 4)
+    topics = topic_ids(4)
+    parts = [(f"{w.start}|{t}", t, w) for w in WINDOWS for t in topics]
+    with db.connect(migrated_url) as conn:
+        sizes = dict(conn.execute(
+            "SELECT p.key, (SELECT count(*) FROM cn_search.backfill_manifest m WHERE m.topic_id = p.topic "
+            "AND m.created_at >= p.s AND m.created_at < p.e) FROM unnest(%s::text[], %s::text[], %s::bigint[], "
+            "%s::bigint[]) AS p(key, topic, s, e)", ([p[0] for p in parts], [p[1] for p in parts],
+                                                     [p[2].start for p in parts], [p[2].end for p in parts])).fetchall())
+    page = sorted(sizes.values())[len(sizes) * 9 // 10]  # one window in ten needs more than a page
+    resuming, complete = [p for p in parts if sizes[p[0]] > 10][:2]
+    backfill.run_partition(migrated_url, complete[0], complete[1], complete[2], owner="earlier")
+    with db.connect(migrated_url) as conn:
+        lease = backfill.acquire(conn, resuming[0], resuming[1], resuming[2], wm, owner="crashed")
+        backfill.write_page(conn, lease, backfill.read_page(conn, resuming[1], resuming[2], None, 10), 0)
+        conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() - interval '1 hour' "
+                     "WHERE partition_key = %s", (resuming[0],))
+
+    with backfill.Backfiller(migrated_url, owner="run", options=PartitionOptions(page_size=page)) as b:
+        results = list(b.run_many(parts))
+
+    assert [r.partition_key for r in results] == [p[0] for p in parts]
+    by_key = {r.partition_key: r for r in results}
+    assert by_key[complete[0]].noop and by_key[resuming[0]].resumed_after_rows == 10
+    assert all(r.rows_done == r.rows_total == sizes[r.partition_key] for r in results)
+    with db.connect(migrated_url) as conn:
+        want = expected(conn, wm.seq)
+        assert actual(conn) == want
+        assert conn.execute("SELECT sum(rows_copied), count(*) FILTER (WHERE status <> 'succeeded') "
+                            "FROM cn_search.backfill_jobs").fetchone() == (len(want), 0)
+        tokens = conn.execute("SELECT lease_token, count(*), count(DISTINCT topic_id), bool_or(rows_total > %s) "
+                              "FROM cn_search.backfill_jobs GROUP BY 1", (page,)).fetchall()
+    shared = [t for t in tokens if t[1] > 1]
+    assert len(shared) >= len(parts) // (2 * len(topics))  # most windows went in batches ...
+    assert all(n == distinct for _, n, distinct, _ in tokens)  # ... of one partition per topic
+    assert all(n == 1 for _, n, _, big in tokens if big)  # a window over a page went alone
+
+
+def test_a_batch_that_fails_leaves_nothing_and_its_partitions_fail_alone(migrated_url):
+    at_watermark(migrated_url, 600, 2)
+    parts = [(f"{w.start}|{t}", t, w) for w in WINDOWS[:6] for t in topic_ids(2)]
+    with db.connect(migrated_url) as conn:  # another run holds the fourth partition's lease
+        wm = backfill.require_watermark(conn)
+        backfill.acquire(conn, parts[3][0], parts[3][1], parts[3][2], wm, owner="other run")
+
+    def broken_writer(conn, writes):
+        raise RuntimeError("writer broke")
+
+    with backfill.Backfiller(migrated_url, owner="a", options=PartitionOptions(writer=broken_writer)) as b:
+        with pytest.raises(RuntimeError):
+            next(b.run_many(parts))
+    with backfill.Backfiller(migrated_url, owner="b") as b:
+        done = []
+        with pytest.raises(LeaseBusy):
+            for r in b.run_many(parts):
+                done.append(r)
+    assert [r.partition_key for r in done] == [p[0] for p in parts[:3]]
+    with db.connect(migrated_url) as conn:
+        jobs = dict(conn.execute("SELECT partition_key, status FROM cn_search.backfill_jobs").fetchall())
+        assert conn.execute("SELECT attempts, last_error FROM cn_search.backfill_jobs WHERE partition_key = %s",
+                            (parts[0][0],)).fetchone() == (2, None)
+    assert jobs[parts[3][0]] == "running" and all(jobs[p[0]] == "succeeded" for p in parts[:3])
