@@ -147,3 +147,4 @@ def apply_staged(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[st
             for row in rows(latest_per_document(writes)):
                 cp.write_row(row)
         return Counter(dict(cur.execute(STAGED_UPSERT_BY_TOPIC_SQL).fetchall()))
+
