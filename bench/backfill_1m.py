@@ -42,7 +42,7 @@ MONDAY = 1_767_571_200  # 2026-01-05, the first week of the Dagster partitions
 WEEK = 7 * 24 * 3600
 TABLES = ["cn_relay.events", "cn_relay.event_topics", "cn_relay.events_outbox", "cn_relay.consumer_offsets"]
 
-PER_RUN = 400  # search_migration/defs/backfill.py: DEFAULT_BACKFILL_POLICY (the bench does not import Dagster)
+PER_RUN = 1000  # search_migration/defs/backfill.py: DEFAULT_BACKFILL_POLICY (the bench does not import Dagster)
 WRITERS = {"unnest": pg_documents.apply_by_topic, "copy": pg_documents.apply_staged}
 
 # --------------------------------------------------------------------------- setup

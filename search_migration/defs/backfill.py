@@ -18,13 +18,12 @@ from .ui import OWNERS, number, runbook, tags
 
 BACKFILL_START = os.environ.get("SEARCH_MIGRATION_BACKFILL_START", "2026-01-05")  # a Monday
 BACKFILL_POOL = "backfill_source"  # limit in dagster.yaml: concurrency.pools.default_limit
-# multi_run(400), measured by bench/backfill_policy.py for 200 topics x 26 weeks on the 1M corpus:
-# a Dagster run costs ~5 s of overhead, a partition ~26 ms, pool limit 2 -> predicted 111 s, vs 142 s
-# for single_run() (no parallelism, one failure stops everything), 207 s for multi_run(100) and 625 s for
-# multi_run(25). Larger N saves a little more but leaves the pool idle behind one slow run.
-# Re-measured after the one-transaction partition (bench/backfill_1m.py: ~21 ms a partition; run overhead
-# 6.3-7.5 s): for 200 x 39 weeks the model predicts 152 s for multi_run(400), 111 s for multi_run(1000).
-DEFAULT_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=400)
+# multi_run(1000), measured by bench/backfill_policy.py for 200 topics x 26 weeks on the 1M corpus: a
+# Dagster run costs 6.2-6.6 s of overhead and, since small partitions share transactions, a partition
+# ~13 ms (bench/backfill_1m.py); with pool limit 2 the model predicts 58 s, vs 82 s for multi_run(400),
+# 202 s for multi_run(100) and 74 s for single_run() (no parallelism, one failure stops everything).
+# The 10,000-post demo (820 partitions) is one run. Larger N leaves the pool idle behind one slow run.
+DEFAULT_BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=1000)
 
 weeks_partitions = dg.WeeklyPartitionsDefinition(start_date=BACKFILL_START, day_offset=1, end_offset=1)
 backfill_partitions = dg.MultiPartitionsDefinition({"time": weeks_partitions, "topic": topics_partitions})
