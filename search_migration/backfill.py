@@ -8,7 +8,8 @@ lets a backfill page overwrite a newer document or a tombstone written by catch-
 
 Each partition is lease-fenced: a run holds a token on its `backfill_jobs` row and heartbeats it;
 every page (documents, checkpoint, progress) commits in one transaction that first locks the job
-row and checks the token, so a run that lost its lease can write nothing at all.
+row and checks the token, so a run that lost its lease can write nothing at all. Partitions smaller
+than a page go several to a transaction, each job row locked and finished in it (`run_many`).
 
 No Dagster here: the Dagster layer (defs/backfill.py) only maps partitions to windows.
 """
