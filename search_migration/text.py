@@ -100,51 +100,34 @@ def token_positions(normalized: str) -> dict[str, list[int]]:
     (bench/backfill_1m.py).
     """
     positions: dict[str, list[int]] = {}
-    get = positions.get
+
+    def add(token: str, position: int) -> None:
+        found = positions.get(token)
+        if found is None:
+            positions[token] = [position]
+        else:
+            found.append(position)
+
     pos = 0
     pending_tag = ""  # `#ラーメン`: a tag mark right before a CJK run, in the same word
     for i, piece in enumerate(_CJK_SPLIT.split(normalized)):
         if i % 2:  # odd pieces are the CJK runs
-            n = len(piece)
             if pending_tag:  # the tag sits where its run starts
-                piece_tag = pending_tag + piece
-                found = get(piece_tag)
-                if found is None:
-                    positions[piece_tag] = [pos + 1]
-                else:
-                    found.append(pos + 1)
+                add(pending_tag + piece, pos + 1)
                 pending_tag = ""
-            for j in range(n - 1):
-                gram = piece[j:j + 2]
-                found = get(gram)
-                if found is None:
-                    positions[gram] = [pos + j + 1]
-                else:
-                    found.append(pos + j + 1)
-            pos += n - 1 if n > 1 else 1
-            gram = piece[-1]
-            found = get(gram)
-            if found is None:
-                positions[gram] = [pos]
-            else:
-                found.append(pos)
+            for j in range(len(piece) - 1):
+                add(piece[j:j + 2], pos + j + 1)
+            pos += max(1, len(piece) - 1)
+            add(piece[-1], pos)
             continue
         word = ""
         for word in piece.split():  # Latin/digit words (the first and last may touch a CJK run)
             if word.strip("#@_"):  # a lone `#` or `@` is not a word
                 pos += 1
-                found = get(word)
-                if found is None:
-                    positions[word] = [pos]
-                else:
-                    found.append(pos)
+                add(word, pos)
                 bare = word.lstrip("#@")
                 if bare != word:  # `#nostr` is also found by `nostr`
-                    found = get(bare)
-                    if found is None:
-                        positions[bare] = [pos]
-                    else:
-                        found.append(pos)
+                    add(bare, pos)
         # a word of tag marks only, touching the next CJK run
         pending_tag = word[-1] if word and not word.strip("#@") and not piece[-1].isspace() else ""
     return positions
