@@ -443,6 +443,19 @@ FROM p WHERE j.partition_key = p.key
 """
 
 
+class _Member(NamedTuple):
+    key: str
+    topic_id: str
+    window: Window
+    rows_total: int
+
+
+def _window_params(parts: list) -> dict[str, list]:
+    """The `_BATCH` arrays of (key, topic, window, ...) tuples."""
+    return {"keys": [p[0] for p in parts], "topics": [p[1] for p in parts],
+            "starts": [p[2].start for p in parts], "ends": [p[2].end for p in parts]}
+
+
 # --------------------------------------------------------------------------- one partition
 
 
@@ -589,8 +602,7 @@ class Backfiller:
         if opts.rebuild or opts.max_rows_per_second > 0:
             return {}, len(group)
         started = time.monotonic()
-        arrays = {"keys": [g[0] for g in group], "topics": [g[1] for g in group],
-                  "starts": [g[2].start for g in group], "ends": [g[2].end for g in group]}
+        arrays = _window_params(group)
         taken = 0
         try:
             with conn.transaction():
@@ -599,7 +611,7 @@ class Backfiller:
                 state = {row[0]: row[1:] for row in conn.execute(
                     BATCH_STATE_SQL, {**arrays, "timeout": opts.lease_timeout_s})}
                 results: dict[str, PartitionResult] = {}
-                members: list[tuple[str, str, Window, int]] = []
+                members: list[_Member] = []
                 budget, topics = opts.page_size, set()
                 for key, topic_id, window in group:
                     status, live, resumes, done, total, manifest_rows = state[key]
@@ -608,7 +620,7 @@ class Backfiller:
                     elif not ((status == "running" and live) or resumes or manifest_rows > opts.page_size):
                         if manifest_rows > budget or topic_id in topics:
                             break  # the page is full (rows are counted per topic): the next batch starts here
-                        members.append((key, topic_id, window, manifest_rows))
+                        members.append(_Member(key, topic_id, window, manifest_rows))
                         budget -= manifest_rows
                         topics.add(topic_id)
                     taken += 1
@@ -618,28 +630,25 @@ class Backfiller:
             return {}, max(taken, 1)
         return results, max(taken, 1)
 
-    def _copy_members(self, members: list[tuple[str, str, Window, int]], wm: Watermark,
-                      started: float) -> dict[str, PartitionResult]:
+    def _copy_members(self, members: list[_Member], wm: Watermark, started: float) -> dict[str, PartitionResult]:
         """Inside the batch's transaction: read every member's window, write, finish them all."""
-        conn, token = self.conn, uuid.uuid4()
-        rows: dict[str, list[SourceRow]] = {key: [] for key, *_ in members}
-        for key, *row in conn.execute(BATCH_READ_SQL, {
-                "keys": [m[0] for m in members], "topics": [m[1] for m in members],
-                "starts": [m[2].start for m in members], "ends": [m[2].end for m in members]}).fetchall():
+        conn = self.conn
+        rows: dict[str, list[SourceRow]] = {m.key: [] for m in members}
+        for key, *row in conn.execute(BATCH_READ_SQL, _window_params(members)).fetchall():
             rows[key].append(SourceRow(*row))
-        writes = [w for key, topic_id, _, _ in members for w in _writes(conn, topic_id, rows[key])]
+        writes = [w for m in members for w in _writes(conn, m.topic_id, rows[m.key])]
         written = self.options.writer(conn, writes) if writes else Counter()
-        done = [len(rows[key]) for key, *_ in members]
-        copied = [written[topic_id] for _, topic_id, _, _ in members]  # one partition per topic in a batch
+        done = [len(rows[m.key]) for m in members]
+        copied = [written[m.topic_id] for m in members]  # one partition per topic in a batch
+        last = [rows[m.key][-1] if rows[m.key] else SourceRow(0, "", 0, False, None) for m in members]
         conn.execute(BATCH_DONE_SQL, {
-            "keys": [m[0] for m in members], "done": done, "total": [m[3] for m in members], "copied": copied,
-            "ts": [rows[m[0]][-1].created_at if rows[m[0]] else 0 for m in members],
-            "ids": [rows[m[0]][-1].event_id if rows[m[0]] else "" for m in members],
-            "token": token, "owner": self.owner, "seq": wm.seq})
+            "keys": [m.key for m in members], "done": done, "total": [m.rows_total for m in members],
+            "copied": copied, "ts": [r.created_at for r in last], "ids": [r.event_id for r in last],
+            "token": uuid.uuid4(), "owner": self.owner, "seq": wm.seq})
         elapsed, total_rows = time.monotonic() - started, max(1, sum(done))
-        return {key: PartitionResult(key, topic_id, window, total, n, rows_copied=c, rows_skipped=n - c,
-                                     pages=1 if n else 0, duration_s=elapsed * n / total_rows)
-                for (key, topic_id, window, total), n, c in zip(members, done, copied)}
+        return {m.key: PartitionResult(m.key, m.topic_id, m.window, m.rows_total, n, rows_copied=c,
+                                       rows_skipped=n - c, pages=1 if n else 0, duration_s=elapsed * n / total_rows)
+                for m, n, c in zip(members, done, copied)}
 
     def _page(self, lease: Lease, after: tuple[int, str] | None,
               result: PartitionResult) -> tuple[tuple[int, str] | None, bool]:
