@@ -4,9 +4,10 @@ Runs against the 1,000,000-post corpus seeded under .local/bench1m, but never to
 it copies cn_relay into a separate database (`bench_backfill`) on the same server once. Then, for
 each of --pairs pairs, interleaved so both sides see the same machine load: a backfill from empty
 (watermark + manifest included in its time; every topic × week partition, in runs of --per-run
-partitions handed to W worker processes as they free up, W = the pool limit), checked against the first backfill's rows, then a bare COPY of exactly those
-rows into the emptied, still-indexed table. Prints every pair, the median ratio (backfill rows/s ÷
-COPY rows/s) and the backfill wall times; a shared machine is noisy, so judge the median.
+partitions handed to W worker processes as they free up, W = the pool limit), checked against the
+first backfill's rows, then a bare COPY of exactly those rows into the emptied, still-indexed table.
+Prints every pair, the median ratio (backfill rows/s ÷ COPY rows/s) and the backfill wall times; a
+shared machine is noisy, so judge the median.
 
     eval "$(SEARCH_MIGRATION_HOME=/work/main/.local/bench1m SEARCH_MIGRATION_PG_PORT=55500 \
         SEARCH_MIGRATION_MEILI_PORT=7750 .venv/bin/search-migration services env)"
@@ -128,8 +129,8 @@ def backfill_trial(url: str, writer: str, workers: int, per_run: int, page_size:
         failed = conn.execute("SELECT count(*) FROM cn_search.backfill_jobs WHERE status <> 'succeeded'").fetchone()[0]
         rows = conn.execute(FINGERPRINT_SQL).fetchone()
     assert docs == copied and failed == 0, (docs, copied, failed)
-    return {"fingerprint": [int(rows[0]), str(rows[1])], "partitions": len(parts), "watermark": wm.seq, "manifest_rows": wm.manifest_rows, "documents": docs,
-            "rows_skipped": skipped, "manifest_seconds": round(manifest_s, 2), "seconds": round(backfill_s, 2),
+    return {"fingerprint": [int(rows[0]), str(rows[1])], "partitions": len(parts), "watermark": wm.seq,
+            "manifest_rows": wm.manifest_rows, "documents": docs, "rows_skipped": skipped, "manifest_seconds": round(manifest_s, 2), "seconds": round(backfill_s, 2),
             "rows_per_second": round(docs / backfill_s),
             "per_partition_ms": round(1000 * (backfill_s - manifest_s) * workers / len(parts), 2)}
 

@@ -393,7 +393,8 @@ def _write_page(conn: psycopg.Connection, lease: Lease, rows: list[SourceRow], r
 
 BATCH_PARTITIONS = 64  # partitions considered (and their job rows locked) per shared transaction
 
-_BATCH = "unnest(%(keys)s::text[], %(topics)s::text[], %(starts)s::bigint[], %(ends)s::bigint[]) AS p(key, topic, w_start, w_end)"
+_BATCH = ("unnest(%(keys)s::text[], %(topics)s::text[], %(starts)s::bigint[], %(ends)s::bigint[]) "
+          "AS p(key, topic, w_start, w_end)")
 
 BATCH_JOBS_SQL = f"""
 INSERT INTO cn_search.backfill_jobs (partition_key, topic_id, window_start, window_end, high_watermark)

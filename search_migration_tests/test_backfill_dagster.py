@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import time
-from pathlib import Path
-
-import dagster as dg
 import pytest
 
 from search_migration import backfill, db, demo_seed, flags
 from search_migration.demo_corpus import topic_ids
 from search_migration.partition_keys import topic_partition_key
 
-from .conftest import REPO, dagster_dev, poll
+from .conftest import dagster_dev, poll
+from .drills.helpers import busiest_week, checkpointed, dagster_home, kill_group, materialize, partition_key
 from .test_backfill import actual, expected
 from .test_dev_ui import graphql, wait_for
-
-DAGSTER = str(REPO / ".venv" / "bin" / "dagster")
-
-
-
-def materialize(env: dict, partition: str, config: dict, log: Path) -> subprocess.Popen:
-    """One real Dagster run of one partition, in its own process group (so it can be SIGKILLed whole)."""
-    return subprocess.Popen(
-        [DAGSTER, "asset", "materialize", "-m", "search_migration.definitions", "--select", "post_search_documents",
-         "--partition", partition, "--config-json", json.dumps({"ops": {"post_search_documents": {"config": config}}})],
-        env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def test_a_sigkilled_run_resumes_after_its_checkpoint(servers, migrated_url, tmp_path):
@@ -37,29 +19,16 @@ def test_a_sigkilled_run_resumes_after_its_checkpoint(servers, migrated_url, tmp
         demo_seed.write_source(conn, 2000, 2, 42)
         flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="backfill test")
         wm = backfill.capture_watermark(conn, by="test")
-        # the busiest (topic, week) of the corpus
-        topic, start = conn.execute(
-            "SELECT topic_id, created_at - (created_at - 1767571200) % 604800 AS wk FROM cn_search.backfill_manifest "
-            "GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT 1").fetchone()
-    week = time.strftime("%Y-%m-%d", time.gmtime(start))
-    key = f"{week}|{topic_partition_key(topic)}"
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("topics", [topic_partition_key(t) for t in topic_ids(2)])
-    env = servers.env(DATABASE_URL=migrated_url, DAGSTER_HOME=str(home), MEILI_INDEX="unused")
+        topic, start, _ = busiest_week(conn)
+    key = partition_key(topic, start)
+    env = servers.env(DATABASE_URL=migrated_url, DAGSTER_HOME=str(dagster_home(tmp_path, topic_ids(2))),
+                      MEILI_INDEX="unused")
     config = {"page_size": 5, "max_rows_per_second": 6, "lease_timeout_seconds": 3}
 
     run = materialize(env, key, config, tmp_path / "killed.log")
     with db.connect(migrated_url) as conn:
-        def checkpointed():
-            assert run.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            row = conn.execute("SELECT rows_done FROM cn_search.backfill_checkpoints WHERE partition_key = %s",
-                               (key,)).fetchone()
-            return row and row[0] >= 5
-        poll(checkpointed, 240, "the first checkpoint")
-        os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
+        poll(checkpointed(conn, run, tmp_path / "killed.log", key, 5), 240, "the first checkpoint")
+        kill_group(run)
         done_at_kill, total = conn.execute(
             "SELECT c.rows_done, j.rows_total FROM cn_search.backfill_checkpoints c "
             "JOIN cn_search.backfill_jobs j USING (partition_key) WHERE partition_key = %s", (key,)).fetchone()

@@ -170,6 +170,16 @@ def materialize(env: dict, partition: str, config: dict, log: Path) -> subproces
         env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def checkpointed(conn: psycopg.Connection, run: subprocess.Popen, log: Path, key: str, at_least: int):
+    """A `poll` predicate: the still-running `run` has checkpointed at least `at_least` rows of `key`."""
+    def reached() -> bool:
+        assert run.poll() is None, log.read_text()[-3000:]
+        row = conn.execute("SELECT rows_done FROM cn_search.backfill_checkpoints WHERE partition_key = %s",
+                           (key,)).fetchone()
+        return bool(row and row[0] >= at_least)
+    return reached
+
+
 def catchup_run(env: dict, config: dict, log: Path) -> subprocess.Popen:
     """One real catchup_job run in its own process group (run config as a file: JSON is YAML)."""
     run_config = log.with_suffix(".config.yaml")

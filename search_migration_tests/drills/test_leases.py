@@ -15,7 +15,8 @@ import signal
 from search_migration import db
 
 from ..conftest import poll
-from .helpers import assert_invariant, backfill_everything, catch_up_all, dual_partition, materialize, product_writes
+from .helpers import (assert_invariant, backfill_everything, catch_up_all, checkpointed, dual_partition, materialize,
+                      product_writes)
 
 
 def job(conn, key: str):
@@ -35,12 +36,6 @@ def test_a_zombie_run_writes_nothing_after_a_takeover(servers, migrated_url, mei
     zombie = materialize(env, key, {"page_size": 2, "max_rows_per_second": 4, "lease_timeout_seconds": 3},
                          tmp_path / "zombie.log")
     with db.connect(url) as conn:
-        def checkpointed():
-            assert zombie.poll() is None, (tmp_path / "zombie.log").read_text()[-3000:]
-            row = conn.execute("SELECT rows_done FROM cn_search.backfill_checkpoints WHERE partition_key = %s",
-                               (key,)).fetchone()
-            return row and row[0] >= 4
-
         def frozen_outside_a_transaction():
             os.killpg(zombie.pid, signal.SIGSTOP)
             if conn.execute("SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database() "
@@ -48,7 +43,7 @@ def test_a_zombie_run_writes_nothing_after_a_takeover(servers, migrated_url, mei
                 return True
             os.killpg(zombie.pid, signal.SIGCONT)  # frozen holding a row lock: let it commit, freeze again
             return False
-        poll(checkpointed, 300, "the zombie's first checkpoints")
+        poll(checkpointed(conn, zombie, tmp_path / "zombie.log", key, 4), 300, "the zombie's first checkpoints")
         try:
             poll(frozen_outside_a_transaction, 60, "freezing the zombie between transactions")
             poll(lambda: conn.execute("SELECT heartbeat_at < now() - interval '3 seconds' FROM cn_search.backfill_jobs "

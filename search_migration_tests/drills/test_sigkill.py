@@ -11,7 +11,7 @@ from search_migration import backfill, db, meili_index, source
 
 from ..conftest import poll
 from ..test_write_path import new_posts
-from .helpers import (assert_invariant, backfill_everything, catch_up_all, catchup_run, dagster_home,
+from .helpers import (assert_invariant, backfill_everything, catch_up_all, catchup_run, checkpointed, dagster_home,
                       dual_partition, kill_group, materialize, no_advisory_locks, product_writes, set_mode)
 
 
@@ -22,12 +22,7 @@ def test_backfill_run_sigkilled_mid_partition_then_rerun(servers, migrated_url, 
 
     run = materialize(env, key, config, tmp_path / "killed.log")
     with db.connect(url) as conn:
-        def checkpointed():
-            assert run.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            row = conn.execute("SELECT rows_done FROM cn_search.backfill_checkpoints WHERE partition_key = %s",
-                               (key,)).fetchone()
-            return row and row[0] >= 4
-        poll(checkpointed, 300, "the first checkpoint")
+        poll(checkpointed(conn, run, tmp_path / "killed.log", key, 4), 300, "the first checkpoint")
         kill_group(run)
         done_at_kill = conn.execute("SELECT rows_done FROM cn_search.backfill_checkpoints WHERE partition_key = %s",
                                     (key,)).fetchone()[0]
