@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 import dagster as dg  # noqa: E402
 
 from search_migration import db  # noqa: E402
-from search_migration.partition_keys import topic_partition_key  # noqa: E402
+from search_migration.backfill.partition_keys import topic_partition_key  # noqa: E402
 
 from backfill_1m import bench_url  # noqa: E402
 

@@ -17,7 +17,13 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from search_migration import db, demo_seed, flags, meili_index, migrate, outbox_consumer, services
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.schema import migrate
+from search_migration.write_path import consumer
+from search_migration.local import services
 from search_migration.settings import Settings
 
 SCRATCH = "bench_catchup"
@@ -34,7 +40,7 @@ def reset(conn, meili) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=outbox_consumer.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=consumer.DEFAULT_BATCH_SIZE)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
 
@@ -54,14 +60,14 @@ def main() -> None:
             seqs = conn.execute("SELECT seq FROM cn_relay.events_outbox ORDER BY seq LIMIT %s", (args.rows,))
             to_seq = seqs.fetchall()[-1][0]
             conn.execute("INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES (%s, 0)",
-                         (outbox_consumer.CONSUMER,))
+                         (consumer.CONSUMER,))
             results = []
             for _ in range(args.repeat):
                 for mode in ("meili_only", "pg_only", "dual"):
                     reset(conn, meili)
                     flags.set_flags(conn, {"search_write_mode": mode}, by="bench", reason="catch-up throughput")
                     started = time.perf_counter()
-                    result = outbox_consumer.catch_up(conn, meili, SCRATCH, to_seq=to_seq,
+                    result = consumer.catch_up(conn, meili, SCRATCH, to_seq=to_seq,
                                                       batch_size=args.batch_size)
                     elapsed = time.perf_counter() - started
                     assert result.end_offset == to_seq and not result.stalled, result

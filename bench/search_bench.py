@@ -25,11 +25,14 @@ import time
 
 import pandas as pd
 
-from search_migration import db, meili_index, meili_search, pg_search
-from search_migration.demo_corpus import EN_WORDS, JA_WORDS
-from search_migration.quality import legacy_grades, ndcg_at_10, overlap_at_10
+from search_migration import db
+from search_migration.write_path import meili_index
+from search_migration.search import meili_search
+from search_migration.search import pg_search
+from search_migration.local.demo_corpus import EN_WORDS, JA_WORDS
+from search_migration.gates.measures import legacy_grades, ndcg_at_10, overlap_at_10
 from search_migration.settings import Settings
-from search_migration.text import normalize
+from search_migration.search.text import normalize
 
 SAMPLE_SQL = """
 SELECT post_id, topic_id, content FROM cn_search.post_search_documents TABLESAMPLE SYSTEM (2) REPEATABLE (%s)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import sys
 import time
 
-from search_migration import db, migrate, pg_documents
-from search_migration.pg_documents import DocWrite
+from search_migration import db
+from search_migration.schema import migrate
+from search_migration.write_path import pg_documents
+from search_migration.write_path.pg_documents import DocWrite
 from search_migration.settings import Settings
-from search_migration.text import NORMALIZER_VERSION
+from search_migration.search.text import NORMALIZER_VERSION
 
 PAGE = 5_000
 SEARCH_MIGRATIONS = ("0005_search_index.sql", "0006_search_exact.sql")  # idempotent (IF NOT EXISTS)

@@ -17,11 +17,16 @@ from pathlib import Path
 import psycopg
 from meilisearch.errors import MeilisearchError
 
-from . import db, dead_letters, demo_seed, flags, meili_index, source
-from . import migrate as migrations
-from .demo_seed import SeedError
-from . import services
-from .settings import ConfigError, Settings, redact_dsn
+from search_migration import db
+from search_migration.write_path import dead_letters
+from search_migration.local import demo_seed
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.source import contract
+from search_migration.schema import migrate as migrations
+from search_migration.local.demo_seed import SeedError
+from search_migration.local import services
+from search_migration.settings import ConfigError, Settings, redact_dsn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,7 +146,7 @@ def cmd_status(args) -> None:
     """Where the migration stands (backfill progress and ETA, outbox lag); --json for machines."""
     import json
 
-    from . import status
+    from search_migration.ops import status
 
     s = _settings()
     with _connect(s) as conn:
@@ -162,7 +167,7 @@ def _prepare_demo(s: Settings, posts: int, topics: int, seed: int) -> None:
     print(f"migrations: {len(applied)} applied")
     with _connect(s) as conn:
         events = conn.execute("SELECT count(*) FROM cn_relay.events").fetchone()[0]
-        settled = events and source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
+        settled = events and contract.consumer_offset(conn, contract.CONSUMER) == contract.outbox_head(conn)
     if settled:
         print(f"demo corpus: keeping the existing {events} posts (`demo seed --reset ...` replaces them)")
     else:
@@ -179,7 +184,7 @@ def _dagster_env(s: Settings) -> dict[str, str]:
 
 def cmd_metrics_serve(args) -> None:
     """Serve Prometheus /metrics until interrupted."""
-    from . import exporter
+    from search_migration.ops import exporter
 
     s = _settings()
     _connect(s).close()
@@ -197,7 +202,7 @@ def _latest_gates(s: Settings) -> dict:
 
     import dagster as dg
 
-    from .defs.cutover import CHECK_ASSET, latest_gates
+    from search_migration.defs.cutover import CHECK_ASSET, latest_gates
 
     warnings.simplefilter("ignore")
     os.environ.update({**s.environment(), "DAGSTER_HOME": str(home)})
@@ -227,7 +232,8 @@ def cmd_demo_run(args) -> None:
 
     import dagster as dg
 
-    from . import demo_run, status
+    from search_migration.local import demo_run
+    from search_migration.ops import status
 
     warnings.simplefilter("ignore")  # Dagster's beta/preview notices are for developers, not this screen
     s = _settings()
@@ -255,7 +261,7 @@ def cmd_search(args) -> None:
     """`search` / `suggest` through the read router (the same path applications embed); JSON on stdout."""
     import json
 
-    from .read_router import BadRequest, ReadRouter, SearchUnavailable
+    from search_migration.search.read_router import BadRequest, ReadRouter, SearchUnavailable
 
     s = _settings()
     router = ReadRouter(s.database_url, meili_index.client(s.meili_url, s.meili_master_key, timeout=5),

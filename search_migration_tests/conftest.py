@@ -23,8 +23,11 @@ import psycopg
 import dagster as dg
 import pytest
 
-from search_migration import db, demo_seed, meili_index, services
-from search_migration.migrate import migrate
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.write_path import meili_index
+from search_migration.local import services
+from search_migration.schema.migrate import migrate
 from search_migration.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from search_migration import backfill, db, flags, meili_index, outbox_consumer, read_router, source
-from search_migration.backfill import Window
+from search_migration.backfill import core
+from search_migration import db
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.write_path import consumer
+from search_migration.search import read_router
+from search_migration.source import contract
+from search_migration.backfill.core import Window
 from search_migration.definitions import defs
-from search_migration.read_router import ReadRouter
+from search_migration.search.read_router import ReadRouter
 
 from .test_write_path import TOPIC, meili_ids, new_posts
 
@@ -47,10 +53,10 @@ def materialize(instance, *names: str) -> dict[str, bool]:
 
 def backfill_all(url: str) -> None:
     with db.connect(url) as conn:
-        backfill.capture_watermark(conn, by="test")
-        topics = source.topic_ids(conn)
+        core.capture_watermark(conn, by="test")
+        topics = contract.topic_ids(conn)
     for topic in topics:
-        backfill.run_partition(url, f"all-{topic}", topic, Window(0, 2**62), owner="cutover-test")
+        core.run_partition(url, f"all-{topic}", topic, Window(0, 2**62), owner="cutover-test")
 
 
 def shadow_traffic(url: str, meili, uid: str, rate: int, n: int = 40) -> None:
@@ -95,7 +101,7 @@ def test_legacy_to_live_to_complete_and_back(dagster_env, seeded, meili, index_u
     assert stage_flags(seeded)["search_write_mode"] == "pg_only"
     with db.connect(seeded) as conn:
         fresh = new_posts(conn, 25, "written-in-complete")
-        assert outbox_consumer.catch_up(conn, meili, index_uid).end_offset == source.outbox_head(conn)
+        assert consumer.catch_up(conn, meili, index_uid).end_offset == contract.outbox_head(conn)
     fresh_ids = {meili_index.doc_id(e, TOPIC) for e, _ in fresh}
     assert not fresh_ids & meili_ids(meili, index_uid)
 

@@ -9,7 +9,8 @@ import subprocess
 import dagster as dg
 import psycopg
 
-from search_migration import db, demo_seed
+from search_migration import db
+from search_migration.local import demo_seed
 from search_migration.definitions import defs
 from search_migration.defs.ui import RUNBOOK_URL
 

@@ -8,9 +8,15 @@ import psutil
 import psycopg
 import pytest
 
-from search_migration import db, demo_seed, flags, meili_index, services, source, stages
-from search_migration.demo_corpus import expected_live_rows_per_topic, generate
-from search_migration.migrate import migrate
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.local import services
+from search_migration.source import contract
+from search_migration.cutover import stages
+from search_migration.local.demo_corpus import expected_live_rows_per_topic, generate
+from search_migration.schema.migrate import migrate
 
 from .conftest import run_cli, with_dbname
 
@@ -43,9 +49,9 @@ def test_same_seed_same_corpus_and_legacy_index_matches_source(servers, migrated
     posts, topics = 12_000, 8
     with db.connect(migrated_url) as conn:
         result = demo_seed.seed(conn, meili, index_uid, posts=posts, topics=topics, seed=11)
-        live = source.live_rows_per_topic(conn)
-        head = source.outbox_head(conn)
-        offset = source.consumer_offset(conn, source.CONSUMER)
+        live = contract.live_rows_per_topic(conn)
+        head = contract.outbox_head(conn)
+        offset = contract.consumer_offset(conn, contract.CONSUMER)
         deleted = conn.execute("SELECT count(*) FROM cn_relay.events WHERE is_deleted").fetchone()[0]
         orphans = conn.execute("""
             SELECT count(*) FROM cn_relay.event_topics et
@@ -85,7 +91,7 @@ def test_same_seed_same_corpus_and_legacy_index_matches_source(servers, migrated
         other = demo_seed.seed(conn, meili, index_uid, posts=2_000, topics=topics, seed=12, reset_first=True)
         assert other.fingerprint != result.fingerprint
         assert flags.read_all(conn) == stages.BASE_FLAGS["legacy"]  # --reset starts the migration over
-        assert meili_index.counts_per_topic(meili, index_uid) == source.live_rows_per_topic(conn)
+        assert meili_index.counts_per_topic(meili, index_uid) == contract.live_rows_per_topic(conn)
 
 
 def _source_consistent(url: str) -> None:
@@ -134,14 +140,14 @@ def test_meilisearch_killed_mid_index_leaves_source_consistent_and_rerun_finishe
     _source_consistent(migrated_url)
     with db.connect(migrated_url) as conn:
         assert conn.execute("SELECT count(*) FROM cn_relay.events").fetchone()[0] == 30_000
-        assert source.consumer_offset(conn, source.CONSUMER) == 0  # legacy indexer did not finish
+        assert contract.consumer_offset(conn, contract.CONSUMER) == 0  # legacy indexer did not finish
 
     services.up(own_meili)  # the outage ends; the same data directory comes back
     rerun = run_cli("demo", "seed", "--posts", "30000", "--topics", "10", "--quiet", env=env)
     assert rerun.returncode == 0, rerun.stderr
     with db.connect(migrated_url) as conn:
-        assert meili_index.counts_per_topic(own, "posts") == source.live_rows_per_topic(conn)
-        assert source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
+        assert meili_index.counts_per_topic(own, "posts") == contract.live_rows_per_topic(conn)
+        assert contract.consumer_offset(conn, contract.CONSUMER) == contract.outbox_head(conn)
 
 
 def run_cli_argv() -> list[str]:

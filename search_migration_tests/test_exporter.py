@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 import urllib.request
 
-from search_migration import db, exporter, flags, outbox_consumer
+from search_migration import db
+from search_migration.ops import exporter
+from search_migration.cutover import flags
+from search_migration.write_path import consumer
 
 from .conftest import free_port
 from .test_write_path import FAST, new_posts
@@ -25,9 +28,9 @@ def test_metrics_read_durable_state(seeded, meili, index_uid):
         conn.execute("CREATE FUNCTION cn_search.refuse() RETURNS trigger LANGUAGE plpgsql AS "
                      "$$ BEGIN RAISE EXCEPTION 'injected'; END $$; CREATE TRIGGER refuse BEFORE INSERT "
                      "ON cn_search.post_search_documents FOR EACH ROW EXECUTE FUNCTION cn_search.refuse();")
-        assert outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST).stalled
+        assert consumer.catch_up(conn, meili, index_uid, retry=FAST).stalled
         conn.execute("DROP TRIGGER refuse ON cn_search.post_search_documents")
-        assert not outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST).stalled
+        assert not consumer.catch_up(conn, meili, index_uid, retry=FAST).stalled
         new_posts(conn, 4, "backlog")  # not caught up: the backlog
     port = free_port()
     server, thread = exporter.serve(lambda: db.connect(seeded), "127.0.0.1", port)

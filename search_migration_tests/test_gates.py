@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from search_migration import gates
-from search_migration.backfill import Progress
-from search_migration.drift import DriftReport, TopicDrift
-from search_migration.shadow_report import ShadowReport
+from search_migration.gates import policy
+from search_migration.backfill.core import Progress
+from search_migration.gates.drift import DriftReport, TopicDrift
+from search_migration.gates.shadow_report import ShadowReport
 
 
 def report(samples: int = 100, **kw) -> ShadowReport:
@@ -24,36 +24,36 @@ def by_name(results):
 
 
 def test_a_good_report_passes_every_quality_gate():
-    assert all(g.passed for g in gates.quality(report()))
+    assert all(g.passed for g in policy.quality(report()))
 
 
 def test_each_threshold_fails_its_own_gate():
-    slow = by_name(gates.quality(report(latency_ms={"search/pg": {"p95": 181.0}, "suggest/pg": {"p95": 80.0}})))
+    slow = by_name(policy.quality(report(latency_ms={"search/pg": {"p95": 181.0}, "suggest/pg": {"p95": 80.0}})))
     assert not slow["search_p95"].passed and slow["suggest_p95"].passed  # at most 80: 80 passes
-    worse = by_name(gates.quality(report(overlap_median=0.69, ndcg_at_10=0.9, error_rate=0.01)))
+    worse = by_name(policy.quality(report(overlap_median=0.69, ndcg_at_10=0.9, error_rate=0.01)))
     assert not worse["overlap_at_10"].passed and worse["ndcg_at_10"].passed  # at least 0.90: 0.90 passes
     assert not worse["error_rate"].passed  # below 1 %: 1 % fails
-    custom = by_name(gates.quality(report(overlap_median=0.69), {"overlap_at_10": 0.5}))
+    custom = by_name(policy.quality(report(overlap_median=0.69), {"overlap_at_10": 0.5}))
     assert custom["overlap_at_10"].passed
 
 
 def test_too_little_data_never_passes():
-    thin = by_name(gates.quality(report(samples=3)))
+    thin = by_name(policy.quality(report(samples=3)))
     assert not thin["shadow_sample_size"].passed
     assert not thin["overlap_at_10"].passed and "insufficient sample" in thin["overlap_at_10"].detail
-    empty = by_name(gates.quality(report(samples=0, overlap_median=None, ndcg_at_10=None, error_rate=None,
+    empty = by_name(policy.quality(report(samples=0, overlap_median=None, ndcg_at_10=None, error_rate=None,
                                          latency_ms={})))
     assert not any(g.passed for g in empty.values())
-    nothing_compared = by_name(gates.integrity(DriftReport(10, 0, False, [TopicDrift("t", 0, 0)]), 0, DONE))
+    nothing_compared = by_name(policy.integrity(DriftReport(10, 0, False, [TopicDrift("t", 0, 0)]), 0, DONE))
     assert not nothing_compared["drift_zero"].passed and "insufficient sample" in nothing_compared["drift_zero"].detail
-    lagging = by_name(gates.integrity(DriftReport(10, 0, True, []), 1000, DONE))
+    lagging = by_name(policy.integrity(DriftReport(10, 0, True, []), 1000, DONE))
     assert not lagging["drift_zero"].passed and not lagging["catchup_lag"].passed  # < 1,000: 1,000 fails
     assert lagging["backfill_complete"].passed
 
 
 def test_backfill_is_complete_only_at_its_watermark():
     clean = DriftReport(10, 0, False, [TopicDrift("t", 5, 5, sampled=5)])
-    assert not by_name(gates.integrity(clean, 0, Progress(None, None, 0, 0, {}, 0.0, None)))["backfill_complete"].passed
-    half = by_name(gates.integrity(clean, 0, Progress(9, "now", 100, 50, {}, 1.0, 50.0)))["backfill_complete"]
+    assert not by_name(policy.integrity(clean, 0, Progress(None, None, 0, 0, {}, 0.0, None)))["backfill_complete"].passed
+    half = by_name(policy.integrity(clean, 0, Progress(9, "now", 100, 50, {}, 1.0, 50.0)))["backfill_complete"]
     assert not half.passed and half.detail == "50/100 rows at watermark 9"
-    assert by_name(gates.integrity(clean, 0, DONE))["backfill_complete"].passed
+    assert by_name(policy.integrity(clean, 0, DONE))["backfill_complete"].passed

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from search_migration import db, flags, invariants, meili_index, outbox_consumer, source
+from search_migration import db
+from search_migration.cutover import flags
+from search_migration_tests.support import invariants
+from search_migration.write_path import meili_index
+from search_migration.write_path import consumer
+from search_migration.source import contract
 
 from .test_cutover import backfill_all
 
@@ -13,14 +18,14 @@ def converged(url: str, meili, uid: str) -> tuple[int, invariants.Invariant]:
         flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="invariant test")
     backfill_all(url)
     with db.connect(url) as conn:
-        head = outbox_consumer.catch_up(conn, meili, uid).end_offset
+        head = consumer.catch_up(conn, meili, uid).end_offset
         return head, invariants.check(conn, head, meili, uid)
 
 
 def test_a_converged_migration_satisfies_the_invariant(seeded, meili, index_uid):
     head, inv = converged(seeded, meili, index_uid)
     with db.connect(seeded) as conn:
-        live = sum(source.live_rows_per_topic(conn).values())
+        live = sum(contract.live_rows_per_topic(conn).values())
     assert inv.ok, inv.as_dict()
     assert inv.live == live and inv.checked > live  # deleted and removed pairs are checked too
     assert inv.meili_checked and inv.quarantined == 0

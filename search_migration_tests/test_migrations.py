@@ -8,7 +8,7 @@ import threading
 import psycopg
 import pytest
 
-from search_migration.migrate import ADVISORY_LOCK_KEY, MIGRATIONS_DIR, MigrationError, migrate
+from search_migration.schema.migrate import ADVISORY_LOCK_KEY, MIGRATIONS_DIR, MigrationError, migrate
 
 from .conftest import run_cli
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from search_migration.partition_keys import PartitionKeyError, topic_from_partition_key, topic_partition_key
+from search_migration.backfill.partition_keys import PartitionKeyError, topic_from_partition_key, topic_partition_key
 
 
 @pytest.mark.parametrize("topic", ["t0001-ramen", "kukuri:tauri", "a|b", "x,y", "50% off", "東京/カフェ", "a b"])

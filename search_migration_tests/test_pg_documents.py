@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from search_migration import db, pg_documents
-from search_migration.pg_documents import DocWrite
-from search_migration.text import NORMALIZER_VERSION
+from search_migration import db
+from search_migration.write_path import pg_documents
+from search_migration.write_path.pg_documents import DocWrite
+from search_migration.search.text import NORMALIZER_VERSION
 
 POST = "a" * 64
 

@@ -6,9 +6,14 @@ import random
 
 import pytest
 
-from search_migration import db, demo_seed, meili_index, meili_search, pg_documents, pg_search
-from search_migration.pg_documents import DocWrite
-from search_migration.quality import overlap_at_10
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.write_path import meili_index
+from search_migration.search import meili_search
+from search_migration.write_path import pg_documents
+from search_migration.search import pg_search
+from search_migration.write_path.pg_documents import DocWrite
+from search_migration.gates.measures import overlap_at_10
 
 T1, T2 = "t-ramen", "t-tech"
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from search_migration import db, demo_seed, meili_index, pg_documents, services
-from search_migration.pg_documents import DocWrite
-from search_migration.read_router import (BadRequest, ReadRouter, SearchUnavailable, _digest, decode_cursor,
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.write_path import meili_index
+from search_migration.write_path import pg_documents
+from search_migration.local import services
+from search_migration.write_path.pg_documents import DocWrite
+from search_migration.search.read_router import (BadRequest, ReadRouter, SearchUnavailable, _digest, decode_cursor,
                                           encode_cursor, sample_bucket)
 
 TOPIC = "t0000-ramen"

@@ -6,8 +6,11 @@ import json
 
 import psycopg
 
-from search_migration import db, demo_seed, pg_documents, services
-from search_migration.pg_documents import DocWrite
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.write_path import pg_documents
+from search_migration.local import services
+from search_migration.write_path.pg_documents import DocWrite
 
 from .conftest import run_cli
 

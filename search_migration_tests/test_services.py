@@ -7,7 +7,7 @@ import socket
 
 import psutil
 
-from search_migration import services
+from search_migration.local import services
 from search_migration.settings import Settings
 
 from .conftest import CACHE, free_port, run_cli

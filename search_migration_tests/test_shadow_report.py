@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from search_migration import db, flags, shadow_report
-from search_migration.read_router import ReadRouter
-from search_migration.shadow_report import GoldenQuery
+from search_migration import db
+from search_migration.cutover import flags
+from search_migration.gates import shadow_report
+from search_migration.search.read_router import ReadRouter
+from search_migration.gates.shadow_report import GoldenQuery
 
 from .test_write_path import TOPIC
 

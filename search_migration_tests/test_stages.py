@@ -2,8 +2,8 @@
 
 import pytest
 
-from search_migration import stages
-from search_migration.stages import BASE_FLAGS, StageError, current, plan
+from search_migration.cutover import stages
+from search_migration.cutover.stages import BASE_FLAGS, StageError, current, plan
 
 
 def flags_at(stage: str, rate: int = 0) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search_migration.text import NORMALIZER_VERSION, index_tokens, normalize, token_positions, tsvector_literal
+from search_migration.search.text import NORMALIZER_VERSION, index_tokens, normalize, token_positions, tsvector_literal
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -11,8 +11,15 @@ import threading
 import psycopg
 from prometheus_client import CollectorRegistry, generate_latest
 
-from search_migration import db, demo_seed, flags, meili_index, metrics, outbox_consumer, services, source
-from search_migration.outbox_consumer import Retry
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.ops import counters
+from search_migration.write_path import consumer
+from search_migration.local import services
+from search_migration.source import contract
+from search_migration.write_path.consumer import Retry
 
 from .conftest import REPO, run_cli
 
@@ -82,13 +89,13 @@ def test_dual_mode_pg_failure_stalls_only_pg_and_converges_after_restart(seeded,
             CREATE TRIGGER refuse_one BEFORE INSERT OR UPDATE ON cn_search.post_search_documents
                 FOR EACH ROW EXECUTE FUNCTION cn_search.refuse_one();
         """)
-        result = outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST)
+        result = consumer.catch_up(conn, meili, index_uid, retry=FAST)
         assert set(result.stalled) == {"pg"}
         assert meili_index.doc_id(poison, TOPIC) in meili_ids(meili, index_uid)  # Meilisearch has the row
         assert (poison, TOPIC) not in pg_docs(conn)  # PostgreSQL does not
-        assert source.consumer_offset(conn, source.CONSUMER) < poison_seq  # the offset stays before it
-        assert metrics.read(conn, metrics.DUAL_WRITE_ERRORS) == {("pg", "upsert"): 1}
-        assert metrics.total(conn, metrics.DUAL_WRITE_RETRIES) == 0
+        assert contract.consumer_offset(conn, contract.CONSUMER) < poison_seq  # the offset stays before it
+        assert counters.read(conn, counters.DUAL_WRITE_ERRORS) == {("pg", "upsert"): 1}
+        assert counters.total(conn, counters.DUAL_WRITE_RETRIES) == 0
         conn.execute("DROP TRIGGER refuse_one ON cn_search.post_search_documents")
 
     # The next catch-up is a real Dagster run in a new process: the stall survived the restart.
@@ -98,11 +105,11 @@ def test_dual_mode_pg_failure_stalls_only_pg_and_converges_after_restart(seeded,
     with db.connect(seeded) as conn:
         docs = pg_docs(conn)
         assert [docs[(e, TOPIC)] for e, _ in rows] == [(s, False) for _, s in rows]  # applied, in order
-        assert source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
-        assert metrics.read(conn, metrics.DUAL_WRITE_RETRIES) == {("pg", "upsert"): 1}
+        assert contract.consumer_offset(conn, contract.CONSUMER) == contract.outbox_head(conn)
+        assert counters.read(conn, counters.DUAL_WRITE_RETRIES) == {("pg", "upsert"): 1}
         assert conn.execute("SELECT count(*) FROM cn_search.side_write_failures").fetchone()[0] == 0
     registry = CollectorRegistry()
-    registry.register(metrics.DurableCounters(lambda: db.connect(seeded)))
+    registry.register(counters.DurableCounters(lambda: db.connect(seeded)))
     exposed = generate_latest(registry).decode()
     assert 'search_dual_write_errors_total{backend="pg",operation="upsert"} 1.0' in exposed
     assert 'search_dual_write_retries_total{backend="pg",operation="upsert"} 1.0' in exposed
@@ -114,9 +121,9 @@ def test_meilisearch_stopped_during_catchup_loses_nothing(migrated_url, own_meil
     with db.connect(migrated_url) as conn:
         demo_seed.seed(conn, own, uid, posts=400, topics=3, seed=9)
         set_mode(conn, "dual")
-        start = source.consumer_offset(conn, source.CONSUMER)
+        start = contract.consumer_offset(conn, contract.CONSUMER)
         new_posts(conn, 3_000, "outage")
-        head = source.outbox_head(conn)
+        head = contract.outbox_head(conn)
     script = (
         "import sys; from search_migration import db, meili_index, outbox_consumer as oc\n"
         f"conn = db.connect({migrated_url!r})\n"
@@ -126,20 +133,20 @@ def test_meilisearch_stopped_during_catchup_loses_nothing(migrated_url, own_meil
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.PIPE, text=True)
     with db.connect(migrated_url) as conn:
-        while source.consumer_offset(conn, source.CONSUMER) <= start:  # wait for real progress
+        while contract.consumer_offset(conn, contract.CONSUMER) <= start:  # wait for real progress
             assert proc.poll() is None, proc.stderr.read()
     services.down(own_meili)  # the outage
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 3, stderr
     with db.connect(migrated_url) as conn:
-        stalled_at = source.consumer_offset(conn, source.CONSUMER)
+        stalled_at = contract.consumer_offset(conn, contract.CONSUMER)
         assert start < stalled_at < head
         meili_side = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets"))["meili"]
         assert stalled_at == meili_side  # the offset is the lagging side's, never past an unapplied row
 
     services.up(own_meili)  # Meilisearch comes back with its data
     with db.connect(migrated_url) as conn:
-        result = outbox_consumer.catch_up(conn, own, uid, retry=FAST)
+        result = consumer.catch_up(conn, own, uid, retry=FAST)
         assert not result.stalled and result.end_offset == head
         assert meili_ids(own, uid) == live_doc_ids(conn)  # nothing lost, nothing extra
         pg_live = {meili_index.doc_id(p, t) for (p, t), (_, deleted) in pg_docs(conn).items() if not deleted}
@@ -154,9 +161,9 @@ def test_malformed_row_is_dead_lettered_and_replayed_with_audit(seeded, servers,
         rows = new_posts(conn, 1_000, "dl")
         bad, bad_seq = rows[500]
         conn.execute("UPDATE cn_relay.events SET created_at = -1 WHERE event_id = %s", (bad,))
-        result = outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST)
+        result = consumer.catch_up(conn, meili, index_uid, retry=FAST)
         assert result.dead_lettered == 1 and not result.stalled
-        assert result.end_offset == source.outbox_head(conn)
+        assert result.end_offset == contract.outbox_head(conn)
         good = {(e, TOPIC) for e, _ in rows} - {(bad, TOPIC)}
         assert good <= set(pg_docs(conn)) and (bad, TOPIC) not in pg_docs(conn)
         ids = meili_ids(meili, index_uid)
@@ -194,8 +201,8 @@ def test_a_document_one_engine_rejects_is_dead_lettered_for_that_engine_only(see
         conn.execute("UPDATE cn_relay.events SET content = 'forbidden words' WHERE event_id = %s", (bad,))
         conn.execute("ALTER TABLE cn_search.post_search_documents "
                      "ADD CONSTRAINT no_forbidden CHECK (content NOT LIKE 'forbidden%%')")
-        result = outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST)
-        assert not result.stalled and result.end_offset == source.outbox_head(conn)
+        result = consumer.catch_up(conn, meili, index_uid, retry=FAST)
+        assert not result.stalled and result.end_offset == contract.outbox_head(conn)
         assert conn.execute("SELECT backend, seq, reason_class FROM cn_search.dead_letters").fetchall() == [
             ("pg", bad_seq, "rejected")]
         docs = pg_docs(conn)
@@ -204,13 +211,13 @@ def test_a_document_one_engine_rejects_is_dead_lettered_for_that_engine_only(see
 
 
 def test_replay_limit_is_honoured_exactly(seeded, meili, index_uid):
-    from search_migration import dead_letters
+    from search_migration.write_path import dead_letters
 
     with db.connect(seeded) as conn:
         set_mode(conn, "pg_only")
         conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id) "
                      "SELECT 'upsert', md5(g::text) || md5(g::text), %s FROM generate_series(1, 5) g", (TOPIC,))
-        assert outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST).dead_lettered == 5
+        assert consumer.catch_up(conn, meili, index_uid, retry=FAST).dead_lettered == 5
         outcomes = dead_letters.replay(conn, meili, index_uid, by="oncall", reason="try two", limit=2)
         assert len(outcomes) == 2 and all(o.action == "failed" for o in outcomes)  # still missing: audited
         counts = conn.execute("SELECT replay_count, count(*) FROM cn_search.dead_letters "
@@ -221,14 +228,14 @@ def test_replay_limit_is_honoured_exactly(seeded, meili, index_uid):
 def test_mode_flips_while_rows_flow_land_each_row_in_its_modes_engines(seeded, meili, index_uid):
     with db.connect(seeded) as conn:
         set_mode(conn, "meili_only")
-        start = source.consumer_offset(conn, source.CONSUMER)
+        start = contract.consumer_offset(conn, contract.CONSUMER)
         rows = new_posts(conn, 3_000, "flip")
     errors = []
 
     def consume():
         try:
             with db.connect(seeded) as c:
-                outbox_consumer.catch_up(c, meili, index_uid, batch_size=100, retry=FAST)
+                consumer.catch_up(c, meili, index_uid, batch_size=100, retry=FAST)
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
@@ -236,12 +243,12 @@ def test_mode_flips_while_rows_flow_land_each_row_in_its_modes_engines(seeded, m
     worker.start()
     with db.connect(seeded) as conn:
         for threshold, mode in ((start + 1_000, "dual"), (start + 2_000, "pg_only")):
-            while source.consumer_offset(conn, source.CONSUMER) < threshold:
+            while contract.consumer_offset(conn, contract.CONSUMER) < threshold:
                 assert worker.is_alive() or errors, "catch-up finished before the flip"
             set_mode(conn, mode)
         worker.join(timeout=300)
         assert not errors, errors
-        assert source.consumer_offset(conn, source.CONSUMER) == source.outbox_head(conn)
+        assert contract.consumer_offset(conn, contract.CONSUMER) == contract.outbox_head(conn)
         in_pg = {p for (p, _t) in pg_docs(conn)}
     in_meili = meili_ids(meili, index_uid)
     engines = ["".join(("M" if meili_index.doc_id(e, TOPIC) in in_meili else "") + ("P" if e in in_pg else ""))

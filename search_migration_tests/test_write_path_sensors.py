@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from search_migration import db, source
+from search_migration import db
+from search_migration.source import contract
 from search_migration.defs.resources import PostgresResource
 from search_migration.defs.write_path import catchup_job, high_watermark_sensor, topic_partitions_sensor
-from search_migration.partition_keys import topic_partition_key
+from search_migration.backfill.partition_keys import topic_partition_key
 
 from .test_write_path import new_posts
 
@@ -20,7 +21,7 @@ def _context(instance, url, cursor=None):
 def test_high_watermark_sensor_requests_the_range_and_skips_while_in_flight(migrated_url):
     with db.connect(migrated_url) as conn:
         new_posts(conn, 7, "sensor")
-        head = source.outbox_head(conn)
+        head = contract.outbox_head(conn)
     with dg.instance_for_test() as instance:
         ctx = _context(instance, migrated_url)
         request = high_watermark_sensor(ctx)
@@ -38,7 +39,7 @@ def test_high_watermark_sensor_requests_the_range_and_skips_while_in_flight(migr
 
     with db.connect(migrated_url) as conn:
         conn.execute("INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES (%s, %s)",
-                     (source.CONSUMER, head))
+                     (contract.CONSUMER, head))
     with dg.instance_for_test() as instance:
         idle = high_watermark_sensor(_context(instance, migrated_url))
         assert isinstance(idle, dg.SkipReason) and "caught up" in idle.skip_message

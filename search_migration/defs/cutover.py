@@ -5,7 +5,9 @@ from typing import Optional
 
 import dagster as dg
 
-from .. import cutover, flags, stages
+from search_migration.cutover import moves
+from search_migration.cutover import flags
+from search_migration.cutover import stages
 from .gates import DRIFT_CHECKS, QUALITY_CHECKS
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
@@ -24,9 +26,9 @@ class CutoverConfig(dg.Config):
     soak_hours: float = 24
 
 
-def latest_gates(instance: dg.DagsterInstance, names: tuple[str, ...]) -> dict[str, Optional[cutover.GateStatus]]:
+def latest_gates(instance: dg.DagsterInstance, names: tuple[str, ...]) -> dict[str, Optional[moves.GateStatus]]:
     """The latest evaluation of each gate's asset check, whichever run produced it."""
-    found: dict[str, Optional[cutover.GateStatus]] = {}
+    found: dict[str, Optional[moves.GateStatus]] = {}
     for name in names:
         if name not in CHECK_ASSET:
             continue
@@ -36,7 +38,7 @@ def latest_gates(instance: dg.DagsterInstance, names: tuple[str, ...]) -> dict[s
         if evaluation is None:
             found[name] = None
             continue
-        found[name] = cutover.GateStatus(
+        found[name] = moves.GateStatus(
             name, bool(evaluation.passed), dt.datetime.fromtimestamp(record.event.timestamp, dt.timezone.utc),
             evaluation.description or "")
     return found
@@ -53,8 +55,8 @@ def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: Postg
             job, other = ("rollback_job", "cutover_job") if rollback_only else ("cutover_job", "rollback_job")
             raise dg.Failure(f"{job} does not do this: {move.describe()}; use {other}", allow_retries=False)
         gates = {**latest_gates(context.instance, move.gates),
-                 **cutover.engine_gates(conn, postgres.database_url, config.soak_hours)}
-        problems = cutover.blockers(move, gates, config.max_gate_age_minutes * 60)
+                 **moves.engine_gates(conn, postgres.database_url, config.soak_hours)}
+        problems = moves.blockers(move, gates, config.max_gate_age_minutes * 60)
         context.log.info(("DRY RUN: " if config.dry_run else "") + move.describe())
         for name in move.gates:
             gate = gates.get(name)
@@ -66,9 +68,9 @@ def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: Postg
         if config.dry_run:
             return
         try:
-            changed = cutover.execute(conn, move, by=config.by, reason=config.reason, gates=gates,
+            changed = moves.execute(conn, move, by=config.by, reason=config.reason, gates=gates,
                                       meili=meili.client(), index_uid=meili.index_uid)
-        except (cutover.CutoverRefused, flags.FlagError) as exc:
+        except (moves.CutoverRefused, flags.FlagError) as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
     context.log.info("flags changed: " + (", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()) or "none"))
 

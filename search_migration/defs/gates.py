@@ -2,12 +2,17 @@
 
 import dagster as dg
 
-from .. import backfill, drift, flags, gates, shadow_report, source
-from ..read_router import ReadRouter
+from search_migration.backfill import core
+from search_migration.gates import drift
+from search_migration.cutover import flags
+from search_migration.gates import policy
+from search_migration.gates import shadow_report
+from search_migration.source import contract
+from search_migration.search.read_router import ReadRouter
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, number, runbook, tags
 
-D = gates.DEFAULTS
+D = policy.DEFAULTS
 # What each gate means to whoever reads a red check; its runbook entry (anchor gate-<name>) says what to do.
 CHECK_DESCRIPTIONS = {
     "drift_zero": "Gate: no sampled document differs between Meilisearch and PostgreSQL (ids and content, both "
@@ -36,18 +41,18 @@ def _check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
 class Thresholds(dg.Config):
     """Gate thresholds; defaults are the product runbook's."""
 
-    overlap_at_10: float = gates.DEFAULTS["overlap_at_10"]
-    ndcg_at_10: float = gates.DEFAULTS["ndcg_at_10"]
-    search_p95_ms: float = gates.DEFAULTS["search_p95_ms"]
-    suggest_p95_ms: float = gates.DEFAULTS["suggest_p95_ms"]
-    error_rate: float = gates.DEFAULTS["error_rate"]
-    outbox_backlog: int = gates.DEFAULTS["outbox_backlog"]
-    min_sample: int = gates.DEFAULTS["min_sample"]
+    overlap_at_10: float = policy.DEFAULTS["overlap_at_10"]
+    ndcg_at_10: float = policy.DEFAULTS["ndcg_at_10"]
+    search_p95_ms: float = policy.DEFAULTS["search_p95_ms"]
+    suggest_p95_ms: float = policy.DEFAULTS["suggest_p95_ms"]
+    error_rate: float = policy.DEFAULTS["error_rate"]
+    outbox_backlog: int = policy.DEFAULTS["outbox_backlog"]
+    min_sample: int = policy.DEFAULTS["min_sample"]
     window_hours: float = 24
     drift_sample_per_topic: int = 200
 
 
-def _check_results(results: list[gates.Gate]) -> list[dg.AssetCheckResult]:
+def _check_results(results: list[policy.Gate]) -> list[dg.AssetCheckResult]:
     return [dg.AssetCheckResult(check_name=g.name, passed=g.passed, description=g.detail,
                                 metadata={"value": number(g.value), "threshold": number(g.threshold), "detail": g.detail})
             for g in results]
@@ -64,9 +69,9 @@ def _check_results(results: list[gates.Gate]) -> list[dg.AssetCheckResult]:
 def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
         report = drift.report(conn, meili.client(), meili.index_uid, sample_per_topic=config.drift_sample_per_topic)
-        backlog = source.outbox_head(conn) - source.consumer_offset(conn, source.CONSUMER)
-        progress = backfill.progress(conn)
-    results = gates.integrity(report, backlog, progress, config.model_dump())
+        backlog = contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)
+        progress = core.progress(conn)
+    results = policy.integrity(report, backlog, progress, config.model_dump())
     drifting = report.drifting_topics[:20]
     return dg.MaterializeResult(
         metadata={
@@ -100,7 +105,7 @@ def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: Me
     with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.client(), meili.index_uid) as router:
         rate = int(flags.get(conn, "shadow_sample_rate"))
         report = shadow_report.build(conn, router, window_hours=config.window_hours, expected_sample_rate=rate)
-    results = gates.quality(report, config.model_dump())
+    results = policy.quality(report, config.model_dump())
     latency = {f"{k.replace('/', '_')}_{q}_ms": v for k, qs in report.latency_ms.items() for q, v in qs.items()}
     return dg.MaterializeResult(
         metadata={

@@ -6,7 +6,8 @@ import dagster as dg
 import meilisearch
 import psycopg
 
-from .. import db, meili_index
+from search_migration import db
+from search_migration.write_path import meili_index
 
 
 class PostgresResource(dg.ConfigurableResource):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from .. import meili_index, source
+from search_migration.write_path import meili_index
+from search_migration.source import contract
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
 
@@ -27,8 +28,8 @@ LEGACY_INDEX = dg.AssetSpec(
 @dg.multi_observable_source_asset(specs=[OUTBOX], name="events_outbox")
 def events_outbox(postgres: PostgresResource):
     with postgres.connect() as conn:
-        head = source.outbox_head(conn)
-        offset = source.consumer_offset(conn, source.CONSUMER)
+        head = contract.outbox_head(conn)
+        offset = contract.consumer_offset(conn, contract.CONSUMER)
     yield dg.ObserveResult(
         asset_key=OUTBOX.key, data_version=dg.DataVersion(str(head)),
         metadata={"outbox_head_seq": head, "consumer_offset": offset, "consumer_lag": head - offset},

@@ -5,8 +5,10 @@ from typing import Optional
 
 import dagster as dg
 
-from .. import dead_letters, outbox_consumer, source
-from ..partition_keys import PartitionKeyError, topic_partition_key
+from search_migration.write_path import dead_letters
+from search_migration.write_path import consumer
+from search_migration.source import contract
+from search_migration.backfill.partition_keys import PartitionKeyError, topic_partition_key
 from .partitions import topics_partitions
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
@@ -18,7 +20,7 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
 
 class CatchUpConfig(dg.Config):
     to_seq: Optional[int] = None  # default: the outbox head when the run starts
-    batch_size: int = outbox_consumer.DEFAULT_BATCH_SIZE
+    batch_size: int = consumer.DEFAULT_BATCH_SIZE
 
 
 @dg.op(
@@ -29,9 +31,9 @@ def catch_up(context: dg.OpExecutionContext, config: CatchUpConfig, postgres: Po
              meili: MeiliResource) -> dg.Output[int]:
     with postgres.connect() as conn:
         try:
-            result = outbox_consumer.catch_up(conn, meili.client(), meili.index_uid, to_seq=config.to_seq,
+            result = consumer.catch_up(conn, meili.client(), meili.index_uid, to_seq=config.to_seq,
                                               batch_size=config.batch_size)
-        except outbox_consumer.ConsumerBusy as exc:
+        except consumer.ConsumerBusy as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
     metadata = {"start_offset": result.start_offset, "end_offset": result.end_offset, "target": result.target,
                 "rows_applied": result.rows_applied, "dead_lettered": result.dead_lettered, "lag": result.lag}
@@ -94,8 +96,8 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
     if running:
         return dg.SkipReason(f"catch-up run {running[0].run_id[:8]} is still in flight")
     with postgres.connect() as conn:
-        head = source.outbox_head(conn)
-        offset = source.consumer_offset(conn, source.CONSUMER)
+        head = contract.outbox_head(conn)
+        offset = contract.consumer_offset(conn, contract.CONSUMER)
     if head <= offset:
         return dg.SkipReason(f"caught up: consumer offset {offset} is at the outbox head")
     to_seq = min(head, offset + MAX_RANGE)
@@ -117,7 +119,7 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
                        "backfill covers it. A skipped topic (bad id) is logged as a warning.")
 def topic_partitions_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
     with postgres.connect() as conn:
-        topics = source.topic_ids(conn)
+        topics = contract.topic_ids(conn)
     known = set(context.instance.get_dynamic_partitions(topics_partitions.name))
     new, refused = [], 0
     for topic in topics:

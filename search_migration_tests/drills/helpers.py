@@ -16,11 +16,17 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
-from search_migration import backfill, db, demo_seed, flags, invariants, outbox_consumer, source
-from search_migration.backfill import Window
-from search_migration.demo_corpus import EPOCH
-from search_migration.outbox_consumer import Retry
-from search_migration.partition_keys import topic_partition_key
+from search_migration.backfill import core
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.cutover import flags
+from search_migration_tests.support import invariants
+from search_migration.write_path import consumer
+from search_migration.source import contract
+from search_migration.backfill.core import Window
+from search_migration.local.demo_corpus import EPOCH
+from search_migration.write_path.consumer import Retry
+from search_migration.backfill.partition_keys import topic_partition_key
 
 from ..conftest import REPO
 
@@ -44,7 +50,7 @@ def product_writes(conn: psycopg.Connection, tag: str, *, inserts: int = 0, edit
     transaction each); edits/deletes/removals pick live posts (of `topic`, created in `window`, when given).
     Returns the event ids per kind."""
     rng = random.Random(f"{tag}:{seed}")
-    topics = [topic] if topic else source.topic_ids(conn)
+    topics = [topic] if topic else contract.topic_ids(conn)
     done: dict[str, list[str]] = {"insert": [], "edit": [], "delete": [], "removal": []}
     for i in range(inserts):
         event_id = hashlib.sha256(f"drill:{tag}:{i}".encode()).hexdigest()
@@ -92,30 +98,30 @@ def product_writes(conn: psycopg.Connection, tag: str, *, inserts: int = 0, edit
 # --------------------------------------------------------------------------- getting to a caught-up dual state
 
 
-def backfill_everything(url: str, options: backfill.PartitionOptions | None = None) -> None:
+def backfill_everything(url: str, options: core.PartitionOptions | None = None) -> None:
     """Every (topic, week) the manifest holds, in-process: the partitions a drill does not fault."""
     with db.connect(url) as conn:
         weeks = conn.execute("SELECT DISTINCT topic_id, created_at - (created_at - %s) %% %s "
                              "FROM cn_search.backfill_manifest ORDER BY 1, 2", (EPOCH, WEEK)).fetchall()
     for topic, start in weeks:
-        backfill.run_partition(url, partition_key(topic, start), topic, Window(start, start + WEEK),
+        core.run_partition(url, partition_key(topic, start), topic, Window(start, start + WEEK),
                                owner="drill", options=options)
 
 
 def catch_up_all(url: str, meili, index_uid: str) -> int:
     """Catch up to the outbox head in-process; returns the head every engine has applied."""
     with db.connect(url) as conn:
-        result = outbox_consumer.catch_up(conn, meili, index_uid, retry=FAST)
+        result = consumer.catch_up(conn, meili, index_uid, retry=FAST)
         assert not result.stalled and result.waiting_on_gap is None, result
-        assert result.end_offset == source.outbox_head(conn)
+        assert result.end_offset == contract.outbox_head(conn)
         return result.end_offset
 
 
 def assert_invariant(url: str, drill: str, meili=None, index_uid: str | None = None) -> invariants.Invariant:
     """The exhaustive invariant at the outbox head; its figures are printed for the drill report."""
     with db.connect(url) as conn:
-        head = source.outbox_head(conn)
-        assert source.consumer_offset(conn, source.CONSUMER) == head, "check only after catching up"
+        head = contract.outbox_head(conn)
+        assert contract.consumer_offset(conn, contract.CONSUMER) == head, "check only after catching up"
         inv = invariants.check(conn, head, meili, index_uid)
     print(f"\nDRILL {drill}: " + json.dumps({k: v for k, v in inv.as_dict().items() if k != "examples"}))
     assert inv.checked > 0 and inv.live > 0
@@ -154,9 +160,9 @@ def dual_partition(servers, url: str, meili, index_uid: str, tmp_path: Path):
     with db.connect(url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
         set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+        core.capture_watermark(conn, by="drill")
         topic, start, rows = busiest_week(conn)
-        topics = source.topic_ids(conn)
+        topics = contract.topic_ids(conn)
     env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,
                       DAGSTER_HOME=str(dagster_home(tmp_path, topics)))
     return env, topic, Window(start, start + WEEK), partition_key(topic, start), rows

@@ -21,8 +21,12 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-from search_migration import db, demo_corpus, invariants, outbox_consumer, source
-from search_migration.read_router import ReadRouter
+from search_migration import db
+from search_migration.local import demo_corpus
+from search_migration_tests.support import invariants
+from search_migration.write_path import consumer
+from search_migration.source import contract
+from search_migration.search.read_router import ReadRouter
 
 from ..test_cutover import QUERIES, backfill_all, evaluations, failure_message, run_job, shadow_traffic, stage_flags
 
@@ -142,7 +146,7 @@ class Consumer(threading.Thread):
                         self.running.wait(0.1)
                         continue
                     self.idle.clear()
-                    outbox_consumer.catch_up(conn, self.meili, self.uid, batch_size=200)
+                    consumer.catch_up(conn, self.meili, self.uid, batch_size=200)
                     self.batches += 1
         except BaseException as exc:
             self.error = exc
@@ -188,7 +192,7 @@ def ramp(instance, url: str, meili, uid: str, consumer: Consumer, rates=(25, 50)
 def test_writes_and_reads_flow_through_the_whole_migration(dagster_env, seeded, meili, index_uid):
     instance, url = dagster_env, seeded
     with db.connect(url) as conn:
-        topics = source.topic_ids(conn)
+        topics = contract.topic_ids(conn)
     writers = [ProductWriter(url, topics, seed, per_second=15) for seed in (1, 2)]
     reader, consumer = Reader(url, meili, index_uid, topics), Consumer(url, meili, index_uid)
     for t in (*writers, reader, consumer):
@@ -222,8 +226,8 @@ def test_writes_and_reads_flow_through_the_whole_migration(dagster_env, seeded, 
     assert reader.backends["pg"] > 0 and reader.backends["meili"] > 0, reader.backends
 
     with db.connect(url) as conn:
-        head = outbox_consumer.catch_up(conn, meili, index_uid).end_offset
-        assert head == source.outbox_head(conn)
+        head = consumer.catch_up(conn, meili, index_uid).end_offset
+        assert head == contract.outbox_head(conn)
         inv = invariants.check(conn, head, meili, index_uid)
     print(f"\ncontinuous writer: {sum(ops.values())} writes in {elapsed:.0f} s "
           f"({sum(ops.values()) / elapsed:.1f}/s) {dict(ops)}; reader {reader.requests} requests, 0 failed; "

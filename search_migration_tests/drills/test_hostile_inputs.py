@@ -20,9 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search_migration import db, pg_search
-from search_migration.read_router import BadRequest, ReadRouter
-from search_migration.text import normalize, token_positions, tsvector_literal
+from search_migration import db
+from search_migration.search import pg_search
+from search_migration.search.read_router import BadRequest, ReadRouter
+from search_migration.search.text import normalize, token_positions, tsvector_literal
 
 from ..conftest import run_cli
 from ..test_cutover import run_job

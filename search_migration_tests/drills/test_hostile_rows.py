@@ -18,7 +18,12 @@ import random
 
 import dagster as dg
 
-from search_migration import dead_letters, db, flags, invariants, outbox_consumer, source
+from search_migration.write_path import dead_letters
+from search_migration import db
+from search_migration.cutover import flags
+from search_migration_tests.support import invariants
+from search_migration.write_path import consumer
+from search_migration.source import contract
 from search_migration.definitions import defs
 
 from ..test_cutover import backfill_all
@@ -41,8 +46,8 @@ NASTY = {
     "sql_like": "'; DROP TABLE cn_relay.events; -- %_ \\",
 }
 NASTY_TOPICS = {
-    "long_topic": "t" * outbox_consumer.MAX_TOPIC_ID,  # exactly at the limit: valid
-    "long_cjk_topic": "話" * outbox_consumer.MAX_TOPIC_ID,
+    "long_topic": "t" * consumer.MAX_TOPIC_ID,  # exactly at the limit: valid
+    "long_cjk_topic": "話" * consumer.MAX_TOPIC_ID,
     "quote_topic": "t'\"; DROP--%_\\",
     "rtl_topic": "\u202etopic\u200f🍜",
 }
@@ -136,7 +141,7 @@ def test_hostile_rows_are_dead_lettered_good_rows_land_in_both_engines(dagster_e
         t.expect_bad(missing_seq, "missing_source_event")
         t.expect_bad(t.outbox("upsert", "NOT-HEX-" + "z" * 56, TOPIC), "malformed_payload")
         t.expect_bad(t.outbox("delete", existing.upper(), TOPIC), "malformed_payload")
-        t.expect_bad(t.outbox("upsert", existing, "t" * (outbox_consumer.MAX_TOPIC_ID + 1)), "malformed_payload")
+        t.expect_bad(t.outbox("upsert", existing, "t" * (consumer.MAX_TOPIC_ID + 1)), "malformed_payload")
         t.expect_bad(t.outbox("upsert", existing, "bell\x07topic"), "malformed_payload")
         t.expect_bad(t.outbox("upsert", existing, "   "), "malformed_payload")
         t.post("after-malformed", "malformed の後の投稿", n=5)
@@ -152,13 +157,13 @@ def test_hostile_rows_are_dead_lettered_good_rows_land_in_both_engines(dagster_e
         conn.execute("UPDATE cn_relay.events SET is_deleted = true WHERE event_id = %s", (deleted[0],))
         t.outbox("delete", *deleted)
         t.post("tail", "最後の普通の投稿 tail post", n=30)
-        head = source.outbox_head(conn)
+        head = contract.outbox_head(conn)
 
     run = catchup_run(dagster_env, batch_size=16)
     assert run.success, [e.step_failure_data.error.message for e in run.all_events if e.is_step_failure]
 
     with db.connect(seeded) as conn:
-        assert source.consumer_offset(conn, source.CONSUMER) == head  # nothing blocked the offset
+        assert contract.consumer_offset(conn, contract.CONSUMER) == head  # nothing blocked the offset
         assert conn.execute("SELECT count(*) FROM cn_search.side_write_failures").fetchone()[0] == 0
         assert open_dead_letters(conn) == t.bad  # every bad row once, with its reason class; no good row
         errors = [e for e, in conn.execute("SELECT error FROM cn_search.dead_letters")]

@@ -8,8 +8,16 @@ the outage is recorded as a shadow error, not returned to them.
 
 from __future__ import annotations
 
-from search_migration import backfill, db, demo_seed, flags, meili_index, outbox_consumer, pg_search, services, source
-from search_migration.read_router import ReadRouter
+from search_migration.backfill import core
+from search_migration import db
+from search_migration.local import demo_seed
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.write_path import consumer
+from search_migration.search import pg_search
+from search_migration.local import services
+from search_migration.source import contract
+from search_migration.search.read_router import ReadRouter
 
 from ..test_cutover import QUERIES
 from ..test_write_path import new_posts
@@ -25,18 +33,18 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
     with db.connect(url) as conn:
         demo_seed.seed(conn, own, UID, posts=600, topics=4, seed=9)
         set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+        core.capture_watermark(conn, by="drill")
     backfill_everything(url)
     catch_up_all(url, own, UID)
     with db.connect(url) as conn:
         # live with every read shadowed: PostgreSQL answers, Meilisearch is the shadow
         flags.set_flags(conn, {"search_read_backend": "pg", "suggest_read_backend": "pg", "shadow_sample_rate": "100"},
                         by="drill", reason="drill: live, all reads shadowed")
-        start = source.consumer_offset(conn, source.CONSUMER)
+        start = contract.consumer_offset(conn, contract.CONSUMER)
         new_posts(conn, 2_000, "meili-outage")
         product_writes(conn, "meili-outage", inserts=20, edits=40, deletes=40, removals=20)
-        head = source.outbox_head(conn)
-        topics = source.topic_ids(conn)
+        head = contract.outbox_head(conn)
+        topics = contract.topic_ids(conn)
 
     consumer = child(
         "import sys; from search_migration import db, meili_index, outbox_consumer as oc\n"
@@ -45,16 +53,16 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
         f"{UID!r}, batch_size=50, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n"
         "sys.exit(3 if r.stalled else 0)\n", tmp_path / "consumer.log")
     with db.connect(url) as conn:
-        poll(lambda: source.consumer_offset(conn, source.CONSUMER) > start + 100 or consumer.poll() is not None,
+        poll(lambda: contract.consumer_offset(conn, contract.CONSUMER) > start + 100 or consumer.poll() is not None,
              300, "catch-up progress")
         assert consumer.poll() is None, "catch-up finished before the outage"
         services.down(own_meili)  # the outage, mid-catch-up
         assert consumer.wait(timeout=300) == 3, (tmp_path / "consumer.log").read_text()[-3000:]
         sides = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets"))
-        assert start < sides["meili"] < head and sides["meili"] == source.consumer_offset(conn, source.CONSUMER)
+        assert start < sides["meili"] < head and sides["meili"] == contract.consumer_offset(conn, contract.CONSUMER)
         assert sides["pg"] >= sides["meili"]  # the overall offset is the lagging side's: Meilisearch's
         for _ in range(3):  # the sensor keeps requesting catch-up runs while Meilisearch is down
-            again = outbox_consumer.catch_up(conn, own, UID, batch_size=50, retry=FAST)
+            again = consumer.catch_up(conn, own, UID, batch_size=50, retry=FAST)
             assert "meili" in again.stalled
 
         # reads during the outage: every answer is PostgreSQL's, none fails; the shadow side records errors

@@ -8,7 +8,12 @@ overall offset pg_only moved on.
 
 from __future__ import annotations
 
-from search_migration import backfill, db, flags, invariants, source, stages
+from search_migration.backfill import core
+from search_migration import db
+from search_migration.cutover import flags
+from search_migration_tests.support import invariants
+from search_migration.source import contract
+from search_migration.cutover import stages
 
 from ..test_cutover import failure_message, run_job
 from .helpers import assert_invariant, backfill_everything, catch_up_all, product_writes, set_mode
@@ -18,7 +23,7 @@ def test_rollback_from_complete_replays_pg_only_writes_into_meilisearch(dagster_
     url = seeded
     with db.connect(url) as conn:
         set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+        core.capture_watermark(conn, by="drill")
     backfill_everything(url)
     catch_up_all(url, meili, index_uid)
     with db.connect(url) as conn:
@@ -32,7 +37,7 @@ def test_rollback_from_complete_replays_pg_only_writes_into_meilisearch(dagster_
     catch_up_all(url, meili, index_uid)
     assert_invariant(url, "8 in complete (PostgreSQL only)")
     with db.connect(url) as conn:
-        stale = invariants.check(conn, source.outbox_head(conn), meili, index_uid)
+        stale = invariants.check(conn, contract.outbox_head(conn), meili, index_uid)
     # Meilisearch really missed the pg_only writes of every kind: the drill has something to replay
     assert stale.meili_missing >= 30 and stale.meili_extra >= 30 and stale.meili_wrong_content >= 30, stale.as_dict()
 

@@ -7,7 +7,10 @@ commits an offset only after every engine applied the rows below it, so a kill r
 
 from __future__ import annotations
 
-from search_migration import backfill, db, meili_index, source
+from search_migration.backfill import core
+from search_migration import db
+from search_migration.write_path import meili_index
+from search_migration.source import contract
 
 from ..conftest import poll
 from ..test_write_path import new_posts
@@ -56,13 +59,13 @@ def test_catchup_run_sigkilled_mid_batch_then_rerun(servers, seeded, meili, inde
     url = seeded
     with db.connect(url) as conn:
         set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+        core.capture_watermark(conn, by="drill")
     backfill_everything(url)
     with db.connect(url) as conn:
-        start = source.consumer_offset(conn, source.CONSUMER)
+        start = contract.consumer_offset(conn, contract.CONSUMER)
         new_posts(conn, 2_000, "sigkill-catchup")
         product_writes(conn, "sigkill-catchup", inserts=20, edits=40, deletes=40, removals=20)
-        head = source.outbox_head(conn)
+        head = contract.outbox_head(conn)
     env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,
                       DAGSTER_HOME=str(dagster_home(tmp_path, [])))
 
@@ -70,13 +73,13 @@ def test_catchup_run_sigkilled_mid_batch_then_rerun(servers, seeded, meili, inde
     with db.connect(url) as conn:
         def mid_batch():
             assert run.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            offset = source.consumer_offset(conn, source.CONSUMER)
+            offset = contract.consumer_offset(conn, contract.CONSUMER)
             written = conn.execute("SELECT coalesce(max(source_seq), 0) FROM cn_search.post_search_documents"
                                    ).fetchone()[0]
             return offset > start + 200 and written > offset  # rows written whose offset is not committed
         poll(mid_batch, 300, "catch-up progress with a batch in flight")
         kill_group(run)
-        offset_at_kill = source.consumer_offset(conn, source.CONSUMER)
+        offset_at_kill = contract.consumer_offset(conn, contract.CONSUMER)
         ahead_at_kill = conn.execute("SELECT count(*) FROM cn_search.post_search_documents WHERE source_seq > %s",
                                      (offset_at_kill,)).fetchone()[0]
         assert start < offset_at_kill < head, "the kill must land mid-range"
@@ -87,4 +90,4 @@ def test_catchup_run_sigkilled_mid_batch_then_rerun(servers, seeded, meili, inde
     assert_invariant(url, "1b catch-up SIGKILL", meili, index_uid)
     assert ahead_at_kill > 0, "the kill must land between a batch's writes and its offset commit"
     with db.connect(url) as conn:
-        assert meili_index.counts_per_topic(meili, index_uid) == source.live_rows_per_topic(conn)
+        assert meili_index.counts_per_topic(meili, index_uid) == contract.live_rows_per_topic(conn)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import meilisearch
 import psycopg
 
-from . import flags
-from .outbox_consumer import CONSUMER, FETCH_SQL, Consumer, DeterministicError, Item, Retry, TransientError
+from search_migration.cutover import flags
+from search_migration.write_path.consumer import CONSUMER, FETCH_SQL, Consumer, DeterministicError, Item, Retry, TransientError
 
 OPEN_SQL = """
 SELECT dead_letter_id, backend, op, seq, event_id, topic_id, reason_class

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import psycopg
 
-from .text import NORMALIZER_VERSION, normalize, token_positions, tsvector_literal
+from search_migration.search.text import NORMALIZER_VERSION, normalize, token_positions, tsvector_literal
 
 
 # A post larger than this is dead-lettered (`content_too_large`) by catch-up and backfill alike, for both

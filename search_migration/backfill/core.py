@@ -25,9 +25,10 @@ from typing import Callable, Iterator, NamedTuple
 
 import psycopg
 
-from . import db, pg_documents
-from .flags import WriteMode, write_mode
-from .pg_documents import MAX_CONTENT_BYTES, DocWrite
+from search_migration import db
+from search_migration.write_path import pg_documents
+from search_migration.cutover.flags import WriteMode, write_mode
+from search_migration.write_path.pg_documents import MAX_CONTENT_BYTES, DocWrite
 
 DEFAULT_PAGE_SIZE = 5_000
 DEFAULT_LEASE_TIMEOUT_S = 60.0

@@ -26,12 +26,16 @@ import psycopg
 from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationError, MeilisearchTimeoutError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from . import flags, meili_index, metrics, pg_documents, source
-from .pg_documents import DocWrite
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.ops import counters
+from search_migration.write_path import pg_documents
+from search_migration.source import contract
+from search_migration.write_path.pg_documents import DocWrite
 
 log = logging.getLogger(__name__)
 
-CONSUMER = source.CONSUMER
+CONSUMER = contract.CONSUMER
 EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_TOPIC_ID = 255
 MAX_CONTENT_BYTES = pg_documents.MAX_CONTENT_BYTES
@@ -246,7 +250,7 @@ def consumer_lock(conn: psycopg.Connection, consumer: str):
 
 def side_offsets(conn: psycopg.Connection, consumer: str, sides: list[str]) -> dict[str, int]:
     """Each side's offset; a side seen for the first time starts at the overall offset."""
-    overall = source.consumer_offset(conn, consumer)
+    overall = contract.consumer_offset(conn, consumer)
     known = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets WHERE consumer = %s",
                               (consumer,)).fetchall())
     return {side: known.get(side, overall) for side in sides}
@@ -260,7 +264,7 @@ def _dead_letter(conn, backend: str, item: Item, reason_class: str, error: str) 
         (backend, item.op[:40], item.seq, item.event_id[:200], item.topic_id[:MAX_TOPIC_ID], reason_class, error),
     ).fetchone()
     if inserted:
-        metrics.increment(conn, metrics.DUAL_WRITE_ERRORS, backend, item.op if item.op in ("upsert", "delete") else "other")
+        counters.increment(conn, counters.DUAL_WRITE_ERRORS, backend, item.op if item.op in ("upsert", "delete") else "other")
 
 
 def _record_stall(conn, consumer: str, side: str, item: Item, error: str) -> None:
@@ -270,7 +274,7 @@ def _record_stall(conn, consumer: str, side: str, item: Item, error: str) -> Non
         "seq = EXCLUDED.seq, op = EXCLUDED.op, error = EXCLUDED.error, last_failed_at = now(), "
         "attempts = side_write_failures.attempts + 1",
         (consumer, side, item.seq, item.op, error))
-    metrics.increment(conn, metrics.DUAL_WRITE_ERRORS, side, item.op)
+    counters.increment(conn, counters.DUAL_WRITE_ERRORS, side, item.op)
 
 
 def _clear_stall(conn, consumer: str, side: str, applied_upto: int) -> None:
@@ -278,7 +282,7 @@ def _clear_stall(conn, consumer: str, side: str, applied_upto: int) -> None:
     row = conn.execute("DELETE FROM cn_search.side_write_failures WHERE consumer = %s AND backend = %s "
                        "AND seq <= %s RETURNING op", (consumer, side, applied_upto)).fetchone()
     if row:
-        metrics.increment(conn, metrics.DUAL_WRITE_RETRIES, side, row[0])
+        counters.increment(conn, counters.DUAL_WRITE_RETRIES, side, row[0])
 
 
 def _set_offsets(conn, consumer: str, offsets: dict[str, int]) -> int:
@@ -443,9 +447,9 @@ class Consumer:
     def run(self, to_seq: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> CatchUpResult:
         conn = self.conn
         with consumer_lock(conn, self.consumer):
-            head = source.outbox_head(conn)  # never past the head: a higher seq may not be visible yet
+            head = contract.outbox_head(conn)  # never past the head: a higher seq may not be visible yet
             target = head if to_seq is None else min(to_seq, head)
-            offset = source.consumer_offset(conn, self.consumer)
+            offset = contract.consumer_offset(conn, self.consumer)
             result = CatchUpResult(self.consumer, offset, offset, target)
             inflight: _Batch | None = None
             while True:

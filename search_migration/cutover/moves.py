@@ -14,8 +14,13 @@ from dataclasses import asdict, dataclass
 import meilisearch
 import psycopg
 
-from . import flags, meili_index, migrate, outbox_consumer, source, stages
-from .stages import Move
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.schema import migrate
+from search_migration.write_path import consumer
+from search_migration.source import contract
+from search_migration.cutover import stages
+from search_migration.cutover.stages import Move
 
 ENGINE_GATES = ("schema_migrated", "live_soak")
 
@@ -85,8 +90,8 @@ def reverse_catch_up(conn: psycopg.Connection, meili: meilisearch.Client, index_
     """Writes go dual again and Meilisearch replays what it missed in `complete`; returns its offset."""
     flags.set_flags(conn, {"search_write_mode": "dual"}, by=by, reason=f"{reason} (reverse catch-up)",
                     stage_from="complete", stage_to="complete", evidence={"phase": "reverse catch-up"})
-    target = source.outbox_head(conn)
-    result = outbox_consumer.catch_up(conn, meili, index_uid, to_seq=target)
+    target = contract.outbox_head(conn)
+    result = consumer.catch_up(conn, meili, index_uid, to_seq=target)
     if result.stalled or result.end_offset < target:
         raise CutoverRefused(f"reverse catch-up stopped at seq {result.end_offset} of {target} "
                              f"({'; '.join(result.stalled.values()) or 'waiting on a sequence gap'}); "

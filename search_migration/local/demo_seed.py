@@ -17,9 +17,12 @@ import meilisearch
 import psycopg
 from meilisearch.errors import MeilisearchCommunicationError, MeilisearchTimeoutError
 
-from . import flags, meili_index, source, stages
-from .demo_corpus import BATCH_POSTS, NOTE_KIND, Batch, generate
-from .settings import ConfigError
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.source import contract
+from search_migration.cutover import stages
+from search_migration.local.demo_corpus import BATCH_POSTS, NOTE_KIND, Batch, generate
+from search_migration.settings import ConfigError
 
 MEILI_PUSH_DOCS = 20_000
 
@@ -108,8 +111,8 @@ def write_source(conn: psycopg.Connection, posts: int, topics: int, seed: int,
 def index_legacy(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str,
                  progress: Progress = _noop) -> int:
     """Phase 2: the product's legacy indexer. Skips the work when Meilisearch already agrees."""
-    head = source.outbox_head(conn)
-    expected = source.live_rows_per_topic(conn)
+    head = contract.outbox_head(conn)
+    expected = contract.live_rows_per_topic(conn)
     total = sum(expected.values())
     meili_index.ensure_index(meili, index_uid)
     indexed = 0
@@ -137,7 +140,7 @@ def index_legacy(conn: psycopg.Connection, meili: meilisearch.Client, index_uid:
         conn.execute(
             "INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES (%s, %s) "
             "ON CONFLICT (consumer) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
-            (source.CONSUMER, head))
+            (contract.CONSUMER, head))
     return indexed
 
 
@@ -190,4 +193,4 @@ def seed(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *,
     except (MeilisearchCommunicationError, MeilisearchTimeoutError):
         raise SeedError(f"Meilisearch at {meili.config.url} went away while indexing; the source corpus is "
                         "committed, re-run `demo seed` with the same arguments to finish the legacy index") from None
-    return SeedResult(written, skipped, indexed, source.outbox_head(conn), fingerprint(conn))
+    return SeedResult(written, skipped, indexed, contract.outbox_head(conn), fingerprint(conn))

@@ -12,7 +12,7 @@ from enum import Enum
 
 import psycopg
 
-from .source import CONSUMER
+from search_migration.source.contract import CONSUMER
 
 
 class FlagError(ValueError):

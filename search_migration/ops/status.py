@@ -10,7 +10,11 @@ from typing import Callable
 
 import psycopg
 
-from . import backfill, flags, metrics, source, stages
+from search_migration.backfill import core
+from search_migration.cutover import flags
+from search_migration.ops import counters
+from search_migration.source import contract
+from search_migration.cutover import stages
 
 Section = Callable[[psycopg.Connection], dict]
 SECTIONS: dict[str, Section] = {}
@@ -35,19 +39,19 @@ def _stage(conn: psycopg.Connection) -> dict:
 
 @section("outbox")
 def _outbox(conn: psycopg.Connection) -> dict:
-    head, offset = source.outbox_head(conn), source.consumer_offset(conn, source.CONSUMER)
+    head, offset = contract.outbox_head(conn), contract.consumer_offset(conn, contract.CONSUMER)
     return {"head_seq": head, "consumer_offset": offset, "lag": head - offset}
 
 
 @section("write_path")
 def _write_path(conn: psycopg.Connection) -> dict:
     sides = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets WHERE consumer = %s",
-                              (source.CONSUMER,)).fetchall())
+                              (contract.CONSUMER,)).fetchall())
     stalls = [f"{b} at seq {s}: {e[:120]}" for b, s, e in conn.execute(
-        "SELECT backend, seq, error FROM cn_search.side_write_failures WHERE consumer = %s", (source.CONSUMER,))]
+        "SELECT backend, seq, error FROM cn_search.side_write_failures WHERE consumer = %s", (contract.CONSUMER,))]
     return {"meili_offset": sides.get("meili"), "pg_offset": sides.get("pg"), "stalled": stalls or None,
-            "errors_total": metrics.total(conn, metrics.DUAL_WRITE_ERRORS),
-            "retries_total": metrics.total(conn, metrics.DUAL_WRITE_RETRIES)}
+            "errors_total": counters.total(conn, counters.DUAL_WRITE_ERRORS),
+            "retries_total": counters.total(conn, counters.DUAL_WRITE_RETRIES)}
 
 
 @section("dead_letters")
@@ -59,7 +63,7 @@ def _dead_letters(conn: psycopg.Connection) -> dict:
 
 @section("backfill")
 def _backfill(conn: psycopg.Connection) -> dict:
-    return backfill.progress(conn).as_dict()
+    return core.progress(conn).as_dict()
 
 
 def compute(conn: psycopg.Connection) -> dict[str, dict]:

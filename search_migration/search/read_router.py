@@ -24,9 +24,10 @@ import meilisearch
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from . import meili_search, pg_search
-from .quality import overlap_at_10
-from .text import normalize
+from search_migration.search import meili_search
+from search_migration.search import pg_search
+from search_migration.gates.measures import overlap_at_10
+from search_migration.search.text import normalize
 
 BACKENDS = ("meili", "pg")
 # The pool retries a dead PostgreSQL in the background and says so on every attempt; the router reports

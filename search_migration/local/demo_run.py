@@ -14,10 +14,16 @@ from typing import Callable
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from . import db, demo_corpus, flags, meili_index, read_router, source, stages
-from .partition_keys import topic_partition_key
-from .read_router import ReadRouter
-from .settings import Settings
+from search_migration import db
+from search_migration.local import demo_corpus
+from search_migration.cutover import flags
+from search_migration.write_path import meili_index
+from search_migration.search import read_router
+from search_migration.source import contract
+from search_migration.cutover import stages
+from search_migration.backfill.partition_keys import topic_partition_key
+from search_migration.search.read_router import ReadRouter
+from search_migration.settings import Settings
 
 QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python", "#nostr",
            "京都", "meetup", "データ", "ライブ"]
@@ -63,8 +69,8 @@ class Writer(threading.Thread):
 
 
 def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -> None:
-    from .definitions import defs
-    from .defs.backfill import backfill_partitions
+    from search_migration.definitions import defs
+    from search_migration.defs.backfill import backfill_partitions
 
     started = time.monotonic()
 
@@ -100,12 +106,12 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
     def catch_up() -> None:
         launch_job("catchup_job", "catch_up")
         with db.connect(s.database_url) as conn:
-            step(f"catchup_job: consumer at seq {source.consumer_offset(conn, source.CONSUMER)}, "
-                 f"outbox head {source.outbox_head(conn)}")
+            step(f"catchup_job: consumer at seq {contract.consumer_offset(conn, contract.CONSUMER)}, "
+                 f"outbox head {contract.outbox_head(conn)}")
 
     def traffic(rate: int) -> None:
         with db.connect(s.database_url) as conn, ReadRouter(s.database_url, meili, s.meili_index) as router:
-            topics = source.topic_ids(conn)
+            topics = contract.topic_ids(conn)
             before = conn.execute("SELECT count(*) FROM cn_search.shadow_read_logs").fetchone()[0]
             sent = 0
             for i in range(20_000):
@@ -123,7 +129,7 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
 
     with db.connect(s.database_url) as conn:
         stage = stages.current(flags.read_all(conn))
-        topics = source.topic_ids(conn)
+        topics = contract.topic_ids(conn)
     if stage != "legacy":
         raise DemoError(f"demo run starts at stage legacy, the database is at {stage}; "
                         "`search-migration demo seed --reset --posts N --topics T` starts over")

@@ -12,7 +12,11 @@ import psycopg
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from . import backfill, flags, metrics, source, stages
+from search_migration.backfill import core
+from search_migration.cutover import flags
+from search_migration.ops import counters
+from search_migration.source import contract
+from search_migration.cutover import stages
 
 SHADOW_WINDOW_MINUTES = 60
 SHADOW_SQL = """
@@ -31,8 +35,8 @@ class MigrationCollector:
 
     def collect(self):
         with self._connect() as conn:
-            yield from metrics.DurableCounters(lambda: _Borrowed(conn)).collect()
-            progress = backfill.progress(conn)
+            yield from counters.DurableCounters(lambda: _Borrowed(conn)).collect()
+            progress = core.progress(conn)
             yield GaugeMetricFamily("backfill_processed_rows", "Backfill rows done at the current watermark.",
                                     value=progress.rows_done)
             yield GaugeMetricFamily("backfill_total_rows", "Backfill rows to copy at the current watermark.",
@@ -40,8 +44,8 @@ class MigrationCollector:
             yield GaugeMetricFamily("backfill_eta_seconds", "Backfill ETA from the current rate (NaN: no rate).",
                                     value=progress.eta_seconds if progress.eta_seconds is not None else float("nan"))
             backlog = GaugeMetricFamily("outbox_backlog", "Outbox rows after the consumer offset.", labels=["consumer"])
-            backlog.add_metric([source.CONSUMER],
-                               source.outbox_head(conn) - source.consumer_offset(conn, source.CONSUMER))
+            backlog.add_metric([contract.CONSUMER],
+                               contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER))
             yield backlog
             dead = GaugeMetricFamily("search_dead_letters", "Open dead letters.", labels=["backend", "reason"])
             for backend, reason, n in conn.execute(

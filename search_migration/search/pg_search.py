@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from .text import NORMALIZER_VERSION, _fold, is_cjk, normalize, runs
+from search_migration.search.text import NORMALIZER_VERSION, _fold, is_cjk, normalize, runs
 
 MAX_TOTAL_HITS = 10_000  # the legacy index's pagination.maxTotalHits: totals stop where Meilisearch's do
 CANDIDATES = 120  # per words-bucket; enough for the best bucket of a frequent word to show up

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 import meilisearch
 import psycopg
 
-from . import meili_index, source
+from search_migration.write_path import meili_index
+from search_migration.source import contract
 
 MAX_PENDING = 10_000  # beyond this backlog, drift cannot be told from lag: the report says so
 
@@ -88,7 +89,7 @@ def _digest(text: str | None) -> str:
 
 def report(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *,
            sample_per_topic: int = 200, salt: str = "drift") -> DriftReport:
-    offset = source.consumer_offset(conn, source.CONSUMER)
+    offset = contract.consumer_offset(conn, contract.CONSUMER)
     pending_rows = conn.execute(PENDING_SQL, (offset, MAX_PENDING + 1)).fetchall()
     too_large = len(pending_rows) > MAX_PENDING
     pending: dict[str, set[str]] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
-from .quality import legacy_grades, ndcg_at_10, overlap_at_10
+from search_migration.gates.measures import legacy_grades, ndcg_at_10, overlap_at_10
 
 GOLDEN_QUERIES = Path(__file__).resolve().parent / "golden_queries.json"
 

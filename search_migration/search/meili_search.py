@@ -9,7 +9,7 @@ from __future__ import annotations
 import meilisearch
 from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationError, MeilisearchTimeoutError
 
-from .pg_search import MAX_TOTAL_HITS, Page, parse_query
+from search_migration.search.pg_search import MAX_TOTAL_HITS, Page, parse_query
 
 
 class MeiliUnavailable(Exception):
