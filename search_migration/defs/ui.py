@@ -1,20 +1,20 @@
 """What the Dagster UI shows beside every definition: owners, tags and a link to its runbook section.
 
-One place for the runbook's address, so every link moves together when the README is hosted elsewhere
-(SEARCH_MIGRATION_RUNBOOK_URL, e.g. the repository's README page); by default, this checkout's README.
+One place for the runbook's address, so every link moves together: SEARCH_MIGRATION_RUNBOOK_URL (e.g.
+your own copy of the README, or an internal docs page that keeps its anchors), by default the README on
+the project's repository host. Never a path on disk: an installed package has no README beside it.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 
 OWNERS = ["team:search-migration"]
-RUNBOOK_URL = os.environ.get("SEARCH_MIGRATION_RUNBOOK_URL") or (Path(__file__).resolve().parents[2]
-                                                                   / "README.md").as_uri()
+DEFAULT_RUNBOOK_URL = "https://github.com/kukuri-app/search_migration/blob/main/README.md"
+RUNBOOK_URL = (os.environ.get("SEARCH_MIGRATION_RUNBOOK_URL") or DEFAULT_RUNBOOK_URL).rstrip("#")
 
 
 def runbook_url(anchor: str) -> str:
