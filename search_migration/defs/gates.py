@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration.gates import drift
 from search_migration.cutover import flags
 from search_migration.gates import policy
@@ -70,7 +70,7 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
     with postgres.connect() as conn:
         report = drift.report(conn, meili.client(), meili.index_uid, sample_per_topic=config.drift_sample_per_topic)
         backlog = contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)
-        progress = core.progress(conn)
+        progress = backfill.progress(conn)
     results = policy.integrity(report, backlog, progress, config.model_dump())
     drifting = report.drifting_topics[:20]
     return dg.MaterializeResult(

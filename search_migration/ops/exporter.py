@@ -12,7 +12,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration.cutover import flags
 from search_migration.ops import counters
 from search_migration.source import contract
@@ -36,7 +36,7 @@ class MigrationCollector:
     def collect(self):
         with self._connect() as conn:
             yield from counters.DurableCounters(lambda: _Borrowed(conn)).collect()
-            progress = core.progress(conn)
+            progress = backfill.progress(conn)
             yield GaugeMetricFamily("backfill_processed_rows", "Backfill rows done at the current watermark.",
                                     value=progress.rows_done)
             yield GaugeMetricFamily("backfill_total_rows", "Backfill rows to copy at the current watermark.",

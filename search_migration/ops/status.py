@@ -10,7 +10,7 @@ from typing import Callable
 
 import psycopg
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration.cutover import flags
 from search_migration.ops import counters
 from search_migration.source import contract
@@ -63,7 +63,7 @@ def _dead_letters(conn: psycopg.Connection) -> dict:
 
 @section("backfill")
 def _backfill(conn: psycopg.Connection) -> dict:
-    return core.progress(conn).as_dict()
+    return backfill.progress(conn).as_dict()
 
 
 def compute(conn: psycopg.Connection) -> dict[str, dict]:

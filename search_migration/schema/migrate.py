@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works as long as every runner agrees: derived from the project name.
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"search_migration.schema.migrate").digest()[:8], "big", signed=True)
 FILENAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
