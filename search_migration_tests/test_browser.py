@@ -21,7 +21,7 @@ from search_migration import backfill
 from search_migration import db
 from search_migration.cutover import flags
 from search_migration.defs.backfill import BACKFILL_START, window_of
-from search_migration.defs.gates import DRIFT_CHECKS, QUALITY_CHECKS
+from search_migration.gates.policy import DRIFT_CHECKS, QUALITY_CHECKS
 from search_migration.backfill.partition_keys import topic_partition_key
 
 from .conftest import REPO, dagster_dev

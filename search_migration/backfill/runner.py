@@ -22,6 +22,7 @@ from search_migration.backfill.pages import Writer, read_page, write_locked
 from search_migration.backfill.result import PartitionResult
 from search_migration.backfill.watermark import require_watermark
 from search_migration.write_path import pg_documents
+from search_migration.errors import first_line
 
 
 @dataclass
@@ -155,7 +156,7 @@ class Backfiller:
 
         A failure inside the first transaction rolled the lease back with it: take it again to record.
         """
-        error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        error = f"{type(exc).__name__}: {first_line(exc)}"
         try:
             if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 return  # the connection is broken: nothing can be recorded

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from search_migration.errors import first_line
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works as long as every runner agrees: derived from the project name.
@@ -84,8 +85,7 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                             "INSERT INTO public.search_migration_schema_versions (filename, checksum) "
                             "VALUES (%s, %s)", (m.filename, m.checksum))
                 except psycopg.Error as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise MigrationError(f"{m.filename} failed: {first}") from exc
+                    raise MigrationError(f"{m.filename} failed: {first_line(exc)}") from exc
                 done.append(m.filename)
             return done
         finally:
