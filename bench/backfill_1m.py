@@ -34,11 +34,11 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.cutover import flags
 from search_migration import pg_documents  # noqa: E402
-from search_migration.backfill.core import PartitionOptions, Window  # noqa: E402
+from search_migration.backfill import PartitionOptions, Window  # noqa: E402
 from search_migration.schema.migrate import MigrationError, migrate  # noqa: E402
 
 BENCH_DB = "bench_backfill"
@@ -46,7 +46,7 @@ MONDAY = 1_767_571_200  # 2026-01-05, the first week of the Dagster partitions
 WEEK = 7 * 24 * 3600
 TABLES = ["cn_relay.events", "cn_relay.event_topics", "cn_relay.events_outbox", "cn_relay.consumer_offsets"]
 
-PER_RUN = 1000  # search_migration/defs/core.py: DEFAULT_BACKFILL_POLICY (the bench does not import Dagster)
+PER_RUN = 1000  # search_migration/defs/backfill.py: DEFAULT_BACKFILL_POLICY (the bench does not import Dagster)
 WRITERS = {"unnest": pg_documents.apply_by_topic, "copy": pg_documents.apply_staged}
 
 # --------------------------------------------------------------------------- setup
@@ -103,7 +103,7 @@ def partitions(url: str, topics: int | None, weeks: int | None) -> list[tuple[st
 def _worker(args) -> tuple[int, int, int]:
     url, writer, page_size, chunk = args
     copied = skipped = 0
-    with core.Backfiller(url, owner=f"bench pid {os.getpid()}",
+    with backfill.Backfiller(url, owner=f"bench pid {os.getpid()}",
                              options=PartitionOptions(page_size=page_size, writer=WRITERS[writer])) as b:
         for r in b.run_many(chunk):
             copied += r.rows_copied
@@ -117,7 +117,7 @@ def backfill_trial(url: str, writer: str, workers: int, per_run: int, page_size:
     reset(url)
     started = time.monotonic()
     with db.connect(url) as conn:
-        wm = core.capture_watermark(conn, by="bench")
+        wm = backfill.capture_watermark(conn, by="bench")
     manifest_s = time.monotonic() - started
     parts = partitions(url, topics, weeks)
     # runs of `per_run` partitions taken by whichever worker is free, as Dagster's run queue hands
@@ -175,7 +175,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="parallel partitions (the Dagster pool limit)")
     p.add_argument("--per-run", type=int, default=PER_RUN,
                    help="partitions per run (the asset's BackfillPolicy.multi_run)")
-    p.add_argument("--page-size", type=int, default=core.DEFAULT_PAGE_SIZE)
+    p.add_argument("--page-size", type=int, default=backfill.DEFAULT_PAGE_SIZE)
     p.add_argument("--topics", type=int, help="only the first N topics (bounded runs)")
     p.add_argument("--weeks", type=int, help="only the first N weeks")
     p.add_argument("--pairs", type=int, default=3, help="backfill/COPY pairs, interleaved")

@@ -27,6 +27,7 @@ from search_migration.schema import migrate as migrations
 from search_migration.local.demo_seed import SeedError
 from search_migration.local import services
 from search_migration.settings import ConfigError, Settings, redact_dsn
+from search_migration.errors import first_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
 # What the `local` extra brings (pyproject.toml); a deployment installs the package without it.
@@ -200,13 +201,11 @@ def _latest_gates(s: Settings) -> dict:
     home = Path(os.environ.get("DAGSTER_HOME") or s.home / "dagster_home")
     if not (home / "dagster.yaml").exists():
         return {"error": f"no Dagster instance at {home} (run `scripts/dev` or set DAGSTER_HOME)"}
-    import warnings
-
     import dagster as dg
 
-    from search_migration.defs.cutover import CHECK_ASSET, latest_gates
+    from search_migration.gate_history import latest_gates
+    from search_migration.gates.policy import CHECK_ASSET
 
-    warnings.simplefilter("ignore")
     os.environ.update({**s.environment(), "DAGSTER_HOME": str(home)})
     with dg.DagsterInstance.get() as instance:
         found = latest_gates(instance, tuple(CHECK_ASSET))
@@ -241,14 +240,11 @@ def cmd_dev(args) -> None:
 
 def cmd_demo_run(args) -> None:
     """The whole migration, legacy -> live, through real Dagster runs, headless."""
-    import warnings
-
     import dagster as dg
 
     from search_migration.local import demo_run
     from search_migration.ops import status
 
-    warnings.simplefilter("ignore")  # Dagster's beta/preview notices are for developers, not this screen
     s = _settings()
     _prepare_demo(s, args.posts, args.topics, args.seed)
     os.environ.update(_dagster_env(s))
@@ -396,10 +392,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except MeilisearchError as exc:
-        print(f"error: Meilisearch: {str(exc).splitlines()[0][:300]}", file=sys.stderr)
+        print(f"error: Meilisearch: {first_line(exc)}", file=sys.stderr)
         sys.exit(1)
     except psycopg.Error as exc:
-        print(f"error: PostgreSQL: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}",
+        print(f"error: PostgreSQL: {type(exc).__name__}: {first_line(exc)}",
               file=sys.stderr)
         sys.exit(1)
 

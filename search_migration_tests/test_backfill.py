@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.local import demo_seed
 from search_migration.cutover import flags
 from search_migration.write_path import pg_documents
-from search_migration.backfill.core import BackfillError, LeaseBusy, LeaseLost, PartitionOptions, Window
+from search_migration.backfill import BackfillError, LeaseBusy, LeaseLost, PartitionOptions, Window
 from search_migration.local.demo_corpus import EPOCH, topic_ids
 from search_migration.write_path.pg_documents import DocWrite
 
@@ -45,16 +45,16 @@ def go_dual(conn) -> None:
     flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="backfill test")
 
 
-def at_watermark(url: str, posts: int, topics: int) -> core.Watermark:
+def at_watermark(url: str, posts: int, topics: int) -> backfill.Watermark:
     """A seeded source with writes dual and the watermark captured: where every partition test starts."""
     seed(url, posts, topics)
     with db.connect(url) as conn:
         go_dual(conn)
-        return core.capture_watermark(conn, by="test")
+        return backfill.capture_watermark(conn, by="test")
 
 
-def run_all(url: str, topics: list[str], options: PartitionOptions | None = None) -> list[core.PartitionResult]:
-    return [core.run_partition(url, f"{w.start}|{t}", t, w, owner="test", options=options)
+def run_all(url: str, topics: list[str], options: PartitionOptions | None = None) -> list[backfill.PartitionResult]:
+    return [backfill.run_partition(url, f"{w.start}|{t}", t, w, owner="test", options=options)
             for t in topics for w in WINDOWS]
 
 
@@ -71,13 +71,13 @@ def test_watermark_is_refused_until_writes_are_dual(migrated_url):
     seed(migrated_url, 300, 2)
     with db.connect(migrated_url) as conn:
         with pytest.raises(BackfillError, match="meili_only"):
-            core.capture_watermark(conn, by="test")
+            backfill.capture_watermark(conn, by="test")
         assert conn.execute("SELECT count(*) FROM cn_search.backfill_watermarks").fetchone()[0] == 0
         go_dual(conn)
-        wm = core.capture_watermark(conn, by="test")
+        wm = backfill.capture_watermark(conn, by="test")
         head = conn.execute("SELECT max(seq) FROM cn_relay.events_outbox").fetchone()[0]
         assert wm.seq == head and wm.manifest_rows > 0
-        assert core.latest_watermark(conn) == wm
+        assert backfill.latest_watermark(conn) == wm
 
 
 def test_backfill_copies_exactly_the_live_rows_at_the_watermark(migrated_url):
@@ -85,7 +85,7 @@ def test_backfill_copies_exactly_the_live_rows_at_the_watermark(migrated_url):
     topics = topic_ids(4)
     with db.connect(migrated_url) as conn:
         go_dual(conn)
-        wm = core.capture_watermark(conn, by="test")
+        wm = backfill.capture_watermark(conn, by="test")
         # written after the watermark: catch-up's business, not the backfill's
         add_post_after_watermark(conn, "f" * 64, topics[0], EPOCH + 100)
         # deleted after the watermark (catch-up will write the tombstone): not copied as live
@@ -102,7 +102,7 @@ def test_backfill_copies_exactly_the_live_rows_at_the_watermark(migrated_url):
         assert per_topic == {t: sum(1 for r in want if r[0] == t) for t in topics}
         statuses = conn.execute("SELECT DISTINCT status FROM cn_search.backfill_jobs").fetchall()
         assert statuses == [("succeeded",)]
-        p = core.progress(conn)
+        p = backfill.progress(conn)
         assert p.rows_done == p.rows_total == wm.manifest_rows
     assert sum(r.rows_copied for r in results) == len(want)
     assert sum(r.rows_copied + r.rows_skipped for r in results) == wm.manifest_rows
@@ -112,11 +112,11 @@ def test_rerun_of_a_complete_partition_is_a_noop_unless_rebuilt(migrated_url):
     at_watermark(migrated_url, 600, 2)
     topic = topic_ids(2)[0]
     w = WINDOWS[3]
-    first = core.run_partition(migrated_url, "p", topic, w, owner="a", options=PartitionOptions(page_size=5))
+    first = backfill.run_partition(migrated_url, "p", topic, w, owner="a", options=PartitionOptions(page_size=5))
     assert first.rows_copied > 5 and not first.noop
-    again = core.run_partition(migrated_url, "p", topic, w, owner="b", options=PartitionOptions(page_size=5))
+    again = backfill.run_partition(migrated_url, "p", topic, w, owner="b", options=PartitionOptions(page_size=5))
     assert again.noop and again.pages == 0 and again.rows_done == first.rows_done
-    rebuilt = core.run_partition(migrated_url, "p", topic, w, owner="c",
+    rebuilt = backfill.run_partition(migrated_url, "p", topic, w, owner="c",
                                      options=PartitionOptions(page_size=5, rebuild=True))
     # a rebuild walks the window again; the versioned writer keeps identical documents unchanged
     assert not rebuilt.noop and rebuilt.rows_done == first.rows_done and rebuilt.rows_copied == 0
@@ -129,12 +129,12 @@ def test_a_new_run_resumes_after_the_checkpoint(migrated_url):
     topic = topic_ids(2)[0]
     w = WINDOWS[3]
     with db.connect(migrated_url) as conn:
-        lease = core.acquire(conn, "p", topic, w, wm, owner="crashed")
-        page = core.read_page(conn, topic, w, None, 10)
-        core.write_page(conn, lease, page, 0)
+        lease = backfill.acquire(conn, "p", topic, w, wm, owner="crashed")
+        page = backfill.read_page(conn, topic, w, None, 10)
+        backfill.write_page(conn, lease, page, 0)
         # the crashed holder stops heartbeating; its lease ages past the timeout
         conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() - interval '1 hour'")
-    r = core.run_partition(migrated_url, "p", topic, w, owner="retry", options=PartitionOptions(page_size=10))
+    r = backfill.run_partition(migrated_url, "p", topic, w, owner="retry", options=PartitionOptions(page_size=10))
     assert r.resumed_after_rows == 10 and r.rows_done == r.rows_total
     assert r.rows_copied + r.rows_skipped == r.rows_total - 10
     with db.connect(migrated_url) as conn:
@@ -149,34 +149,34 @@ def test_a_zombie_lease_holder_can_write_nothing_after_a_takeover(migrated_url):
     topic = topic_ids(2)[0]
     w = WINDOWS[3]
     with db.connect(migrated_url) as conn:
-        zombie = core.acquire(conn, "p", topic, w, wm, owner="zombie", lease_timeout_s=30)
-        first, second = core.read_page(conn, topic, w, None, 10), None
-        core.write_page(conn, zombie, first, 0)
+        zombie = backfill.acquire(conn, "p", topic, w, wm, owner="zombie", lease_timeout_s=30)
+        first, second = backfill.read_page(conn, topic, w, None, 10), None
+        backfill.write_page(conn, zombie, first, 0)
         # while the lease is live nobody else starts work
         with pytest.raises(LeaseBusy):
-            core.acquire(conn, "p", topic, w, wm, owner="eager", lease_timeout_s=30)
+            backfill.acquire(conn, "p", topic, w, wm, owner="eager", lease_timeout_s=30)
         conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() - interval '1 minute'")
-        owner = core.acquire(conn, "p", topic, w, wm, owner="new", lease_timeout_s=30)
+        owner = backfill.acquire(conn, "p", topic, w, wm, owner="new", lease_timeout_s=30)
         assert owner.after == (first[-1].created_at, first[-1].event_id)
         before = (conn.execute("SELECT * FROM cn_search.backfill_jobs").fetchall(),
                   conn.execute("SELECT * FROM cn_search.backfill_checkpoints").fetchall(),
                   conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone())
-        second = core.read_page(conn, topic, w, owner.after, 10)
+        second = backfill.read_page(conn, topic, w, owner.after, 10)
         with pytest.raises(LeaseLost):
-            core.write_page(conn, zombie, second, 10)  # documents + checkpoint + progress
+            backfill.write_page(conn, zombie, second, 10)  # documents + checkpoint + progress
         with pytest.raises(LeaseLost):
-            core.heartbeat(conn, zombie)
+            backfill.heartbeat(conn, zombie)
         with pytest.raises(LeaseLost):
-            core.finish(conn, zombie)
+            backfill.finish(conn, zombie)
         with pytest.raises(LeaseLost):
-            core.fail(conn, zombie, "zombie")
+            backfill.fail(conn, zombie, "zombie")
         after = (conn.execute("SELECT * FROM cn_search.backfill_jobs").fetchall(),
                  conn.execute("SELECT * FROM cn_search.backfill_checkpoints").fetchall(),
                  conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone())
         assert after == before
         assert not conn.execute("SELECT 1 FROM cn_search.post_search_documents WHERE post_id = ANY(%s)",
                                 ([r.event_id for r in second],)).fetchall()
-        core.write_page(conn, owner, second, 10)  # the live holder still can
+        backfill.write_page(conn, owner, second, 10)  # the live holder still can
         assert conn.execute("SELECT rows_done, lease_token FROM cn_search.backfill_checkpoints").fetchone() == (
             10 + len(second), owner.token)
 
@@ -186,12 +186,12 @@ def test_backfill_never_overwrites_a_newer_document_or_a_tombstone(migrated_url)
     topic = topic_ids(2)[0]
     w = WINDOWS[3]
     with db.connect(migrated_url) as conn:
-        rows = [r for r in core.read_page(conn, topic, w, None, 1000) if r.live]
+        rows = [r for r in backfill.read_page(conn, topic, w, None, 1000) if r.live]
         deleted, edited = rows[0], rows[1]
         # catch-up got there first with later outbox rows: a delete and an edit
         pg_documents.apply(conn, [DocWrite(wm.seq + 1, deleted.event_id, topic, True),
                                   DocWrite(wm.seq + 2, edited.event_id, topic, False, "edited later", edited.created_at)])
-    r = core.run_partition(migrated_url, "p", topic, w, owner="t")
+    r = backfill.run_partition(migrated_url, "p", topic, w, owner="t")
     assert r.rows_skipped >= 2
     with db.connect(migrated_url) as conn:
         docs = dict(((p, (d, c, s)) for p, d, c, s in conn.execute(
@@ -240,32 +240,32 @@ def test_a_post_deleted_by_catch_up_during_its_backfill_stays_deleted(migrated_u
     with db.connect(migrated_url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=1500, topics=2, seed=3)
         go_dual(conn)
-        wm = core.capture_watermark(conn, by="test")
+        wm = backfill.capture_watermark(conn, by="test")
         topic, start = conn.execute(
             "SELECT topic_id, created_at - (created_at - %s) %% %s AS wk FROM cn_search.backfill_manifest "
             "GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT 1", (WINDOWS[0].start, WEEK)).fetchone()
         w = Window(start, start + WEEK)
         # race 1: the backfill read the post while it was live, catch-up deletes it, then the page is written
-        lease = core.acquire(conn, "p", topic, w, wm, owner="first", lease_timeout_s=30)
-        page = core.read_page(conn, topic, w, None, 10)
+        lease = backfill.acquire(conn, "p", topic, w, wm, owner="first", lease_timeout_s=30)
+        page = backfill.read_page(conn, topic, w, None, 10)
         read_live = page[3]
         assert read_live.live
         delete_post(conn, read_live.event_id)
         applied = consumer.catch_up(conn, meili, index_uid)
         assert applied.rows_applied >= 1
-        result = core.write_page(conn, lease, page, 0)
+        result = backfill.write_page(conn, lease, page, 0)
         assert result.rows_skipped >= 1  # the stale live copy lost to the tombstone
         conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() - interval '1 hour'")  # holder gone
-        rest = [r for r in core.read_page(conn, topic, w, (page[-1].created_at, page[-1].event_id), 1000) if r.live]
+        rest = [r for r in backfill.read_page(conn, topic, w, (page[-1].created_at, page[-1].event_id), 1000) if r.live]
         later = rest[len(rest) // 2]  # a post the resumed run reaches only after several pages
 
     # race 2: deleted (and caught up) while the resumed run is paging through the window
-    def on_page(progress: core.PartitionResult) -> None:
+    def on_page(progress: backfill.PartitionResult) -> None:
         if progress.pages == 1:
             with db.connect(migrated_url) as c:
                 delete_post(c, later.event_id)
                 consumer.catch_up(c, meili, index_uid)
-    r = core.run_partition(migrated_url, "p", topic, w, owner="second",
+    r = backfill.run_partition(migrated_url, "p", topic, w, owner="second",
                                options=PartitionOptions(page_size=5), on_page=on_page)
     assert r.pages > 2 and r.rows_done == r.rows_total
 
@@ -287,7 +287,7 @@ def test_a_window_the_manifest_shows_empty_finishes_without_a_page(migrated_url)
     at_watermark(migrated_url, 300, 2)
     topic = topic_ids(2)[0]
     before_corpus = Window(EPOCH - 2 * WEEK, EPOCH - WEEK)
-    r = core.run_partition(migrated_url, "empty", topic, before_corpus, owner="t")
+    r = backfill.run_partition(migrated_url, "empty", topic, before_corpus, owner="t")
     assert (r.rows_total, r.rows_done, r.pages, r.noop) == (0, 0, 0, False)
     with db.connect(migrated_url) as conn:
         assert conn.execute("SELECT status, attempts FROM cn_search.backfill_jobs WHERE partition_key = 'empty'"
@@ -307,14 +307,14 @@ def test_a_failure_in_the_first_page_is_recorded_and_a_retry_completes(migrated_
         raise RuntimeError("writer broke")
 
     with pytest.raises(RuntimeError):
-        core.run_partition(migrated_url, "p", topic, w, owner="a",
+        backfill.run_partition(migrated_url, "p", topic, w, owner="a",
                                options=PartitionOptions(page_size=10, writer=broken_writer))
     with db.connect(migrated_url) as conn:
         assert conn.execute("SELECT status, last_error, attempts FROM cn_search.backfill_jobs").fetchone() == (
             "failed", "RuntimeError: writer broke", 1)
         assert conn.execute("SELECT count(*) FROM cn_search.post_search_documents").fetchone()[0] == 0
         assert not conn.execute("SELECT 1 FROM cn_search.backfill_checkpoints").fetchall()
-    r = core.run_partition(migrated_url, "p", topic, w, owner="b", options=PartitionOptions(page_size=10))
+    r = backfill.run_partition(migrated_url, "p", topic, w, owner="b", options=PartitionOptions(page_size=10))
     assert r.resumed_after_rows == 0 and r.rows_done == r.rows_total > 10
     with db.connect(migrated_url) as conn:
         assert conn.execute("SELECT status, attempts FROM cn_search.backfill_jobs").fetchone() == ("succeeded", 2)
@@ -338,14 +338,14 @@ def test_small_partitions_share_a_transaction_and_the_others_go_alone(migrated_u
                                                      [p[2].start for p in parts], [p[2].end for p in parts])).fetchall())
     page = sorted(sizes.values())[len(sizes) * 9 // 10]  # one window in ten needs more than a page
     resuming, complete = [p for p in parts if sizes[p[0]] > 10][:2]
-    core.run_partition(migrated_url, complete[0], complete[1], complete[2], owner="earlier")
+    backfill.run_partition(migrated_url, complete[0], complete[1], complete[2], owner="earlier")
     with db.connect(migrated_url) as conn:
-        lease = core.acquire(conn, resuming[0], resuming[1], resuming[2], wm, owner="crashed")
-        core.write_page(conn, lease, core.read_page(conn, resuming[1], resuming[2], None, 10), 0)
+        lease = backfill.acquire(conn, resuming[0], resuming[1], resuming[2], wm, owner="crashed")
+        backfill.write_page(conn, lease, backfill.read_page(conn, resuming[1], resuming[2], None, 10), 0)
         conn.execute("UPDATE cn_search.backfill_jobs SET heartbeat_at = now() - interval '1 hour' "
                      "WHERE partition_key = %s", (resuming[0],))
 
-    with core.Backfiller(migrated_url, owner="run", options=PartitionOptions(page_size=page)) as b:
+    with backfill.Backfiller(migrated_url, owner="run", options=PartitionOptions(page_size=page)) as b:
         results = list(b.run_many(parts))
 
     assert [r.partition_key for r in results] == [p[0] for p in parts]
@@ -369,16 +369,16 @@ def test_a_batch_that_fails_leaves_nothing_and_its_partitions_fail_alone(migrate
     at_watermark(migrated_url, 600, 2)
     parts = [(f"{w.start}|{t}", t, w) for w in WINDOWS[:6] for t in topic_ids(2)]
     with db.connect(migrated_url) as conn:  # another run holds the fourth partition's lease
-        wm = core.require_watermark(conn)
-        core.acquire(conn, parts[3][0], parts[3][1], parts[3][2], wm, owner="other run")
+        wm = backfill.require_watermark(conn)
+        backfill.acquire(conn, parts[3][0], parts[3][1], parts[3][2], wm, owner="other run")
 
     def broken_writer(conn, writes):
         raise RuntimeError("writer broke")
 
-    with core.Backfiller(migrated_url, owner="a", options=PartitionOptions(writer=broken_writer)) as b:
+    with backfill.Backfiller(migrated_url, owner="a", options=PartitionOptions(writer=broken_writer)) as b:
         with pytest.raises(RuntimeError):
             next(b.run_many(parts))
-    with core.Backfiller(migrated_url, owner="b") as b:
+    with backfill.Backfiller(migrated_url, owner="b") as b:
         done = []
         with pytest.raises(LeaseBusy):
             for r in b.run_many(parts):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.local import demo_seed
 from search_migration.cutover import flags
@@ -21,7 +21,7 @@ def test_a_sigkilled_run_resumes_after_its_checkpoint(servers, migrated_url, tmp
     with db.connect(migrated_url) as conn:
         demo_seed.write_source(conn, 2000, 2, 42)
         flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="backfill test")
-        wm = core.capture_watermark(conn, by="test")
+        wm = backfill.capture_watermark(conn, by="test")
         topic, start, _ = busiest_week(conn)
     key = partition_key(topic, start)
     env = servers.env(DATABASE_URL=migrated_url, DAGSTER_HOME=str(dagster_home(tmp_path, topic_ids(2))),
@@ -58,7 +58,7 @@ def test_a_sigkilled_run_resumes_after_its_checkpoint(servers, migrated_url, tmp
         assert len(tokens) == 2 and tokens[0][1] == done_before_retry and tokens[1][1] == total - done_before_retry
         assert copied + skipped == total
         # the final state equals an uninterrupted copy of the window, with no duplicate (post, topic)
-        window = core.Window(start, start + 604800)
+        window = backfill.Window(start, start + 604800)
         want = {r for r in expected(conn, wm.seq) if r[0] == topic and window.start <= conn.execute(
             "SELECT created_at FROM cn_relay.events WHERE event_id = %s", (r[1],)).fetchone()[0] < window.end}
         got = actual(conn)
@@ -115,7 +115,7 @@ def test_a_ui_backfill_copies_the_demo_corpus_at_the_watermark(dagster_dev_demo,
     refused = launch_asset_run(port, "backfill_high_watermark")
     assert wait_for(lambda: run_status(port, refused), 240, "the refused run", proc) == "FAILURE"
     with db.connect(database_url) as conn:
-        assert core.latest_watermark(conn) is None
+        assert backfill.latest_watermark(conn) is None
         flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="start dual writes")
     # ... and captures once they are dual
     captured = launch_asset_run(port, "backfill_high_watermark")
@@ -145,12 +145,12 @@ def test_a_ui_backfill_copies_the_demo_corpus_at_the_watermark(dagster_dev_demo,
     assert counts["numPartitionsMaterialized"] == counts["numPartitionsTargeted"] > 0
 
     with db.connect(database_url) as conn:
-        wm = core.latest_watermark(conn)
+        wm = backfill.latest_watermark(conn)
         want, got = expected(conn, wm.seq), actual(conn)
         for t in topic_ids(TOPICS):  # per topic, by id and content hash
             assert {r for r in got if r[0] == t} == {r for r in want if r[0] == t}, t
         assert got == want and len(want) > POSTS
         assert conn.execute("SELECT count(*) FROM cn_search.post_search_documents WHERE is_deleted").fetchone()[0] == 0
-        p = core.progress(conn)
+        p = backfill.progress(conn)
         assert p.rows_done == p.rows_total == wm.manifest_rows and p.partitions == {"succeeded": counts[
             "numPartitionsTargeted"]}

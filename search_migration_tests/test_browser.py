@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.cutover import flags
 from search_migration.defs.backfill import BACKFILL_START, window_of
-from search_migration.defs.gates import DRIFT_CHECKS, QUALITY_CHECKS
+from search_migration.gates.policy import DRIFT_CHECKS, QUALITY_CHECKS
 from search_migration.backfill.partition_keys import topic_partition_key
 
 from .conftest import REPO, dagster_dev
@@ -78,7 +78,7 @@ def test_an_operator_backfills_partitions_from_the_ui(dev, database_url, tmp_pat
     assert wait_for(lambda: run_status(port, watermark_run), 240, "the watermark run", proc) == "SUCCESS"
 
     with db.connect(database_url) as conn:
-        wm = core.latest_watermark(conn)
+        wm = backfill.latest_watermark(conn)
         # the two busiest topics and, within them, the two busiest weeks: partitions with documents to copy
         topics = [t for (t,) in conn.execute("SELECT topic_id FROM cn_search.backfill_manifest GROUP BY 1 "
                                              "ORDER BY count(*) DESC, 1 LIMIT 2")]

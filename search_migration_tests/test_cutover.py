@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.cutover import flags
 from search_migration.write_path import meili_index
 from search_migration.write_path import consumer
 from search_migration.search import read_router
 from search_migration.source import contract
-from search_migration.backfill.core import Window
+from search_migration.backfill import Window
 from search_migration.definitions import defs
 from search_migration.search.read_router import ReadRouter
 
@@ -53,10 +53,10 @@ def materialize(instance, *names: str) -> dict[str, bool]:
 
 def backfill_all(url: str) -> None:
     with db.connect(url) as conn:
-        core.capture_watermark(conn, by="test")
+        backfill.capture_watermark(conn, by="test")
         topics = contract.topic_ids(conn)
     for topic in topics:
-        core.run_partition(url, f"all-{topic}", topic, Window(0, 2**62), owner="cutover-test")
+        backfill.run_partition(url, f"all-{topic}", topic, Window(0, 2**62), owner="cutover-test")
 
 
 def shadow_traffic(url: str, meili, uid: str, rate: int, n: int = 40) -> None:

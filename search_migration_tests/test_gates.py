@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from search_migration.gates import policy
-from search_migration.backfill.core import Progress
+from search_migration.backfill import Progress
 from search_migration.gates.drift import DriftReport, TopicDrift
 from search_migration.gates.shadow_report import ShadowReport
 

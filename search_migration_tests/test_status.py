@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
-from search_migration.backfill.core import PartitionOptions
+from search_migration.backfill import PartitionOptions
 from search_migration.local.demo_corpus import topic_ids
 
 from .conftest import run_cli
@@ -25,11 +25,11 @@ def test_status_before_and_during_a_backfill(servers, migrated_url):
 
     with db.connect(migrated_url) as conn:
         go_dual(conn)
-        wm = core.capture_watermark(conn, by="test")
+        wm = backfill.capture_watermark(conn, by="test")
         conn.execute("INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES ('search_indexer', %s)",
                      (wm.seq - 5,))
     topic = topic_ids(2)[0]
-    done = [core.run_partition(migrated_url, f"k{i}", topic, w, owner="t", options=PartitionOptions(page_size=7))
+    done = [backfill.run_partition(migrated_url, f"k{i}", topic, w, owner="t", options=PartitionOptions(page_size=7))
             for i, w in enumerate(WINDOWS[:3])]
     rows_done = sum(r.rows_done for r in done)
     assert 0 < rows_done < wm.manifest_rows
@@ -51,5 +51,5 @@ def test_status_before_and_during_a_backfill(servers, migrated_url):
     # nothing moved in the last minute: no honest ETA
     with db.connect(migrated_url) as conn:
         conn.execute("UPDATE cn_search.backfill_page_log SET logged_at = logged_at - interval '10 minutes'")
-        p = core.progress(conn)
+        p = backfill.progress(conn)
     assert p.rows_per_second == 0 and p.eta_seconds is None and p.rows_done == rows_done

@@ -125,7 +125,7 @@ def test_meilisearch_stopped_during_catchup_loses_nothing(migrated_url, own_meil
         new_posts(conn, 3_000, "outage")
         head = contract.outbox_head(conn)
     script = (
-        "import sys; from search_migration import db, meili_index, outbox_consumer as oc\n"
+        "import sys; from search_migration import db; from search_migration.write_path import meili_index, consumer as oc\n"
         f"conn = db.connect({migrated_url!r})\n"
         f"r = oc.catch_up(conn, meili_index.client({own_meili.meili_url!r}, {own_meili.meili_master_key!r}), "
         f"{uid!r}, batch_size=50, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n"

@@ -22,7 +22,6 @@ from search_migration.source import contract
 from search_migration.cutover import stages
 from search_migration.cutover.stages import Move
 
-ENGINE_GATES = ("schema_migrated", "live_soak")
 
 
 class CutoverRefused(Exception):

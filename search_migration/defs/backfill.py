@@ -1,6 +1,6 @@
 """The backfill in Dagster: the high watermark and post_search_documents by topic × week.
 
-Thin wiring over search_migration.backfill.core: partition keys become (topic, window), every key of a
+Thin wiring over search_migration.backfill: partition keys become (topic, window), every key of a
 run is copied under its own lease (ranges split unpredictably over multi-partitions, so the asset
 loops over context.partition_keys and is idempotent), and the engine's numbers become metadata.
 """
@@ -10,7 +10,7 @@ import os
 
 import dagster as dg
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration.backfill.partition_keys import topic_from_partition_key
 from .partitions import topics_partitions
 from .resources import PostgresResource
@@ -31,8 +31,8 @@ backfill_partitions = dg.MultiPartitionsDefinition({"time": weeks_partitions, "t
 
 class BackfillConfig(dg.Config):
     rebuild: bool = False  # re-copy partitions that already completed
-    page_size: int = core.DEFAULT_PAGE_SIZE
-    lease_timeout_seconds: float = core.DEFAULT_LEASE_TIMEOUT_S
+    page_size: int = backfill.DEFAULT_PAGE_SIZE
+    lease_timeout_seconds: float = backfill.DEFAULT_LEASE_TIMEOUT_S
     max_rows_per_second: float = 0.0  # per partition; 0 = unthrottled
 
 
@@ -45,19 +45,19 @@ class BackfillConfig(dg.Config):
 def backfill_high_watermark(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
         try:
-            wm = core.capture_watermark(conn, by=f"dagster run {context.run_id}")
-        except core.BackfillError as exc:
+            wm = backfill.capture_watermark(conn, by=f"dagster run {context.run_id}")
+        except backfill.BackfillError as exc:
             raise dg.Failure(description=str(exc)) from None
     context.log.info(f"high watermark {wm.seq}; manifest of {wm.manifest_rows} (topic, post) rows")
     return dg.MaterializeResult(metadata={"high_watermark": wm.seq, "watermark_id": wm.watermark_id,
                                           "manifest_rows": wm.manifest_rows})
 
 
-def window_of(partition_key: str) -> tuple[str, core.Window]:
+def window_of(partition_key: str) -> tuple[str, backfill.Window]:
     """(topic id, time window) of a `time|topic` multi-partition key."""
     keys = backfill_partitions.get_partition_key_from_str(str(partition_key)).keys_by_dimension
     tw = weeks_partitions.time_window_for_partition_key(keys["time"])
-    return topic_from_partition_key(keys["topic"]), core.Window(int(tw.start.timestamp()), int(tw.end.timestamp()))
+    return topic_from_partition_key(keys["topic"]), backfill.Window(int(tw.start.timestamp()), int(tw.end.timestamp()))
 
 
 @dg.asset(group_name="backfill", kinds={"postgres"}, partitions_def=backfill_partitions,
@@ -71,23 +71,23 @@ def window_of(partition_key: str) -> tuple[str, core.Window]:
                       "Materialize all partitions once backfill_high_watermark exists.")
 def post_search_documents(context: dg.AssetExecutionContext, config: BackfillConfig,
                           postgres: PostgresResource) -> dg.MaterializeResult:
-    options = core.PartitionOptions(page_size=config.page_size, lease_timeout_s=config.lease_timeout_seconds,
+    options = backfill.PartitionOptions(page_size=config.page_size, lease_timeout_s=config.lease_timeout_seconds,
                                         rebuild=config.rebuild, max_rows_per_second=config.max_rows_per_second)
     results = []
-    with core.Backfiller(postgres.database_url, owner=f"dagster run {context.run_id}", options=options) as b:
+    with backfill.Backfiller(postgres.database_url, owner=f"dagster run {context.run_id}", options=options) as b:
         try:
             for r in b.run_many([(str(key), *window_of(key)) for key in context.partition_keys]):
                 context.log.info(f"{r.partition_key}: {'already complete' if r.noop else 'copied'} {r.rows_copied} "
                                  f"rows, skipped {r.rows_skipped}, {r.rows_per_second:.0f} rows/s")
                 results.append(r)
-        except core.BackfillError as exc:
+        except backfill.BackfillError as exc:
             raise dg.Failure(description=str(exc)) from None
     with postgres.connect() as conn:
-        overall = core.progress(conn).as_dict()
+        overall = backfill.progress(conn).as_dict()
     return dg.MaterializeResult(metadata=_metadata(results, overall))
 
 
-def _metadata(results: list[core.PartitionResult], overall: dict) -> dict:
+def _metadata(results: list[backfill.PartitionResult], overall: dict) -> dict:
     copied, skipped = sum(r.rows_copied for r in results), sum(r.rows_skipped for r in results)
     duration = sum(r.duration_s for r in results)
     md = {"rows_copied": copied, "rows_skipped_newer_or_deleted": skipped,

@@ -1,6 +1,5 @@
 """cutover_job and rollback_job: the flag flips, gated by the latest asset-check results across runs."""
 
-import datetime as dt
 from typing import Optional
 
 import dagster as dg
@@ -8,13 +7,9 @@ import dagster as dg
 from search_migration.cutover import moves
 from search_migration.cutover import flags
 from search_migration.cutover import stages
-from .gates import DRIFT_CHECKS, QUALITY_CHECKS
+from search_migration.gate_history import latest_gates
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
-
-CHECK_ASSET = {**{name: "search_drift_report" for name in DRIFT_CHECKS},
-               **{name: "shadow_read_report" for name in QUALITY_CHECKS}}
-
 
 class CutoverConfig(dg.Config):
     target_stage: str
@@ -24,24 +19,6 @@ class CutoverConfig(dg.Config):
     dry_run: bool = False
     max_gate_age_minutes: float = 60
     soak_hours: float = 24
-
-
-def latest_gates(instance: dg.DagsterInstance, names: tuple[str, ...]) -> dict[str, Optional[moves.GateStatus]]:
-    """The latest evaluation of each gate's asset check, whichever run produced it."""
-    found: dict[str, Optional[moves.GateStatus]] = {}
-    for name in names:
-        if name not in CHECK_ASSET:
-            continue
-        record = instance.get_latest_asset_check_evaluation_record(
-            dg.AssetCheckKey(dg.AssetKey(CHECK_ASSET[name]), name))
-        evaluation = record.event.asset_check_evaluation if record and record.event else None
-        if evaluation is None:
-            found[name] = None
-            continue
-        found[name] = moves.GateStatus(
-            name, bool(evaluation.passed), dt.datetime.fromtimestamp(record.event.timestamp, dt.timezone.utc),
-            evaluation.description or "")
-    return found
 
 
 def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: PostgresResource, meili: MeiliResource,

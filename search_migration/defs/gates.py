@@ -2,10 +2,11 @@
 
 import dagster as dg
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration.gates import drift
 from search_migration.cutover import flags
 from search_migration.gates import policy
+from search_migration.gates.policy import DRIFT_CHECKS, QUALITY_CHECKS
 from search_migration.gates import shadow_report
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
@@ -29,8 +30,6 @@ CHECK_DESCRIPTIONS = {
     "suggest_p95": f"Gate: PostgreSQL suggest P95 at most {D['suggest_p95_ms']:g} ms.",
     "error_rate": f"Gate: PostgreSQL error rate on shadow reads below {D['error_rate']:.0%}.",
 }
-DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete")
-QUALITY_CHECKS = ("shadow_sample_size", "overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "error_rate")
 
 
 def _check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
@@ -70,7 +69,7 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
     with postgres.connect() as conn:
         report = drift.report(conn, meili.client(), meili.index_uid, sample_per_topic=config.drift_sample_per_topic)
         backlog = contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)
-        progress = core.progress(conn)
+        progress = backfill.progress(conn)
     results = policy.integrity(report, backlog, progress, config.model_dump())
     drifting = report.drifting_topics[:20]
     return dg.MaterializeResult(

@@ -9,13 +9,13 @@ in flight, not drift, and are left out of both sides.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 
 import meilisearch
 import psycopg
 
 from search_migration.write_path import meili_index
+from search_migration.write_path.meili_index import filter_string as quote
 from search_migration.source import contract
 
 MAX_PENDING = 10_000  # beyond this backlog, drift cannot be told from lag: the report says so
@@ -73,10 +73,6 @@ class DriftReport:
         return {**asdict(self), "drift": self.drift}
 
 
-def _quote(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # Meilisearch filter strings use JSON-style escapes
-
-
 def _meili_docs(index, filter_: str, limit: int, offset: int = 0) -> list[dict]:
     result = index.get_documents({"filter": filter_, "fields": ["event_id", "content"], "limit": limit,
                                   "offset": offset})
@@ -106,13 +102,13 @@ def report(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, 
             ids = sorted(in_flight)
             t.pg_documents -= len(conn.execute(PG_LOOKUP_SQL, (topic, ids)).fetchall())
             t.meili_documents -= len(_meili_docs(
-                index, f"topic_id = {_quote(topic)} AND event_id IN [{', '.join(map(_quote, ids))}]", len(ids)))
+                index, f"topic_id = {quote(topic)} AND event_id IN [{', '.join(map(quote, ids))}]", len(ids)))
         # PostgreSQL's sample, looked up in Meilisearch
         pg_sample = {p: c for p, c in conn.execute(PG_SAMPLE_SQL, (topic, salt, sample_per_topic))
                      if p not in in_flight}
         if pg_sample:
             found = {d["event_id"]: d.get("content") for d in _meili_docs(
-                index, f"topic_id = {_quote(topic)} AND event_id IN [{', '.join(map(_quote, pg_sample))}]",
+                index, f"topic_id = {quote(topic)} AND event_id IN [{', '.join(map(quote, pg_sample))}]",
                 len(pg_sample))}
             t.missing_in_meili = sorted(set(pg_sample) - set(found))
             t.content_mismatch = sorted(p for p in set(pg_sample) & set(found)
@@ -121,7 +117,7 @@ def report(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, 
         window = max(0, meili_counts.get(topic, 0) - sample_per_topic)
         start = int(hashlib.sha256(f"{salt}:{topic}".encode()).hexdigest(), 16) % (window + 1)
         meili_sample = {d["event_id"]: d.get("content") for d in _meili_docs(
-            index, f"topic_id = {_quote(topic)}", sample_per_topic, start) if d["event_id"] not in in_flight}
+            index, f"topic_id = {quote(topic)}", sample_per_topic, start) if d["event_id"] not in in_flight}
         if meili_sample:
             found_pg = dict(conn.execute(PG_LOOKUP_SQL, (topic, list(meili_sample))).fetchall())
             t.missing_in_pg = sorted(set(meili_sample) - set(found_pg))

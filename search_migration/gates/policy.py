@@ -18,6 +18,11 @@ DEFAULTS = {
     "min_sample": 30,  # shadow-read search samples a quality gate needs
 }
 
+DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete")  # asset checks of search_drift_report
+QUALITY_CHECKS = ("shadow_sample_size", "overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "error_rate")
+CHECK_ASSET = {**{name: "search_drift_report" for name in DRIFT_CHECKS},
+               **{name: "shadow_read_report" for name in QUALITY_CHECKS}}  # gate -> the report it checks
+
 
 @dataclass(frozen=True)
 class Gate:

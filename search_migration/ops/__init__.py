@@ -1,0 +1,1 @@
+"""Operations: status, Prometheus metrics and the durable counters behind them."""

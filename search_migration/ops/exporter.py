@@ -6,13 +6,14 @@ letters, backfill jobs, shadow logs, flags), so they are right after any restart
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import psycopg
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration.cutover import flags
 from search_migration.ops import counters
 from search_migration.source import contract
@@ -35,8 +36,8 @@ class MigrationCollector:
 
     def collect(self):
         with self._connect() as conn:
-            yield from counters.DurableCounters(lambda: _Borrowed(conn)).collect()
-            progress = core.progress(conn)
+            yield from counters.DurableCounters(lambda: contextlib.nullcontext(conn)).collect()
+            progress = backfill.progress(conn)
             yield GaugeMetricFamily("backfill_processed_rows", "Backfill rows done at the current watermark.",
                                     value=progress.rows_done)
             yield GaugeMetricFamily("backfill_total_rows", "Backfill rows to copy at the current watermark.",
@@ -69,19 +70,6 @@ class MigrationCollector:
             for name, value in sorted(values.items()):
                 flag.add_metric([name, value], 1)
             yield flag
-
-
-class _Borrowed:
-    """Lend an open connection to a collector that opens its own, without closing it."""
-
-    def __init__(self, conn: psycopg.Connection):
-        self.conn = conn
-
-    def __enter__(self) -> psycopg.Connection:
-        return self.conn
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def registry(connect: Callable[[], psycopg.Connection]) -> CollectorRegistry:

@@ -10,11 +10,12 @@ from typing import Callable
 
 import psycopg
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration.cutover import flags
 from search_migration.ops import counters
 from search_migration.source import contract
 from search_migration.cutover import stages
+from search_migration.errors import first_line
 
 Section = Callable[[psycopg.Connection], dict]
 SECTIONS: dict[str, Section] = {}
@@ -63,7 +64,7 @@ def _dead_letters(conn: psycopg.Connection) -> dict:
 
 @section("backfill")
 def _backfill(conn: psycopg.Connection) -> dict:
-    return core.progress(conn).as_dict()
+    return backfill.progress(conn).as_dict()
 
 
 def compute(conn: psycopg.Connection) -> dict[str, dict]:
@@ -72,7 +73,7 @@ def compute(conn: psycopg.Connection) -> dict[str, dict]:
         try:
             report[name] = fn(conn)
         except psycopg.Error as exc:
-            report[name] = {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"}
+            report[name] = {"error": f"{type(exc).__name__}: {first_line(exc, 200)}"}
     return report
 
 

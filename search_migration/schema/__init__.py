@@ -1,0 +1,1 @@
+"""Our schema (cn_search): ordered SQL migrations applied once under an advisory lock."""

@@ -19,6 +19,8 @@ from importlib.resources.abc import Traversable
 
 import psycopg
 
+from search_migration.errors import first_line
+
 # A plain directory (pathlib.Path) in practice: the package is a regular one, in a wheel or editable.
 MIGRATIONS_DIR: Traversable = resources.files("search_migration.migrations")
 # Any constant works as long as every runner agrees: derived from the project name.
@@ -92,8 +94,7 @@ def migrate(conninfo: str, directory: Traversable = MIGRATIONS_DIR) -> list[str]
                             "INSERT INTO public.search_migration_schema_versions (filename, checksum) "
                             "VALUES (%s, %s)", (m.filename, m.checksum))
                 except psycopg.Error as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise MigrationError(f"{m.filename} failed: {first}") from exc
+                    raise MigrationError(f"{m.filename} failed: {first_line(exc)}") from exc
                 done.append(m.filename)
             return done
         finally:

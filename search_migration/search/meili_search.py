@@ -9,16 +9,13 @@ from __future__ import annotations
 import meilisearch
 from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationError, MeilisearchTimeoutError
 
-from search_migration.search.pg_search import MAX_TOTAL_HITS, Page, parse_query
+from search_migration.search.pg_search import MAX_TOTAL_HITS, Page
+from search_migration.search.query import parse_query
+from search_migration.write_path import meili_index
 
 
 class MeiliUnavailable(Exception):
     """Meilisearch could not answer; the message is one printable line."""
-
-
-def _quote(value: str) -> str:
-    """A filter string literal: Meilisearch filters have no bind parameters, so escape, never splice raw."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _call(client: meilisearch.Client, index_uid: str, q: str, params: dict) -> dict:
@@ -34,7 +31,7 @@ def search(client: meilisearch.Client, index_uid: str, topic: str, q: str, limit
            offset: int = 0) -> Page:
     if not parse_query(q) or limit <= 0:  # an empty query is no query (Meilisearch would list everything)
         return Page([], 0, None)
-    result = _call(client, index_uid, q, {"filter": f"topic_id = {_quote(topic)}", "limit": limit,
+    result = _call(client, index_uid, q, {"filter": f"topic_id = {meili_index.filter_string(topic)}", "limit": limit,
                                           "offset": offset, "attributesToRetrieve": ["event_id", "topic_id"]})
     items = [{"event_id": h["event_id"], "topic_id": h["topic_id"]} for h in result["hits"]]
     total = result.get("estimatedTotalHits", len(items))

@@ -28,6 +28,7 @@ from search_migration.search import meili_search
 from search_migration.search import pg_search
 from search_migration.gates.measures import overlap_at_10
 from search_migration.search.text import normalize
+from search_migration.errors import first_line
 
 BACKENDS = ("meili", "pg")
 # The pool retries a dead PostgreSQL in the background and says so on every attempt; the router reports
@@ -241,7 +242,7 @@ class ReadRouter:
             with self.pool.connection(timeout=5) as conn:
                 return fn(conn)
         except (psycopg.OperationalError, TimeoutError) as exc:
-            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            first = first_line(exc, 200)
             raise SearchUnavailable(f"search unavailable: PostgreSQL: {first}") from None
 
     def _shadow_read(self, endpoint, topic, viewer, q, primary, secondary, engine, primary_done, items_of):
@@ -251,7 +252,7 @@ class ReadRouter:
         try:
             secondary_ids = [i["event_id"] for i in items_of(self._call(secondary, engine))]
         except Exception as exc:  # a failing secondary is data, not an outage
-            error = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            error = first_line(exc)
         secondary_ms = _ms(started)
         try:
             primary_ids, primary_ms = primary_done.result()

@@ -1,0 +1,1 @@
+"""The write path: the outbox consumer, the two engines' writers and dead-letter replay."""

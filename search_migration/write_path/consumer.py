@@ -32,6 +32,7 @@ from search_migration.ops import counters
 from search_migration.write_path import pg_documents
 from search_migration.source import contract
 from search_migration.write_path.pg_documents import DocWrite
+from search_migration.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _pg_error(exc: psycopg.Error) -> str:
     """What failed, never the row: a server's message may quote the data (a failing row, a tsvector
     literal, a trigger's RAISE), and this text goes to dead letters, run logs and stall records."""
     if exc.sqlstate is None:  # the client or the connection: no row data, and the words say what to fix
-        return f"{type(exc).__name__}: {_first_line(exc)}"
+        return f"{type(exc).__name__}: {first_line(exc)}"
     diag = exc.diag
     named = "".join(f", {k} {v}" for k, v in (("table", diag.table_name), ("constraint", diag.constraint_name),
                                               ("column", diag.column_name)) if v)
@@ -166,7 +167,7 @@ class MeiliSide:
         try:
             return fn()
         except (MeilisearchCommunicationError, MeilisearchTimeoutError) as exc:
-            raise TransientError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
+            raise TransientError(f"{type(exc).__name__}: {first_line(exc)}") from exc
         except MeilisearchApiError as exc:
             status = getattr(exc, "status_code", None) or 0
             if status in (408, 429) or status >= 500:
@@ -211,10 +212,6 @@ class MeiliSide:
 
     def apply(self, items: list[Item]) -> None:
         self.wait(self.submit(items))
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 # --------------------------------------------------------------------------- bookkeeping

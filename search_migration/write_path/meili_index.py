@@ -45,6 +45,11 @@ def document(event_id: str, topic_id: str, content: str, created_at: int) -> dic
     }
 
 
+def filter_string(value: str) -> str:
+    """A filter string literal: Meilisearch filters have no bind parameters, so escape, never splice raw."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def client(url: str, master_key: str, timeout: float = 30) -> meilisearch.Client:
     return meilisearch.Client(url, master_key or None, timeout=timeout)
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.local import demo_seed
 from search_migration.cutover import flags
 from search_migration_tests.support import invariants
 from search_migration.write_path import consumer
 from search_migration.source import contract
-from search_migration.backfill.core import Window
+from search_migration.backfill import Window
 from search_migration.local.demo_corpus import EPOCH
 from search_migration.write_path.consumer import Retry
 from search_migration.backfill.partition_keys import topic_partition_key
@@ -98,13 +98,13 @@ def product_writes(conn: psycopg.Connection, tag: str, *, inserts: int = 0, edit
 # --------------------------------------------------------------------------- getting to a caught-up dual state
 
 
-def backfill_everything(url: str, options: core.PartitionOptions | None = None) -> None:
+def backfill_everything(url: str, options: backfill.PartitionOptions | None = None) -> None:
     """Every (topic, week) the manifest holds, in-process: the partitions a drill does not fault."""
     with db.connect(url) as conn:
         weeks = conn.execute("SELECT DISTINCT topic_id, created_at - (created_at - %s) %% %s "
                              "FROM cn_search.backfill_manifest ORDER BY 1, 2", (EPOCH, WEEK)).fetchall()
     for topic, start in weeks:
-        core.run_partition(url, partition_key(topic, start), topic, Window(start, start + WEEK),
+        backfill.run_partition(url, partition_key(topic, start), topic, Window(start, start + WEEK),
                                owner="drill", options=options)
 
 
@@ -160,7 +160,7 @@ def dual_partition(servers, url: str, meili, index_uid: str, tmp_path: Path):
     with db.connect(url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
         set_mode(conn, "dual")
-        core.capture_watermark(conn, by="drill")
+        backfill.capture_watermark(conn, by="drill")
         topic, start, rows = busiest_week(conn)
         topics = contract.topic_ids(conn)
     env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,

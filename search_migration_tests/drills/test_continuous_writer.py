@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from search_migration import db
 from search_migration.local import demo_corpus
 from search_migration_tests.support import invariants
-from search_migration.write_path import consumer
+from search_migration.write_path import consumer as write_consumer
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
 
@@ -146,7 +146,7 @@ class Consumer(threading.Thread):
                         self.running.wait(0.1)
                         continue
                     self.idle.clear()
-                    consumer.catch_up(conn, self.meili, self.uid, batch_size=200)
+                    write_consumer.catch_up(conn, self.meili, self.uid, batch_size=200)
                     self.batches += 1
         except BaseException as exc:
             self.error = exc
@@ -226,7 +226,7 @@ def test_writes_and_reads_flow_through_the_whole_migration(dagster_env, seeded, 
     assert reader.backends["pg"] > 0 and reader.backends["meili"] > 0, reader.backends
 
     with db.connect(url) as conn:
-        head = consumer.catch_up(conn, meili, index_uid).end_offset
+        head = write_consumer.catch_up(conn, meili, index_uid).end_offset
         assert head == contract.outbox_head(conn)
         inv = invariants.check(conn, head, meili, index_uid)
     print(f"\ncontinuous writer: {sum(ops.values())} writes in {elapsed:.0f} s "

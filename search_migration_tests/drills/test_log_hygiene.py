@@ -22,11 +22,11 @@ import uuid
 from urllib.parse import urlsplit
 
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.cutover import flags
 from search_migration.source import contract
-from search_migration.backfill.core import Window
+from search_migration.backfill import Window
 from search_migration.definitions import defs
 from search_migration.search.read_router import ReadRouter
 from search_migration.settings import Settings
@@ -103,9 +103,9 @@ def test_no_secret_or_personal_data_in_any_log(dagster_env, servers, migrated_ur
         outputs["flags"] = run.stdout + run.stderr
 
         with db.connect(migrated_url) as conn:
-            core.capture_watermark(conn, by="drill")
+            backfill.capture_watermark(conn, by="drill")
             topic = contract.topic_ids(conn)[0]
-        core.run_partition(migrated_url, f"all-{topic}", topic, Window(0, 2**62), owner="log-drill")
+        backfill.run_partition(migrated_url, f"all-{topic}", topic, Window(0, 2**62), owner="log-drill")
 
         with db.connect(migrated_url) as conn:
             ids = canary_posts(conn, 30, "dual")

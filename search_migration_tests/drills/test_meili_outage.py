@@ -8,7 +8,7 @@ the outage is recorded as a shadow error, not returned to them.
 
 from __future__ import annotations
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.local import demo_seed
 from search_migration.cutover import flags
@@ -33,7 +33,7 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
     with db.connect(url) as conn:
         demo_seed.seed(conn, own, UID, posts=600, topics=4, seed=9)
         set_mode(conn, "dual")
-        core.capture_watermark(conn, by="drill")
+        backfill.capture_watermark(conn, by="drill")
     backfill_everything(url)
     catch_up_all(url, own, UID)
     with db.connect(url) as conn:
@@ -46,18 +46,18 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
         head = contract.outbox_head(conn)
         topics = contract.topic_ids(conn)
 
-    consumer = child(
-        "import sys; from search_migration import db, meili_index, outbox_consumer as oc\n"
+    proc = child(
+        "import sys; from search_migration import db; from search_migration.write_path import meili_index, consumer as oc\n"
         f"conn = db.connect({url!r})\n"
         f"r = oc.catch_up(conn, meili_index.client({own_meili.meili_url!r}, {own_meili.meili_master_key!r}), "
         f"{UID!r}, batch_size=50, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n"
         "sys.exit(3 if r.stalled else 0)\n", tmp_path / "consumer.log")
     with db.connect(url) as conn:
-        poll(lambda: contract.consumer_offset(conn, contract.CONSUMER) > start + 100 or consumer.poll() is not None,
+        poll(lambda: contract.consumer_offset(conn, contract.CONSUMER) > start + 100 or proc.poll() is not None,
              300, "catch-up progress")
-        assert consumer.poll() is None, "catch-up finished before the outage"
+        assert proc.poll() is None, "catch-up finished before the outage"
         services.down(own_meili)  # the outage, mid-catch-up
-        assert consumer.wait(timeout=300) == 3, (tmp_path / "consumer.log").read_text()[-3000:]
+        assert proc.wait(timeout=300) == 3, (tmp_path / "consumer.log").read_text()[-3000:]
         sides = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets"))
         assert start < sides["meili"] < head and sides["meili"] == contract.consumer_offset(conn, contract.CONSUMER)
         assert sides["pg"] >= sides["meili"]  # the overall offset is the lagging side's: Meilisearch's

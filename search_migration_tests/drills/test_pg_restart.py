@@ -8,12 +8,12 @@ offsets commit only after the engines applied the rows, so the rerun replays the
 
 from __future__ import annotations
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.local import demo_seed
 from search_migration.local import services
 from search_migration.source import contract
-from search_migration.backfill.core import Window
+from search_migration.backfill import Window
 from search_migration.schema.migrate import migrate
 
 from ..test_write_path import new_posts
@@ -38,7 +38,7 @@ def test_postgres_restarted_during_backfill_and_catchup(own_pg, meili, index_uid
     with db.connect(url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
         set_mode(conn, "dual")
-        core.capture_watermark(conn, by="drill")
+        backfill.capture_watermark(conn, by="drill")
         topic, start, rows = busiest_week(conn)
     window, key = Window(start, start + WEEK), partition_key(topic, start)
 
@@ -60,8 +60,8 @@ def test_postgres_restarted_during_backfill_and_catchup(own_pg, meili, index_uid
     catch_up_all(url, meili, index_uid)
     poll(lambda: scalar(url, "SELECT heartbeat_at < now() - interval '3 seconds' FROM cn_search.backfill_jobs "
                              "WHERE partition_key = %s", (key,)), 60, "the dead run's lease to expire")
-    rerun = core.run_partition(url, key, topic, window, owner="rerun",
-                                   options=core.PartitionOptions(page_size=4, lease_timeout_s=3))
+    rerun = backfill.run_partition(url, key, topic, window, owner="rerun",
+                                   options=backfill.PartitionOptions(page_size=4, lease_timeout_s=3))
     assert rerun.resumed_after_rows == done_at_restart and rerun.rows_done == rows
     backfill_everything(url)
     catch_up_all(url, meili, index_uid)
@@ -74,7 +74,7 @@ def test_postgres_restarted_during_backfill_and_catchup(own_pg, meili, index_uid
         product_writes(conn, "pg-restart-catchup", inserts=20, edits=40, deletes=40, removals=20)
         head = contract.outbox_head(conn)
     consumer = child(
-        "from search_migration import db, meili_index, outbox_consumer as oc\n"
+        "from search_migration import db; from search_migration.write_path import meili_index, consumer as oc\n"
         f"oc.catch_up(db.connect({url!r}), meili_index.client({meili.config.url!r}, {meili.config.api_key!r}), "
         f"{index_uid!r}, batch_size=25, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n",
         tmp_path / "consumer.log")

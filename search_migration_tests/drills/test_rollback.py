@@ -8,7 +8,7 @@ overall offset pg_only moved on.
 
 from __future__ import annotations
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.cutover import flags
 from search_migration_tests.support import invariants
@@ -23,7 +23,7 @@ def test_rollback_from_complete_replays_pg_only_writes_into_meilisearch(dagster_
     url = seeded
     with db.connect(url) as conn:
         set_mode(conn, "dual")
-        core.capture_watermark(conn, by="drill")
+        backfill.capture_watermark(conn, by="drill")
     backfill_everything(url)
     catch_up_all(url, meili, index_uid)
     with db.connect(url) as conn:

@@ -7,7 +7,7 @@ commits an offset only after every engine applied the rows below it, so a kill r
 
 from __future__ import annotations
 
-from search_migration.backfill import core
+from search_migration import backfill
 from search_migration import db
 from search_migration.write_path import meili_index
 from search_migration.source import contract
@@ -59,7 +59,7 @@ def test_catchup_run_sigkilled_mid_batch_then_rerun(servers, seeded, meili, inde
     url = seeded
     with db.connect(url) as conn:
         set_mode(conn, "dual")
-        core.capture_watermark(conn, by="drill")
+        backfill.capture_watermark(conn, by="drill")
     backfill_everything(url)
     with db.connect(url) as conn:
         start = contract.consumer_offset(conn, contract.CONSUMER)
