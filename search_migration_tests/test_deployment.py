@@ -239,15 +239,9 @@ def test_split_deployment_from_the_wheel(venv, servers, databases, default_index
     workspace.write_text("load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
                          f"      port: {grpc_port}\n      location_name: search_migration\n")
     with ExitStack() as stack:
-        procs = {
-            "code_server": process(stack, [venv / "dagster", "api", "grpc", "-m", "search_migration.definitions",
-                                           "-h", "127.0.0.1", "-p", grpc_port], env, outside,
-                                   tmp_path / "code_server.log"),
-            "webserver": process(stack, [venv / "dagster-webserver", "-w", workspace, "-h", "127.0.0.1",
-                                         "-p", web_port], env, outside, tmp_path / "webserver.log"),
-            "daemon": process(stack, [venv / "dagster-daemon", "run", "-w", workspace], env, outside,
-                              tmp_path / "daemon.log"),
-        }
+        procs = {"code_server": process(stack, [venv / "dagster", "api", "grpc", "-m", "search_migration.definitions",
+                                                "-h", "127.0.0.1", "-p", grpc_port], env, outside,
+                                        tmp_path / "code_server.log")}
         deployment = Deployment(web_port, procs, tmp_path)
 
         def serving() -> bool:
@@ -256,6 +250,11 @@ def test_split_deployment_from_the_wheel(venv, servers, databases, default_index
             return check.returncode == 0 and "gRPC connection successful" in check.stdout
 
         poll(serving, 180, "the code server to report SERVING", interval=1)
+        # as a deployment orders them: the webserver and the daemon start once the code server serves
+        procs["webserver"] = process(stack, [venv / "dagster-webserver", "-w", workspace, "-h", "127.0.0.1",
+                                             "-p", web_port], env, outside, tmp_path / "webserver.log")
+        procs["daemon"] = process(stack, [venv / "dagster-daemon", "run", "-w", workspace], env, outside,
+                                  tmp_path / "daemon.log")
         loaded = poll(lambda: (d := deployment.query(
             "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError {"
             " __typename ... on PythonError { message } } } } } }")) and d["workspaceOrError"]["locationEntries"],
