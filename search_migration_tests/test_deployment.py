@@ -22,6 +22,7 @@ import zipfile
 from contextlib import ExitStack
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 
@@ -114,9 +115,16 @@ def test_without_the_local_extra_the_engine_loads_and_local_commands_say_what_is
     assert len(named) == 2 and "DATABASE_URL" in named[0] and "MEILI_URL" in named[1], bare.stderr
 
 
-def test_optional_variables_have_the_readme_defaults():
+def test_optional_variables_have_the_readme_defaults_where_the_run_runs(monkeypatch):
+    monkeypatch.setenv("MEILI_URL", "http://127.0.0.1:1")
+    for name in ("MEILI_MASTER_KEY", "MEILI_INDEX"):
+        monkeypatch.delenv(name, raising=False)
     meili = resources({"DATABASE_URL": "postgresql://x", "MEILI_URL": "http://127.0.0.1:1"})["meili"]
-    assert (meili.index_uid, meili.master_key) == ("posts", "")  # a keyless Meilisearch, index `posts`
+    with dg.build_resources({"meili": meili}) as built:
+        assert (built.meili.index_uid, built.meili.master_key) == ("posts", "")  # a keyless Meilisearch
+    monkeypatch.setenv("MEILI_INDEX", "posts_v2")  # set after the definitions loaded: the run's value counts
+    with dg.build_resources({"meili": meili}) as built:
+        assert built.meili.index_uid == "posts_v2"
 
 
 @pytest.fixture

@@ -3,15 +3,15 @@
 Required variables (`DATABASE_URL`, `MEILI_URL`) are `dg.EnvVar`s, resolved where the run runs; a
 missing one is named in one line when the code location loads and fails the run at its start.
 Optional ones have the defaults README states: `MEILI_INDEX` (`posts`) and `MEILI_MASTER_KEY` (none:
-a Meilisearch without a key). Dagster 1.13's `EnvVar` has no default, so an optional variable becomes
-an `EnvVar` only when it is set (its value then stays out of the UI) and the field's default otherwise.
+a Meilisearch without a key). Dagster 1.13's `EnvVar` has no default, so those are read by the
+resource itself when a run sets it up (their values never show in the UI's resource config).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import dagster as dg
 import meilisearch
@@ -35,18 +35,24 @@ class PostgresResource(dg.ConfigurableResource):
 
 
 class MeiliResource(dg.ConfigurableResource):
-    """The legacy Meilisearch index."""
+    """The legacy Meilisearch index.
+
+    `master_key` and `index_uid` left unset are read where the run runs, when the resource is set up:
+    MEILI_MASTER_KEY (none: a Meilisearch without a key) and MEILI_INDEX (`posts`). Read at load time
+    they would follow the code server's environment, not the run's."""
 
     url: str
-    master_key: str = ""  # "": a Meilisearch without a master key
-    index_uid: str = meili_index.DEFAULT_INDEX_UID
+    master_key: Optional[str] = None
+    index_uid: Optional[str] = None
+
+    def create_resource(self, context: dg.InitResourceContext) -> "MeiliResource":
+        if self.master_key is not None and self.index_uid is not None:
+            return self
+        return MeiliResource(url=self.url, master_key=self.master_key or os.environ.get("MEILI_MASTER_KEY", ""),
+                             index_uid=self.index_uid or os.environ.get("MEILI_INDEX") or meili_index.DEFAULT_INDEX_UID)
 
     def client(self) -> meilisearch.Client:
-        return meili_index.client(self.url, self.master_key)
-
-
-def _optional(env: Mapping[str, str], name: str, default: str) -> str:
-    return dg.EnvVar(name) if env.get(name) else default
+        return meili_index.client(self.url, self.master_key or "")
 
 
 def missing_required(env: Mapping[str, str] = os.environ) -> list[str]:
@@ -56,9 +62,5 @@ def missing_required(env: Mapping[str, str] = os.environ) -> list[str]:
 def resources(env: Mapping[str, str] = os.environ) -> dict[str, dg.ConfigurableResource]:
     for name in missing_required(env):
         log.warning("search_migration: %s is not set (%s); runs that need it fail at start", name, REQUIRED[name])
-    return {
-        "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
-        "meili": MeiliResource(url=dg.EnvVar("MEILI_URL"),
-                               master_key=_optional(env, "MEILI_MASTER_KEY", ""),
-                               index_uid=_optional(env, "MEILI_INDEX", meili_index.DEFAULT_INDEX_UID)),
-    }
+    return {"postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
+            "meili": MeiliResource(url=dg.EnvVar("MEILI_URL"))}
