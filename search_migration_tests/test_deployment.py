@@ -11,9 +11,7 @@ launches them (GraphQL) and by the daemon's sensor, and carried out by the code 
 from __future__ import annotations
 
 import email
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -32,7 +30,7 @@ from search_migration.local import demo_seed
 from search_migration.source import contract
 from search_migration.write_path import meili_index
 
-from .conftest import REPO, free_port, poll, with_dbname
+from .conftest import REPO, free_port, poll, stop_group, with_dbname
 from .test_dev_ui import graphql
 
 DEPLOY = REPO / "deploy"
@@ -155,16 +153,7 @@ def process(stack: ExitStack, argv: list, env: dict[str, str], cwd: Path, log: P
     proc = subprocess.Popen([str(a) for a in argv], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
-    def stop():
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    stack.callback(stop)
+    stack.callback(stop_group, proc, 30)
     return proc
 
 
