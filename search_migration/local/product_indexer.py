@@ -54,12 +54,17 @@ class ProductIndexer:
     def settle(self) -> None:
         """Wait for every task enqueued so far (no-op unless `wait`); a rejected task is an error."""
         tasks, self._tasks = self._tasks, []
-        if not self.wait:
+        if not self.wait or not tasks:
             return
-        for uid in tasks:
-            task = self.meili.wait_for_task(uid, timeout_in_ms=600_000, interval_in_ms=20)
-            if task.status != "succeeded":
-                raise RuntimeError(f"Meilisearch task {uid} {task.status}: {(task.error or {}).get('code')}")
+        # Meilisearch runs its queue in enqueue order: once the last task is done, look at all at once.
+        self.meili.wait_for_task(tasks[-1], timeout_in_ms=600_000, interval_in_ms=20)
+        for start in range(0, len(tasks), 500):
+            chunk = tasks[start:start + 500]
+            for task in self.meili.get_tasks({"uids": [str(u) for u in chunk], "limit": len(chunk)}).results:
+                if task.status in ("enqueued", "processing"):
+                    task = self.meili.wait_for_task(task.uid, timeout_in_ms=600_000, interval_in_ms=20)
+                if task.status != "succeeded":
+                    raise RuntimeError(f"Meilisearch task {task.uid} {task.status}: {(task.error or {}).get('code')}")
 
     # ---- outbox consumer ----------------------------------------------------------------------------
 
