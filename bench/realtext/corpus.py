@@ -68,8 +68,8 @@ PACKAGES: list[tuple[str, str, str, str | None]] = [
     ("aptitude-doc-ja", "0.8.13-5", "admin", None),
     # LilyPond's English manuals only where a Japanese translation exists (the English set is ~10x)
     ("lilypond-doc-html", "2.24.1-2", "music",
-     r"/Documentation/(learning|usage|web|notation|snippets)/[^/]*(?<!\.[a-z][a-z])(?<!_[a-z][a-z])\.html$"),
-    ("lilypond-doc-html-ja", "2.24.1-2", "music", r"\.ja\.html$"),
+     r"/Documentation/(learning|usage|web|notation|snippets)/(?!news)[^/]*(?<!\.[a-z][a-z])(?<!_[a-z][a-z])\.html$"),
+    ("lilypond-doc-html-ja", "2.24.1-2", "music", r"/(?!news)[^/]*\.ja\.html$"),
 ]
 # Never these: an independent parity check keeps manpages(-ja) for itself.
 FORBIDDEN = {"manpages", "manpages-ja", "manpages-dev", "manpages-ja-dev"}
@@ -96,6 +96,10 @@ CREATED_SPAN = 3 * 365 * 86_400
 
 MIN_CHARS = {"ja": 15, "en": 30}
 MIN_EN_WORDS = 5
+# Template paragraphs ("You can access this command from the image menu through ...") are real but
+# would flood the ties: at most this many paragraphs may share their first PREFIX_CHARS characters.
+PREFIX_CHARS = 40
+PREFIX_MAX = 5
 MAX_POST_CHARS = 4_000
 # How many paragraphs a post takes (cumulative draw); "split" cuts a long paragraph into sentence runs.
 SPLIT_LONG_OVER = 500
@@ -108,7 +112,7 @@ SKIP_CLASSES = {"navheader", "navfooter", "toc", "toc2", "breadcrumbs", "sphinxs
                 "footer", "header", "headerlink", "programlisting", "screen", "synopsis", "literallayout",
                 "highlight", "listingblock", "literalblock", "cmdsynopsis", "funcsynopsis", "indexterm",
                 "titlepage", "footnotes", "footnote", "index", "searchbox", "language_switcher_placeholder",
-                "section-number", "mediaobject", "figure-contents", "navigation"}
+                "section-number", "mediaobject", "figure-contents", "navigation", "docnav"}
 PARA_TAGS = {"p", "li", "dd", "blockquote"}
 BLOCK_TAGS = PARA_TAGS | {"div", "table", "tr", "td", "th", "ul", "ol", "dl", "section", "article",
                           "body", "br", "hr", "tbody", "thead", "aside", "main", "figure", "img"}
@@ -460,7 +464,8 @@ def build(out: Path, cache: Path, posts_wanted: int | None, seed: int,
     pkg_info: list[dict] = []
     seen: set[str] = set()
     paras: list[Para] = []
-    dropped = {"short_or_noisy": 0, "other_language": 0, "duplicate": 0}
+    dropped = {"short_or_noisy": 0, "other_language": 0, "duplicate": 0, "template": 0}
+    prefixes: dict[str, int] = {}
     for name, version, group, include in packages:
         deb = fetch_deb(name, version, debs)
         real_version = _deb_field(deb, "Version")
@@ -482,6 +487,11 @@ def build(out: Path, cache: Path, posts_wanted: int | None, seed: int,
                     dropped["duplicate"] += 1
                     continue
                 seen.add(key)
+                prefix = p.text[:PREFIX_CHARS]
+                prefixes[prefix] = prefixes.get(prefix, 0) + 1
+                if prefixes[prefix] > PREFIX_MAX:
+                    dropped["template"] += 1
+                    continue
                 paras.append(Para(p.text, lang, name, path, p.section, p.code, group))
                 kept[lang] += 1
         info = {"name": name, "version": real_version, "pinned": version, "group": group,
@@ -509,10 +519,7 @@ def build(out: Path, cache: Path, posts_wanted: int | None, seed: int,
         pick = sorted(random.Random(f"realtext-sample:{seed}").sample(range(available), posts_wanted))
         raw_posts = [raw_posts[i] for i in pick]
 
-    topics = all_topics()
-    global_order = topics[:]
-    random.Random(f"realtext-topic-order:{seed}").shuffle(global_order)
-    global_chooser = Chooser(global_order, _zipf_weights(len(global_order)))
+    global_chooser = Chooser(GLOBAL_TOPICS, _zipf_weights(len(GLOBAL_TOPICS)))
     group_choosers = {g: Chooser(names, _zipf_weights(len(names))) for g, names in TOPIC_GROUPS.items()}
     authors = [hashlib.sha256(f"realtext-author:{seed}:{i}".encode()).hexdigest() for i in range(AUTHORS)]
     author_chooser = Chooser(authors, [1.0 / (r + 1) ** 0.9 for r in range(AUTHORS)])
@@ -566,7 +573,8 @@ def build(out: Path, cache: Path, posts_wanted: int | None, seed: int,
         "posts_available": available,
         "packages": pkg_info,
         "params": {"min_chars": MIN_CHARS, "min_en_words": MIN_EN_WORDS, "max_post_chars": MAX_POST_CHARS,
-                   "split_long_over": SPLIT_LONG_OVER, "split_p": SPLIT_P, "in_group_p": IN_GROUP_P,
+                   "split_long_over": SPLIT_LONG_OVER, "prefix_chars": PREFIX_CHARS,
+                   "prefix_max": PREFIX_MAX, "split_p": SPLIT_P, "in_group_p": IN_GROUP_P,
                    "second_topic_p": SECOND_TOPIC_P, "zipf_s": ZIPF_S, "authors": AUTHORS,
                    "created_from": CREATED_FROM, "created_span": CREATED_SPAN},
         "paragraphs": {"kept": len(paras), "dropped": dropped},
