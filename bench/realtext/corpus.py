@@ -112,7 +112,7 @@ SKIP_CLASSES = {"navheader", "navfooter", "toc", "toc2", "breadcrumbs", "sphinxs
                 "footer", "header", "headerlink", "programlisting", "screen", "synopsis", "literallayout",
                 "highlight", "listingblock", "literalblock", "cmdsynopsis", "funcsynopsis", "indexterm",
                 "titlepage", "footnotes", "footnote", "index", "searchbox", "language_switcher_placeholder",
-                "section-number", "mediaobject", "figure-contents", "navigation", "docnav"}
+                "section-number", "mediaobject", "figure-contents", "navigation", "docnav", "title"}
 PARA_TAGS = {"p", "li", "dd", "blockquote"}
 BLOCK_TAGS = PARA_TAGS | {"div", "table", "tr", "td", "th", "ul", "ol", "dl", "section", "article",
                           "body", "br", "hr", "tbody", "thead", "aside", "main", "figure", "img"}

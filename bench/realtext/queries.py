@@ -63,6 +63,7 @@ JA_STOP = {"こと", "もの", "ため", "よう", "これ", "それ", "あれ",
            "以下", "以上", "次", "際", "毎", "全て", "すべて"}
 
 _CJK_RE = re.compile(r"^[\u3041-\u309f\u30a0-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff々〆ヵヶー]+$")
+_HIRAGANA_ONLY = re.compile(r"^[\u3041-\u309fー]+$")
 _EN_WORD = re.compile(r"(?<![\w'-])[A-Za-z]+(?![\w'])")
 
 QWERTY = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
@@ -181,11 +182,12 @@ class JaTokenizer:
 
 
 def ja_nouns(toks) -> list[int]:
-    """Indices of content nouns written in Japanese script, 2+ characters."""
+    """Indices of content nouns written in Japanese script (not in hiragana alone), 2+ characters."""
     out = []
     for i, (surface, det, _, _) in enumerate(toks):
         if (det and det[0] == "名詞" and len(det) > 1 and det[1] in ("普通名詞", "固有名詞")
                 and len(surface) >= 2 and _CJK_RE.match(surface) and surface not in JA_STOP
+                and not _HIRAGANA_ONLY.match(surface)
                 and not re.fullmatch(r"[ー・]+", surface)):
             out.append(i)
     return out
@@ -205,7 +207,7 @@ def ja_noun_runs(toks) -> list[str]:
         end = e
     if cur:
         runs.append(cur)
-    return [r for r in runs if r not in JA_STOP]
+    return [r for r in runs if r not in JA_STOP and not _HIRAGANA_ONLY.match(r)]
 
 
 def en_words(text: str) -> list[tuple[str, int]]:
