@@ -83,8 +83,9 @@ def test_the_wheel_carries_its_data_and_not_the_tests_nor_the_local_tooling(whee
         names = set(zf.namelist())
         (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         requires = email.message_from_bytes(zf.read(metadata)).get_all("Requires-Dist")
-    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "search_migration").rglob("*.py")}
-    assert modules - names == set(), "a subpackage is missing from pyproject.toml's packages"
+    package = {p.relative_to(REPO).as_posix() for p in (REPO / "search_migration").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert package - names == set(), "missing from pyproject.toml's packages or package-data"
     assert {f"search_migration/migrations/{m}" for m in MIGRATIONS} <= names
     assert "search_migration/gates/golden_queries.json" in names
     assert not [n for n in names if n.startswith(("search_migration_tests", "migrations/"))]
