@@ -218,7 +218,11 @@ def _latest_gates(s: Settings) -> dict:
     from search_migration.gate_history import latest_gates
     from search_migration.gates.policy import CHECK_ASSET
 
-    os.environ.update({**s.environment(), "DAGSTER_HOME": str(home)})
+    try:
+        env = s.environment()
+    except ConfigError as exc:  # Dagster's storage is not named: the other sections still report
+        return {"error": str(exc)}
+    os.environ.update({**env, "DAGSTER_HOME": str(home)})
     with dg.DagsterInstance.get() as instance:
         found = latest_gates(instance, tuple(CHECK_ASSET))
     return {name: "never evaluated" if g is None else
