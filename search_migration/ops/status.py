@@ -99,6 +99,9 @@ def render(report: dict[str, dict]) -> list[str]:
             lines.append(f"backfill: {data['rows_done']}/{data['rows_total']} rows{pct} at high watermark "
                          f"{data['high_watermark']}; partitions: {parts}; {data['rows_per_second']} rows/s; "
                          f"ETA {_duration(data['eta_seconds'])}")
+        elif name == "stage":
+            rest = ", ".join(f"{k} {v}" for k, v in data.items() if k != "stage")
+            lines.append(f"stage: {data['stage']} ({rest})")
         elif name == "gates":
             lines.append("gates:")
             lines.extend(f"  {gate:<20} {result}" for gate, result in data.items())
