@@ -30,19 +30,23 @@ class DocWrite(NamedTuple):  # a tuple: built once per document, a frozen datacl
     content: str = ""
     created_at: int = 0
     visibility: str = "public"
+    kind: int | None = None
+    expires_at: int | None = None  # the expiry sweep tombstones the document once it passes
+    delete_reason: str | None = None  # a tombstone's why: the outbox reason (nip09, dsar, expiration), or ours
 
 
 UPSERT_SQL = """
 INSERT INTO cn_search.post_search_documents AS d
     (post_id, topic_id, content, normalized_text, search_tokens, created_at, visibility,
-     source_seq, is_deleted, normalizer_version, updated_at)
+     source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason, updated_at)
 SELECT w.post_id, w.topic_id, w.content, w.normalized_text, w.search_tokens::tsvector, w.created_at,
-       w.visibility, w.source_seq, w.is_deleted, w.normalizer_version, now()
+       w.visibility, w.source_seq, w.is_deleted, w.normalizer_version, w.kind, w.expires_at, w.delete_reason, now()
 FROM unnest(%(post_id)s::text[], %(topic_id)s::text[], %(content)s::text[], %(normalized)s::text[],
             %(tokens)s::text[], %(created_at)s::bigint[], %(visibility)s::text[], %(seq)s::bigint[],
-            %(deleted)s::boolean[], %(version)s::integer[])
+            %(deleted)s::boolean[], %(version)s::integer[], %(kind)s::integer[], %(expires_at)s::bigint[],
+            %(delete_reason)s::text[])
      AS w(post_id, topic_id, content, normalized_text, search_tokens, created_at, visibility,
-          source_seq, is_deleted, normalizer_version)
+          source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason)
 ON CONFLICT (post_id, topic_id) DO UPDATE SET
     content = EXCLUDED.content,
     normalized_text = EXCLUDED.normalized_text,
@@ -52,6 +56,9 @@ ON CONFLICT (post_id, topic_id) DO UPDATE SET
     source_seq = EXCLUDED.source_seq,
     is_deleted = EXCLUDED.is_deleted,
     normalizer_version = EXCLUDED.normalizer_version,
+    kind = coalesce(EXCLUDED.kind, d.kind),
+    expires_at = EXCLUDED.expires_at,
+    delete_reason = EXCLUDED.delete_reason,
     updated_at = now()
 WHERE d.source_seq < EXCLUDED.source_seq
    -- the same version under a newer normalizer: a rebuild after a normalizer change refreshes it
@@ -70,7 +77,7 @@ def latest_per_document(writes: list[DocWrite]) -> list[DocWrite]:
 
 
 _COLUMNS = ("post_id", "topic_id", "content", "normalized", "tokens", "created_at", "visibility", "seq", "deleted",
-            "version")
+            "version", "kind", "expires_at", "delete_reason")
 
 
 def rows(writes: list[DocWrite]) -> list[tuple]:
@@ -80,7 +87,8 @@ def rows(writes: list[DocWrite]) -> list[tuple]:
         text = "" if w.deleted else w.content
         normalized = normalize(text)
         out.append((w.post_id, w.topic_id, text, normalized, tsvector_literal(token_positions(normalized)),
-                    w.created_at, w.visibility, w.seq, w.deleted, NORMALIZER_VERSION))
+                    w.created_at, w.visibility, w.seq, w.deleted, NORMALIZER_VERSION, w.kind,
+                    None if w.deleted else w.expires_at, w.delete_reason if w.deleted else None))
     return out
 
 
@@ -115,7 +123,8 @@ def apply(conn: psycopg.Connection, writes: list[DocWrite]) -> int:
 STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS pg_documents_stage (
     post_id text, topic_id text, content text, normalized_text text, search_tokens text, created_at bigint,
-    visibility text, source_seq bigint, is_deleted boolean, normalizer_version integer
+    visibility text, source_seq bigint, is_deleted boolean, normalizer_version integer, kind integer,
+    expires_at bigint, delete_reason text
 ) ON COMMIT DELETE ROWS
 """
 _SELECT, _REST = UPSERT_SQL.split("FROM unnest(", 1)
