@@ -28,6 +28,10 @@ from search_migration.local.demo_seed import SeedError
 from search_migration.local import services
 from search_migration.settings import ConfigError, Settings, redact_dsn
 from search_migration.errors import first_line
+from search_migration.schema import ownership
+from search_migration.source import indexes as source_indexes
+from search_migration.source import shape
+from search_migration.write_path import handover
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,11 +45,18 @@ def _settings() -> Settings:
 
 
 def _connect(s: Settings) -> psycopg.Connection:
+    """A connection to the product's database, refused when cn_search there is not ours."""
     try:
-        return db.connect(s.database_url, connect_timeout=5)
+        conn = db.connect(s.database_url, connect_timeout=5)
     except psycopg.OperationalError:
         hint = " (run `search-migration services up`)" if s.embedded_pg else ""
         raise CliError(f"cannot connect to PostgreSQL at {redact_dsn(s.database_url)}{hint}") from None
+    try:
+        ownership.check(conn)
+    except ownership.ForeignSchema as exc:
+        conn.close()
+        raise CliError(str(exc)) from None
+    return conn
 
 
 def _meili(s: Settings):
@@ -132,7 +143,7 @@ def cmd_flags(args) -> None:
 def cmd_replay_failed(args) -> None:
     s = _settings()
     with _connect(s) as conn:
-        outcomes = dead_letters.replay(conn, _meili(s), s.meili_index, by=args.by, reason=args.reason,
+        outcomes = dead_letters.replay(conn, _meili(s), by=args.by, reason=args.reason,
                                        limit=args.limit, dry_run=args.dry_run)
     for outcome in outcomes:
         print(outcome.line(dry_run=args.dry_run))
@@ -158,6 +169,37 @@ def cmd_status(args) -> None:
     else:
         for line in status.render(report):
             print(line)
+    failed = status.failed_sections(report)
+    if failed:
+        print(f"error: status sections failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def cmd_db_source_indexes(args) -> None:
+    """Print the optional source indexes for a DBA; nothing is executed."""
+    print("-- Optional indexes on the product's tables (search_migration never creates them).")
+    print("-- Run each statement on its own (CONCURRENTLY cannot run inside a transaction).")
+    for statement in source_indexes.statements():
+        print(statement)
+
+
+def cmd_adopt(args) -> None:
+    """Take the write path over from the product's indexer at its offset (audited)."""
+    s = _settings()
+    with _connect(s) as conn:
+        if migrations.pending(s.database_url):
+            raise CliError("the schema is not migrated; run `search-migration db migrate` first")
+        done = handover.adopt(conn, from_consumer=args.from_consumer, by=args.by, reason=args.reason,
+                              dry_run=args.dry_run)
+    if done.already:
+        print(f"already adopted: {done.consumer} took over from {done.from_consumer} at seq {done.offset} "
+              f"(by {done.handed_by}); nothing changed")
+    elif args.dry_run:
+        print(f"would adopt: {done.consumer} starts at {done.from_consumer}'s offset {done.offset} in both engines; "
+              "nothing changed")
+    else:
+        print(f"adopted: {done.consumer} starts at {done.from_consumer}'s offset {done.offset} (by {done.handed_by}); "
+              f"keep {done.from_consumer} stopped: `status` reports it if its offset moves")
 
 
 def _prepare_demo(s: Settings, posts: int, topics: int, seed: int) -> None:
@@ -307,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     db_cmds = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db_cmds.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_db_migrate)
+    db_cmds.add_parser("source-indexes", help="print the optional source indexes as CREATE INDEX CONCURRENTLY "
+                       "statements for a DBA").set_defaults(func=cmd_db_source_indexes)
+
+    ad = sub.add_parser("adopt", help="take the write path over from the product's indexer at its offset")
+    ad.add_argument("--from-consumer", required=True, help="the product's indexer consumer (index-v1)")
+    ad.add_argument("--by", required=True, help="who hands over")
+    ad.add_argument("--reason", required=True, help="why")
+    ad.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    ad.set_defaults(func=cmd_adopt)
 
     demo = sub.add_parser("demo", help="demo corpus").add_subparsers(dest="demo_command", required=True)
     seed = demo.add_parser("seed", help="write the demo corpus and build the legacy index")
@@ -369,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except (CliError, ConfigError, services.ServiceError, migrations.MigrationError, SeedError,
-            flags.FlagError, dead_letters.ReplayError) as exc:
+            flags.FlagError, dead_letters.ReplayError, handover.HandoverError, shape.ShapeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except MeilisearchError as exc:

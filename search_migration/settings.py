@@ -47,7 +47,6 @@ class Settings:
     external_meili_url: str | None
     external_meili_key: str | None = field(repr=False)
     external_dagster_pg_url: str | None = field(repr=False)
-    meili_index: str
     cache_dir: Path  # downloaded binaries; shareable between homes
 
     @classmethod
@@ -61,7 +60,6 @@ class Settings:
             external_meili_url=env.get("MEILI_URL") or None,
             external_meili_key=env.get("MEILI_MASTER_KEY") or None,
             external_dagster_pg_url=env.get("DAGSTER_PG_URL") or None,
-            meili_index=env.get("MEILI_INDEX") or "posts",
             cache_dir=Path(env.get("SEARCH_MIGRATION_CACHE") or home / "bin"),
         )
 
@@ -120,7 +118,6 @@ class Settings:
             "DAGSTER_PG_URL": self.dagster_pg_url,
             "MEILI_URL": self.meili_url,
             "MEILI_MASTER_KEY": self.meili_master_key,
-            "MEILI_INDEX": self.meili_index,
         }
 
 

@@ -15,7 +15,6 @@ import meilisearch
 import psycopg
 
 from search_migration.cutover import flags
-from search_migration.write_path import meili_index
 from search_migration.schema import migrate
 from search_migration.write_path import consumer
 from search_migration.source import contract
@@ -84,13 +83,13 @@ def evidence(move: Move, gates: dict[str, GateStatus | None]) -> dict:
         for name, g in gates.items() if name in move.gates}}
 
 
-def reverse_catch_up(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *, by: str,
+def reverse_catch_up(conn: psycopg.Connection, meili: meilisearch.Client, *, by: str,
                      reason: str) -> int:
     """Writes go dual again and Meilisearch replays what it missed in `complete`; returns its offset."""
     flags.set_flags(conn, {"search_write_mode": "dual"}, by=by, reason=f"{reason} (reverse catch-up)",
                     stage_from="complete", stage_to="complete", evidence={"phase": "reverse catch-up"})
     target = contract.outbox_head(conn)
-    result = consumer.catch_up(conn, meili, index_uid, to_seq=target)
+    result = consumer.catch_up(conn, meili, to_seq=target)
     if result.stalled or result.end_offset < target:
         raise CutoverRefused(f"reverse catch-up stopped at seq {result.end_offset} of {target} "
                              f"({'; '.join(result.stalled.values()) or 'waiting on a sequence gap'}); "
@@ -99,15 +98,13 @@ def reverse_catch_up(conn: psycopg.Connection, meili: meilisearch.Client, index_
 
 
 def execute(conn: psycopg.Connection, move: Move, *, by: str, reason: str, gates: dict[str, GateStatus | None],
-            meili: meilisearch.Client | None = None, index_uid: str | None = None) -> dict:
-    """Apply the move's flag changes with audit; returns {flag: (old, new)}."""
-    if move.target == "dual" and not move.rollback and meili is not None:
-        # the legacy index gets the settings PostgreSQL search mirrors (the tie-break) before shadow reads
-        meili_index.ensure_index(meili, index_uid)
+            meili: meilisearch.Client | None = None) -> dict:
+    """Apply the move's flag changes with audit; returns {flag: (old, new)}. The product's Meilisearch
+    indexes are never reconfigured by a move: their settings are the product's."""
     if move.rollback and move.source == "complete":
-        if meili is None or index_uid is None:
+        if meili is None:
             raise ValueError("rolling back from complete needs Meilisearch for the reverse catch-up")
-        reverse_catch_up(conn, meili, index_uid, by=by, reason=reason)
+        reverse_catch_up(conn, meili, by=by, reason=reason)
         current_flags = flags.read_all(conn)
         wanted = {**stages.BASE_FLAGS[move.target], **move.changes}
         move = stages.Move("complete", move.target, {k: v for k, v in wanted.items() if current_flags.get(k) != v}, (), True)

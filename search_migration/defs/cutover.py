@@ -46,7 +46,7 @@ def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: Postg
             return
         try:
             changed = moves.execute(conn, move, by=config.by, reason=config.reason, gates=gates,
-                                      meili=meili.client(), index_uid=meili.index_uid)
+                                      meili=meili.client())
         except (moves.CutoverRefused, flags.FlagError) as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
     context.log.info("flags changed: " + (", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()) or "none"))

@@ -24,7 +24,6 @@ class MeiliResource(dg.ConfigurableResource):
 
     url: str
     master_key: str
-    index_uid: str = meili_index.DEFAULT_INDEX_UID
 
     def client(self) -> meilisearch.Client:
         return meili_index.client(self.url, self.master_key)
@@ -34,6 +33,6 @@ def resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "postgres": PostgresResource(database_url=dg.EnvVar("DATABASE_URL")),
         "meili": MeiliResource(
-            url=dg.EnvVar("MEILI_URL"), master_key=dg.EnvVar("MEILI_MASTER_KEY"), index_uid=dg.EnvVar("MEILI_INDEX")
+            url=dg.EnvVar("MEILI_URL"), master_key=dg.EnvVar("MEILI_MASTER_KEY")
         ),
     }

@@ -6,7 +6,7 @@ from typing import Optional
 import dagster as dg
 
 from search_migration.write_path import dead_letters
-from search_migration.write_path import consumer
+from search_migration.write_path import consumer, handover
 from search_migration.source import contract
 from search_migration.backfill.partition_keys import PartitionKeyError, topic_partition_key
 from .partitions import topics_partitions
@@ -31,9 +31,8 @@ def catch_up(context: dg.OpExecutionContext, config: CatchUpConfig, postgres: Po
              meili: MeiliResource) -> dg.Output[int]:
     with postgres.connect() as conn:
         try:
-            result = consumer.catch_up(conn, meili.client(), meili.index_uid, to_seq=config.to_seq,
-                                              batch_size=config.batch_size)
-        except consumer.ConsumerBusy as exc:
+            result = consumer.catch_up(conn, meili.client(), to_seq=config.to_seq, batch_size=config.batch_size)
+        except (consumer.ConsumerBusy, handover.HandoverError) as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
     metadata = {"start_offset": result.start_offset, "end_offset": result.end_offset, "target": result.target,
                 "rows_applied": result.rows_applied, "dead_lettered": result.dead_lettered, "lag": result.lag}
@@ -68,7 +67,7 @@ def replay_failed(context: dg.OpExecutionContext, config: ReplayConfig, postgres
                   meili: MeiliResource) -> None:
     with postgres.connect() as conn:
         try:
-            outcomes = dead_letters.replay(conn, meili.client(), meili.index_uid, by=config.by, reason=config.reason,
+            outcomes = dead_letters.replay(conn, meili.client(), by=config.by, reason=config.reason,
                                            limit=config.limit, dry_run=config.dry_run)
         except dead_letters.ReplayError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
@@ -96,6 +95,9 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
     if running:
         return dg.SkipReason(f"catch-up run {running[0].run_id[:8]} is still in flight")
     with postgres.connect() as conn:
+        if handover.latest(conn) is None:
+            return dg.SkipReason(f"the write path has not taken over from {contract.PRODUCT_INDEXER} yet "
+                                 "(`search-migration adopt`); the product's indexer keeps the indexes current")
         head = contract.outbox_head(conn)
         offset = contract.consumer_offset(conn, contract.CONSUMER)
     if head <= offset:

@@ -1,5 +1,8 @@
 """Apply the ordered SQL files in `migrations/` exactly once, under a PostgreSQL advisory lock.
 
+They create and change `cn_search` only, and only after checking that `cn_relay` has the product's
+shape and that `cn_search` is ours (or absent, or empty): nothing of the product is changed.
+
 Two runners at once serialize on the lock: one applies, the other waits and finds nothing to do.
 A file that changed after it was applied is refused (by checksum) before anything else runs, so a
 history edited by accident can never half-apply.
@@ -14,14 +17,17 @@ from pathlib import Path
 
 import psycopg
 from search_migration.errors import first_line
+from search_migration.schema import ownership
+from search_migration.source import shape
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 # Any constant works as long as every runner agrees: derived from the project name.
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"search_migration.schema.migrate").digest()[:8], "big", signed=True)
 FILENAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
+# Our history lives in our schema: nothing of ours is written anywhere else (cn_relay is the product's).
 TRACKING_DDL = """
-CREATE TABLE IF NOT EXISTS public.search_migration_schema_versions (
+CREATE TABLE IF NOT EXISTS cn_search.schema_versions (
     filename   text        PRIMARY KEY,
     checksum   text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
@@ -64,9 +70,15 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
-            conn.execute(TRACKING_DDL)
-            applied = dict(conn.execute(
-                "SELECT filename, checksum FROM public.search_migration_schema_versions").fetchall())
+            try:
+                ownership.check(conn)
+                shape.verify(conn)
+            except (ownership.ForeignSchema, shape.ShapeError) as exc:
+                raise MigrationError(str(exc)) from None
+            with conn.transaction():
+                conn.execute("CREATE SCHEMA IF NOT EXISTS cn_search")
+                conn.execute(TRACKING_DDL)
+            applied = dict(conn.execute("SELECT filename, checksum FROM cn_search.schema_versions").fetchall())
             on_disk = {m.filename for m in migrations}
             for filename in sorted(set(applied) - on_disk):
                 raise MigrationError(f"{filename} was applied but is missing from {directory.name}/")
@@ -82,7 +94,7 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     with conn.transaction():
                         conn.execute(m.sql)
                         conn.execute(
-                            "INSERT INTO public.search_migration_schema_versions (filename, checksum) "
+                            "INSERT INTO cn_search.schema_versions (filename, checksum) "
                             "VALUES (%s, %s)", (m.filename, m.checksum))
                 except psycopg.Error as exc:
                     raise MigrationError(f"{m.filename} failed: {first_line(exc)}") from exc
@@ -95,8 +107,8 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
 def pending(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Filenames not yet applied, without taking the lock (for status output)."""
     with psycopg.connect(conninfo) as conn:
-        exists = conn.execute("SELECT to_regclass('public.search_migration_schema_versions')").fetchone()[0]
+        exists = conn.execute("SELECT to_regclass('cn_search.schema_versions')").fetchone()[0]
         applied = set()
         if exists:
-            applied = {r[0] for r in conn.execute("SELECT filename FROM public.search_migration_schema_versions")}
+            applied = {r[0] for r in conn.execute("SELECT filename FROM cn_search.schema_versions")}
     return [m.filename for m in discover(directory) if m.filename not in applied]

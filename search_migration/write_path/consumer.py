@@ -27,7 +27,7 @@ from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationErro
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from search_migration.cutover import flags
-from search_migration.write_path import handover, legacy_documents, meili_index
+from search_migration.write_path import expiry, handover, legacy_documents, meili_index
 from search_migration.ops import counters
 from search_migration.write_path import pg_documents
 from search_migration.source import contract
@@ -296,6 +296,7 @@ class CatchUpResult:
     batches: int = 0
     stalled: dict[str, str] = field(default_factory=dict)  # side → error
     waiting_on_gap: int | None = None
+    expired: dict[str, int] = field(default_factory=dict)  # side → documents the expiry sweep removed
 
     @property
     def lag(self) -> int:
@@ -558,7 +559,18 @@ class Consumer:
                 if batch is None:
                     break
                 inflight = batch
+            if not result.stalled:
+                result.expired = self._sweep(sides)
             return result
+
+    def _sweep(self, sides: list[str]) -> dict[str, int]:
+        """The expiry sweep, under the consumer's lock; a failing engine leaves its cursor for next time."""
+        try:
+            return expiry.sweep(self.conn, self.engines["meili"].client, sides, consumer=self.consumer)
+        except (psycopg.Error, MeilisearchApiError, MeilisearchCommunicationError, MeilisearchTimeoutError,
+                RuntimeError) as exc:
+            log.warning("expiry sweep deferred: %s", type(exc).__name__)
+            return {}
 
 
 def catch_up(conn: psycopg.Connection, meili: meilisearch.Client, *, to_seq: int | None = None,

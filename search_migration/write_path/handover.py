@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import psycopg
 
 from search_migration.source import contract, shape
+from search_migration.write_path import expiry
 
 
 class HandoverError(Exception):
@@ -74,6 +75,7 @@ def adopt(conn: psycopg.Connection, *, from_consumer: str, by: str, reason: str,
         for side in ("meili", "pg"):
             conn.execute("INSERT INTO cn_search.consumer_side_offsets (consumer, backend, last_seq) VALUES (%s, %s, %s)",
                          (consumer, side, offset))
+        expiry.start(conn, consumer, contract.now_unix())
     return Handover(from_consumer, consumer, offset, by)
 
 
