@@ -28,7 +28,7 @@ from search_migration.local.demo_seed import SeedError
 from search_migration.local import services
 from search_migration.settings import ConfigError, Settings, redact_dsn
 from search_migration.errors import first_line
-from search_migration.schema import ownership
+from search_migration.schema import grants, ownership
 from search_migration.source import indexes as source_indexes
 from search_migration.source import shape
 from search_migration.write_path import handover
@@ -180,6 +180,13 @@ def cmd_db_source_indexes(args) -> None:
     print("-- Optional indexes on the product's tables (search_migration never creates them).")
     print("-- Run each statement on its own (CONCURRENTLY cannot run inside a transaction).")
     for statement in source_indexes.statements():
+        print(statement)
+
+
+def cmd_db_grants(args) -> None:
+    """Print the least-privilege grants for a DBA; nothing is executed."""
+    print(f"-- Least privilege for role {args.role!r}: run as the database owner. search_migration never runs this.")
+    for statement in grants.statements(args.role):
         print(statement)
 
 
@@ -351,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     db_cmds.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_db_migrate)
     db_cmds.add_parser("source-indexes", help="print the optional source indexes as CREATE INDEX CONCURRENTLY "
                        "statements for a DBA").set_defaults(func=cmd_db_source_indexes)
+
+    gr = db_cmds.add_parser("grants", help="print the least-privilege grants for our role, for a DBA")
+    gr.add_argument("--role", required=True, help="the PostgreSQL role search_migration connects as")
+    gr.set_defaults(func=cmd_db_grants)
 
     ad = sub.add_parser("adopt", help="take the write path over from the product's indexer at its offset")
     ad.add_argument("--from-consumer", required=True, help="the product's indexer consumer (index-v1)")

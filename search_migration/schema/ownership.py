@@ -1,7 +1,7 @@
 """Is `cn_search` ours? Our state lives there alone, so a `cn_search` someone else made is refused.
 
-Ours means: it holds our migration history (`cn_search.schema_versions`), or it is empty (a DBA may
-create it for our role). Anything else — the product's own later search migration creates a
+Ours means: it holds our migration history (`cn_search.schema_versions`), or it holds nothing but
+what `db grants` has a DBA put there for our role (btree_gin, the consumer-offset function). Anything else — the product's own later search migration creates a
 `cn_search` of its own — is named in one line and nothing is touched.
 """
 
@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import psycopg
 
+# Objects in cn_search that are neither an extension's members (btree_gin, which a DBA may install there)
+# nor the offset function a DBA creates for us (schema/grants.py).
 FOREIGN_OBJECT_SQL = """
-SELECT c.relname, c.relkind FROM pg_class c
+WITH members AS (SELECT classid, objid FROM pg_depend WHERE deptype = 'e')
+SELECT c.relname FROM pg_class c
 WHERE c.relnamespace = 'cn_search'::regnamespace
+  AND NOT EXISTS (SELECT 1 FROM members m WHERE m.classid = 'pg_class'::regclass AND m.objid = c.oid)
 UNION ALL
-SELECT p.proname, 'f' FROM pg_proc p WHERE p.pronamespace = 'cn_search'::regnamespace
+SELECT p.proname FROM pg_proc p
+WHERE p.pronamespace = 'cn_search'::regnamespace AND p.proname <> 'set_consumer_offset'
+  AND NOT EXISTS (SELECT 1 FROM members m WHERE m.classid = 'pg_proc'::regclass AND m.objid = p.oid)
 UNION ALL
-SELECT t.typname, 't' FROM pg_type t
+SELECT t.typname FROM pg_type t
 WHERE t.typnamespace = 'cn_search'::regnamespace AND t.typrelid = 0 AND t.typelem = 0
+  AND NOT EXISTS (SELECT 1 FROM members m WHERE m.classid = 'pg_type'::regclass AND m.objid = t.oid)
 ORDER BY 1 LIMIT 1
 """
 

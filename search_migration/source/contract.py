@@ -36,6 +36,11 @@ def now_unix() -> int:
     return int(time.time())
 
 
+def set_consumer_offset(conn: psycopg.Connection, consumer: str, seq: int) -> None:
+    """Our one write to the product's tables, through the function least privilege allows (our row only)."""
+    conn.execute("SELECT cn_search.set_consumer_offset(%s, %s)", (consumer, seq))
+
+
 def live_rows_per_topic(conn: psycopg.Connection, now: int | None = None) -> dict[str, int]:
     """Searchable (post, topic) rows per topic: what a correct search index holds."""
     return dict(conn.execute(LIVE_COUNTS_SQL, {"now": now_unix() if now is None else now}).fetchall())

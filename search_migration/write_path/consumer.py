@@ -358,10 +358,7 @@ def _set_offsets(conn, consumer: str, offsets: dict[str, int]) -> int:
             "ON CONFLICT (consumer, backend) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
             (consumer, side, seq))
     overall = min(offsets.values())
-    conn.execute(
-        "INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES (%s, %s) "
-        "ON CONFLICT (consumer) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
-        (consumer, overall))
+    contract.set_consumer_offset(conn, consumer, overall)
     return overall
 
 

@@ -68,9 +68,7 @@ def adopt(conn: psycopg.Connection, *, from_consumer: str, by: str, reason: str,
             return Handover(from_consumer, consumer, offset, by)
         conn.execute("INSERT INTO cn_search.handovers (from_consumer, consumer, offset_seq, handed_by, reason) "
                      "VALUES (%s, %s, %s, %s, %s)", (from_consumer, consumer, offset, by, reason))
-        conn.execute("INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES (%s, %s) "
-                     "ON CONFLICT (consumer) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
-                     (consumer, offset))
+        contract.set_consumer_offset(conn, consumer, offset)
         conn.execute("DELETE FROM cn_search.consumer_side_offsets WHERE consumer = %s", (consumer,))
         for side in ("meili", "pg"):
             conn.execute("INSERT INTO cn_search.consumer_side_offsets (consumer, backend, last_seq) VALUES (%s, %s, %s)",
