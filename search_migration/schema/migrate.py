@@ -75,9 +75,14 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                 shape.verify(conn)
             except (ownership.ForeignSchema, shape.ShapeError) as exc:
                 raise MigrationError(str(exc)) from None
-            with conn.transaction():
-                conn.execute("CREATE SCHEMA IF NOT EXISTS cn_search")
-                conn.execute(TRACKING_DDL)
+            try:
+                with conn.transaction():
+                    if ownership.state(conn) == "absent":  # IF NOT EXISTS would still need CREATE on the database
+                        conn.execute("CREATE SCHEMA cn_search")
+                    conn.execute(TRACKING_DDL)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise MigrationError(f"cannot create cn_search ({first_line(exc)}): ask a DBA to run the SQL "
+                                     "`search-migration db grants --role ROLE` prints") from None
             applied = dict(conn.execute("SELECT filename, checksum FROM cn_search.schema_versions").fetchall())
             on_disk = {m.filename for m in migrations}
             for filename in sorted(set(applied) - on_disk):
