@@ -130,7 +130,8 @@ def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: Me
             **{k: number(v) for k, v in latency.items()},
             "golden": dg.MetadataValue.table(
                 records=[dg.TableRecord(r) for r in report.per_query],
-                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("query", "string"),
+                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("index", "string"),
+                                               dg.TableColumn("query", "string"),
                                                dg.TableColumn("overlap@10", "float"), dg.TableColumn("ndcg@10", "float"),
                                                dg.TableColumn("pg_ms", "float"), dg.TableColumn("meili_ms", "float")])),
         },
