@@ -7,6 +7,7 @@ Every test writes topics of its own namespace (all tests share one Meilisearch).
 
 from __future__ import annotations
 
+import json
 import random
 import string
 import time
@@ -15,7 +16,7 @@ import uuid
 import pytest
 
 from search_migration import db
-from search_migration.gates import drift
+from search_migration.gates import drift, shadow_report
 from search_migration.local.product_fixture import apply_product_schema, build_product_world, searchable_pairs
 from search_migration.local.product_indexer import ProductIndexer
 from search_migration.local.product_writer import ProductWriter, build_event, pubkey_of
@@ -25,6 +26,7 @@ from search_migration.search.read_router import ReadRouter
 from search_migration.source import contract
 from search_migration.write_path import legacy_documents as legacy
 from search_migration.write_path import meili_index, pg_documents
+from search_migration_tests.conftest import run_cli
 
 
 def _word(n: int = 10) -> str:
@@ -196,7 +198,11 @@ def _topic(report: drift.DriftReport, topic_id: str) -> drift.TopicDrift:
 
 
 def _a_searchable_post(w, role: str) -> str:
-    return sorted(e for e, t in w.searchable if t == w.topics[role])[0]
+    """A searchable post of that topic alone (a multi-topic post would change two topics at once)."""
+    topics_of: dict[str, set[str]] = {}
+    for e, t in w.searchable:
+        topics_of.setdefault(e, set()).add(t)
+    return sorted(e for e, ts in topics_of.items() if ts == {w.topics[role]})[0]
 
 
 def test_drift_is_zero_on_a_consistent_pair_and_reports_collisions_and_defects_apart(world, meili):
@@ -276,3 +282,50 @@ def test_drift_sees_changed_content_and_leaves_rows_in_flight_out(world, meili):
                  "WHERE e.event_id = d.post_id AND d.post_id = %s", (post,))
     report = drift.report(conn, meili, now=w.now)
     assert report.pending_excluded == 1 and report.drift == 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_search_and_suggest_read_the_topic_indexes(product, meili, servers, database_url, ns):
+    conn, writer, indexer = product
+    topic = f"kukuri:{ns}-Cli/Topic"  # a uid the topic id only reaches through sanitizing
+    word = _word()
+    now = int(time.time())
+    for i in range(4):
+        _publish(writer, "cli", f"{word} from the command line {i}", [topic], now - 10 + i)
+    indexer.run(now=now)
+    env = servers.env(DATABASE_URL=database_url)
+    out = run_cli("search", "--topic", topic, "--q", word, "--limit", "3", "--backend", "meili", env=env)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert [i["event_id"] for i in body["items"]] == _raw_ids(meili, topic, word, 3)
+    assert body["total"] == 4 and body["next_cursor"] and body["backend"] == "meili"
+    out = run_cli("search", "--topic", topic, "--q", word, "--limit", "3", "--cursor", body["next_cursor"],
+                  "--backend", "meili", env=env)
+    assert [i["event_id"] for i in json.loads(out.stdout)["items"]] == _raw_ids(meili, topic, word, 3, 3)
+    out = run_cli("suggest", "--q", word[:5], "--backend", "meili", env=env)
+    assert out.returncode == 0, out.stderr
+    assert {i["topic_id"] for i in json.loads(out.stdout)["items"]} == {topic}
+
+
+# --------------------------------------------------------------------------- golden replay
+
+
+def test_golden_queries_replay_on_each_topics_own_index(product, meili, database_url, ns):
+    conn, writer, indexer = product
+    topics = [f"kukuri:{ns}-Golden/A", f"kukuri:{ns}-golden-b"]
+    word = _word()
+    now = int(time.time())
+    for n, topic in enumerate(topics):
+        for i in range(3):
+            _publish(writer, f"g{n}", f"{word} golden post {i}", [topic], now - 20 + 3 * n + i)
+    indexer.run(now=now)
+    golden = [shadow_report.GoldenQuery(t, word) for t in topics]
+    with ReadRouter(database_url, meili) as router:
+        replay = shadow_report.replay_golden(router, golden)
+        report = shadow_report.build(conn, router, golden=golden)
+    for row, topic in zip(replay.itertuples(), topics):
+        assert row.index == legacy.index_uid(topic) and row.meili_ids == _raw_ids(meili, topic, word, 10)
+        assert len(row.meili_ids) == 3
+    assert report.golden_queries == 2 and [q["index"] for q in report.per_query] == [legacy.index_uid(t) for t in topics]
