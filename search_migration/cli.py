@@ -309,8 +309,7 @@ def cmd_search(args) -> None:
     from search_migration.search.read_router import BadRequest, ReadRouter, SearchUnavailable
 
     s = _settings()
-    router = ReadRouter(s.database_url, meili_index.client(s.meili_url, s.meili_master_key, timeout=5),
-                        s.meili_index)
+    router = ReadRouter(s.database_url, meili_index.client(s.meili_url, s.meili_master_key, timeout=5))
     try:
         if args.command == "search":
             out = router.search(args.topic, args.q, limit=args.limit, cursor=args.cursor, backend=args.backend,

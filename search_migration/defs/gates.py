@@ -16,8 +16,10 @@ from .ui import OWNERS, number, runbook, tags
 D = policy.DEFAULTS
 # What each gate means to whoever reads a red check; its runbook entry (anchor gate-<name>) says what to do.
 CHECK_DESCRIPTIONS = {
-    "drift_zero": "Gate: no sampled document differs between Meilisearch and PostgreSQL (ids and content, both "
-                  "ways). Red: the indexes disagree; do not cut over.",
+    "drift_zero": "Gate: per topic index, PostgreSQL and Meilisearch each hold exactly what the source says is "
+                  "searchable (exact counts, sampled ids and content). Red: an engine lost, kept or changed a "
+                  "document; do not cut over. uid collisions and the product indexer's stale versions are listed "
+                  "beside it, not counted.",
     "catchup_lag": f"Gate: outbox backlog (head minus consumer offset) below {D['outbox_backlog']:,} rows. Red: "
                    "catch-up is behind or stalled.",
     "backfill_complete": "Gate: every manifest row up to the high watermark is copied. Red: backfill partitions "
@@ -30,6 +32,10 @@ CHECK_DESCRIPTIONS = {
     "suggest_p95": f"Gate: PostgreSQL suggest P95 at most {D['suggest_p95_ms']:g} ms.",
     "error_rate": f"Gate: PostgreSQL error rate on shadow reads below {D['error_rate']:.0%}.",
 }
+
+
+DRIFT_COLUMNS = ("missing_in_pg", "missing_in_meili", "extra_in_pg", "extra_in_meili", "content_mismatch",
+                 "legacy_defects")
 
 
 def _check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
@@ -61,13 +67,14 @@ def _check_results(results: list[policy.Gate]) -> list[dg.AssetCheckResult]:
     group_name="gates", kinds={"postgres", "meilisearch"}, deps=["post_search_documents"],
     check_specs=_check_specs("search_drift_report", DRIFT_CHECKS), owners=OWNERS, tags=tags("dual", "gates"),
     metadata=runbook("runbook-gates"),
-    description="Are the two indexes the same? Per topic: Meilisearch vs PostgreSQL documents (exact counts, "
-                "sampled ids and content both ways), outbox backlog and backfill completion. Materialize it before "
+    description="Do both engines hold what the source says is searchable? Per topic index (topic_<uid>): the "
+                "source's searchable rows vs PostgreSQL vs Meilisearch (exact counts, sampled ids and content), uid "
+                "collisions, outbox backlog and backfill completion. Materialize it before "
                 f"every cutover; its checks ({', '.join(DRIFT_CHECKS)}) gate dual -> shadow and every step after.",
 )
 def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
-        report = drift.report(conn, meili.client(), meili.index_uid, sample_per_topic=config.drift_sample_per_topic)
+        report = drift.report(conn, meili.client(), sample_per_topic=config.drift_sample_per_topic)
         backlog = contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)
         progress = backfill.progress(conn)
     results = policy.integrity(report, backlog, progress, config.model_dump())
@@ -76,16 +83,19 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
         metadata={
             "drift": report.drift, "topics": len(report.topics), "drifting_topics": len(report.drifting_topics),
             "documents_compared": sum(t.sampled for t in report.topics), "outbox_backlog": backlog,
+            "source_documents": sum(t.source_documents for t in report.topics),
+            "pg_documents": sum(t.pg_documents for t in report.topics),
+            "meili_documents": sum(t.meili_documents for t in report.topics),
+            "uid_collisions": dg.MetadataValue.json(report.collisions),
+            "legacy_defects": report.legacy_defects,
             "pending_excluded": report.pending_excluded, "consumer_offset": report.consumer_offset,
             "backfill_rows_done": progress.rows_done, "backfill_rows_total": progress.rows_total,
             "drifting": dg.MetadataValue.table(
-                records=[dg.TableRecord({"topic": t.topic_id, "pg": t.pg_documents, "meili": t.meili_documents,
-                                         "missing_in_pg": len(t.missing_in_pg),
-                                         "missing_in_meili": len(t.missing_in_meili),
-                                         "content_mismatch": len(t.content_mismatch)}) for t in drifting],
-                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string")] + [
-                    dg.TableColumn(c, "int") for c in ("pg", "meili", "missing_in_pg", "missing_in_meili",
-                                                      "content_mismatch")])),
+                records=[dg.TableRecord({"topic": t.topic_id, "index": t.uid, "source": t.source_documents,
+                                         "pg": t.pg_documents, "meili": t.meili_documents,
+                                         **{c: len(getattr(t, c)) for c in DRIFT_COLUMNS}}) for t in drifting],
+                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("index", "string")] + [
+                    dg.TableColumn(c, "int") for c in ("source", "pg", "meili", *DRIFT_COLUMNS)])),
         },
         check_results=_check_results(results),
     )
@@ -101,7 +111,7 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
                 f"({', '.join(QUALITY_CHECKS)}) gate those moves.",
 )
 def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
-    with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.client(), meili.index_uid) as router:
+    with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.client()) as router:
         rate = int(flags.get(conn, "shadow_sample_rate"))
         report = shadow_report.build(conn, router, window_hours=config.window_hours, expected_sample_rate=rate)
     results = policy.quality(report, config.model_dump())
@@ -120,7 +130,8 @@ def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: Me
             **{k: number(v) for k, v in latency.items()},
             "golden": dg.MetadataValue.table(
                 records=[dg.TableRecord(r) for r in report.per_query],
-                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("query", "string"),
+                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("index", "string"),
+                                               dg.TableColumn("query", "string"),
                                                dg.TableColumn("overlap@10", "float"), dg.TableColumn("ndcg@10", "float"),
                                                dg.TableColumn("pg_ms", "float"), dg.TableColumn("meili_ms", "float")])),
         },

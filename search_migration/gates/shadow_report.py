@@ -1,7 +1,9 @@
 """The numbers the quality gates read: shadow-read logs plus a replayed golden query set.
 
 Shadow logs show real traffic (both id lists and latencies for sampled requests); the golden set
-replays known queries against both engines so quality is measured even when traffic is thin.
+replays known queries against both engines so quality is measured even when traffic is thin. Each
+golden query names a topic: Meilisearch answers it from that topic's own index (topic_<sanitized id>,
+as the product's /v1/search does), PostgreSQL from that topic's documents.
 Latencies are attributed to the engine that served them, whichever side was primary.
 """
 
@@ -16,6 +18,7 @@ import pandas as pd
 import psycopg
 
 from search_migration.gates.measures import legacy_grades, ndcg_at_10, overlap_at_10
+from search_migration.write_path.legacy_documents import index_uid
 
 GOLDEN_QUERIES = Path(__file__).resolve().parent / "golden_queries.json"
 
@@ -83,7 +86,7 @@ def replay_golden(router, queries: list[GoldenQuery]) -> pd.DataFrame:
         meili, meili_ms = _timed(lambda: router.search(g.topic, g.q, limit=10, backend="meili"))
         pg_ids = [i["event_id"] for i in pg["items"]]
         meili_ids = [i["event_id"] for i in meili["items"]]
-        rows.append({"source": "golden", "endpoint": "search", "topic": g.topic, "q": g.q, "pg_ids": pg_ids, "meili_ids": meili_ids,
+        rows.append({"source": "golden", "endpoint": "search", "topic": g.topic, "index": index_uid(g.topic), "q": g.q, "pg_ids": pg_ids, "meili_ids": meili_ids,
                      "pg_ms": pg_ms, "meili_ms": meili_ms, "error": False,
                      "judgments": g.judgments or legacy_grades(meili_ids)})
     return pd.DataFrame(rows)
@@ -126,7 +129,7 @@ def build(conn: psycopg.Connection, router, *, golden: list[GoldenQuery] | None 
     per_query = []
     if len(replay):
         golden_ndcg = ndcg_at_10(list(replay.pg_ids), list(replay.judgments))
-        per_query = [{"topic": r.topic, "query": r.q, "overlap@10": round(overlap_at_10(r.pg_ids, r.meili_ids), 3),
+        per_query = [{"topic": r.topic, "index": r.index, "query": r.q, "overlap@10": round(overlap_at_10(r.pg_ids, r.meili_ids), 3),
                       "ndcg@10": round(n, 3), "pg_ms": round(r.pg_ms, 1), "meili_ms": round(r.meili_ms, 1)}
                      for r, n in zip(replay.itertuples(), golden_ndcg)]
     return ShadowReport(

@@ -108,9 +108,8 @@ def sample_bucket(viewer: str | None, query: str) -> int:
 class ReadRouter:
     """Thread-safe; one per process. `close()` waits for shadow reads still being logged."""
 
-    def __init__(self, database_url: str, meili: meilisearch.Client, index_uid: str, pool_size: int = 4):
+    def __init__(self, database_url: str, meili: meilisearch.Client, pool_size: int = 4):
         self.meili = meili
-        self.index_uid = index_uid
         self.pool = ConnectionPool(database_url, min_size=1, max_size=pool_size, open=True,
                                    kwargs={"autocommit": True, "connect_timeout": 5})
         self._shadow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadow-read")
@@ -130,7 +129,7 @@ class ReadRouter:
             raise BadRequest("limit must be between 1 and 1000")
         engines = {
             "pg": lambda: self._with_conn(lambda c: pg_search.search(c, topic, q, limit, offset)),
-            "meili": lambda: meili_search.search(self.meili, self.index_uid, topic, q, limit, offset),
+            "meili": lambda: meili_search.search(self.meili, topic, q, limit, offset),
         }
         chosen, page = self._route("search", engines, backend, viewer, q, topic, lambda p: p.items)
         return {"topic": topic, "query": q, "items": page.items,
@@ -144,7 +143,7 @@ class ReadRouter:
             raise BadRequest("limit must be between 1 and 100")
         engines = {
             "pg": lambda: self._with_conn(lambda c: pg_search.suggest(c, q, limit)),
-            "meili": lambda: meili_search.suggest(self.meili, self.index_uid, q, limit),
+            "meili": lambda: meili_search.suggest(self.meili, q, limit),
         }
         chosen, items = self._route("suggest", engines, backend, viewer, q, None, lambda items: items)
         return {"query": q, "items": items, "backend": chosen}
