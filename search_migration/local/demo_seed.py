@@ -364,14 +364,16 @@ def legacy_documents(meili: meilisearch.Client, uids) -> dict[str, dict[str, dic
 
 
 def fingerprint(conn: psycopg.Connection) -> str:
-    """A hash of the source corpus (events and outbox): same arguments → same fingerprint."""
+    """A hash of the source corpus: the events, and the outbox rows in seq order (not the seq values: a
+    transaction that dies after taking a sequence value leaves a gap, in the product as here)."""
     return conn.execute("""
         SELECT md5(coalesce((SELECT string_agg(event_id || ':' || kind || ':' || created_at || ':' || md5(content)
                                                || ':' || is_deleted || ':' || is_current || ':'
                                                || extract(epoch FROM ingested_at)::bigint, '|' ORDER BY event_id)
                              FROM cn_relay.events), '')
                 || '#' ||
-                coalesce((SELECT string_agg(seq || ':' || op || ':' || event_id || ':' || topic_id || ':'
+                coalesce((SELECT string_agg(op || ':' || event_id || ':' || topic_id || ':' || kind || ':'
+                                            || extract(epoch FROM ingested_at)::bigint || ':'
                                             || coalesce(effective_key, '') || ':' || coalesce(reason, ''),
                                             '|' ORDER BY seq)
                           FROM cn_relay.events_outbox), ''))
