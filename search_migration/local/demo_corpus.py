@@ -112,7 +112,8 @@ class _Author:
     pubkey: str
     home: str  # replaceable events (profile, lists) go to this topic, every version
     notes: deque = field(default_factory=lambda: deque(maxlen=40))  # (event_id, topics) still deletable
-    articles: dict = field(default_factory=dict)  # d → topics
+    articles: dict = field(default_factory=dict)  # d → topics, of the articles not deleted
+    articles_written: int = 0  # a deleted article's d is never reused
     versions: dict = field(default_factory=dict)  # kind → created_at of the newest version published
 
 
@@ -253,7 +254,8 @@ class Model:
         if author.articles and r.random() < 0.5:
             d = r.choice(sorted(author.articles))  # a revision: same d, same topics
         else:
-            d = f"article-{len(author.articles) + 1}"
+            author.articles_written += 1
+            d = f"article-{author.articles_written}"
             author.articles[d] = self._note_topics()[:2]
         newest = author.versions.get((30023, d))
         created_at = max(self._skew(now), (newest or 0) + 1)
