@@ -364,8 +364,10 @@ def legacy_documents(meili: meilisearch.Client, uids) -> dict[str, dict[str, dic
 
 
 def fingerprint(conn: psycopg.Connection) -> str:
-    """A hash of the source corpus: the events, and the outbox rows in seq order (not the seq values: a
-    transaction that dies after taking a sequence value leaves a gap, in the product as here)."""
+    """A hash of the source corpus: the events and the outbox rows. Not the seq values (a transaction that
+    dies after taking one leaves a gap, in the product as here), and not the order of the delete rows
+    one transaction writes for an event's topics (cn-relay selects them without ORDER BY, so their order
+    follows the plan PostgreSQL picks): outbox rows sort by their ingest time, then by their content."""
     return conn.execute("""
         SELECT md5(coalesce((SELECT string_agg(event_id || ':' || kind || ':' || created_at || ':' || md5(content)
                                                || ':' || is_deleted || ':' || is_current || ':'
@@ -375,7 +377,7 @@ def fingerprint(conn: psycopg.Connection) -> str:
                 coalesce((SELECT string_agg(op || ':' || event_id || ':' || topic_id || ':' || kind || ':'
                                             || extract(epoch FROM ingested_at)::bigint || ':'
                                             || coalesce(effective_key, '') || ':' || coalesce(reason, ''),
-                                            '|' ORDER BY seq)
+                                            '|' ORDER BY ingested_at, event_id, op, topic_id, reason, seq)
                           FROM cn_relay.events_outbox), ''))
     """).fetchone()[0]
 
