@@ -93,6 +93,7 @@ def cmd_db_migrate(args) -> None:
 
 
 def cmd_demo_seed(args) -> None:
+    """The product's pre-migration world on a database the demo created (or a blank one), never elsewhere."""
     from tqdm import tqdm
 
     s = _settings()
@@ -101,27 +102,33 @@ def cmd_demo_seed(args) -> None:
     def progress(phase: str, done: int, total: int) -> None:
         if args.quiet:
             return
-        label = {"source": "source posts", "meili-send": "legacy docs sent", "meili-index": "legacy docs indexed"}
+        label = {"source": "events published", "legacy": "legacy reindex"}
         if phase not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[phase] = tqdm(total=total, desc=label[phase], unit="row", file=sys.stderr,
-                               dynamic_ncols=True, mininterval=0.5)
+            bars[phase] = tqdm(total=total, desc=label[phase], unit="event" if phase == "source" else "job",
+                               file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         bars[phase].update(done - bars[phase].n)
 
     started = time.monotonic()
-    with _connect(s) as conn:
-        if migrations.pending(s.database_url):
-            raise CliError("the schema is not migrated; run `search-migration db migrate` first")
-        try:
-            result = demo_seed.seed(conn, _meili(s), s.meili_index, posts=args.posts, topics=args.topics,
-                                    seed=args.seed, reset_first=args.reset, progress=progress)
-        finally:
-            for bar in bars.values():
-                bar.close()
-    print(f"seeded {args.posts} posts in {args.topics} topics (seed {args.seed}): "
-          f"{result.posts_written} written, {result.batches_skipped} batch(es) already present, "
-          f"{result.documents_indexed} legacy documents indexed, outbox head {result.outbox_head}, "
+    _connect(s).close()
+    try:
+        result = demo_seed.seed(s.database_url, _meili(s), posts=args.posts, topics=args.topics, seed=args.seed,
+                                namespace=getattr(args, "namespace", "") or "", reset_first=args.reset,
+                                progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    corpus = demo_seed.Corpus(args.posts, args.topics, args.seed, getattr(args, "namespace", "") or "")
+    head = f"index-v1 at seq {result.index_v1_offset}, outbox head {result.outbox_head}"
+    if result.complete_before:
+        print(f"demo corpus already seeded: {corpus.describe()}; {result.legacy_documents} legacy documents, "
+              f"{head}; nothing changed (fingerprint {result.fingerprint})")
+        return
+    print(f"seeded {corpus.describe()}" + (" after --reset" if result.reset else "") + ": "
+          f"{result.events_published} events published through the product's writer"
+          + (f" ({result.events_present} already stored)" if result.events_present else "") + ", "
+          f"{result.legacy_documents} legacy documents in per-topic indexes, {head}; stage legacy; "
           f"fingerprint {result.fingerprint}, {time.monotonic() - started:.1f}s")
 
 
@@ -210,18 +217,24 @@ def cmd_adopt(args) -> None:
 
 
 def _prepare_demo(s: Settings, posts: int, topics: int, seed: int) -> None:
-    """Services up, schema migrated, demo corpus seeded (kept when one is already settled)."""
+    """Services up, then the demo's pre-migration world: created and seeded, finished when a seed was
+    interrupted, or kept when one is complete (whatever its size). Refused on any database the demo
+    did not create."""
     for line in services.up(s):
         print(line)
-    applied = migrations.migrate(s.database_url)
-    print(f"migrations: {len(applied)} applied")
     with _connect(s) as conn:
-        events = conn.execute("SELECT count(*) FROM cn_relay.events").fetchone()[0]
-        settled = events and contract.consumer_offset(conn, contract.CONSUMER) == contract.outbox_head(conn)
-    if settled:
-        print(f"demo corpus: keeping the existing {events} posts (`demo seed --reset ...` replaces them)")
-    else:
-        cmd_demo_seed(argparse.Namespace(posts=posts, topics=topics, seed=seed, reset=False, quiet=False))
+        marker = demo_seed.read_marker(conn) if demo_seed.inspect(conn) == "demo" else None
+    recorded = demo_seed.Corpus(**marker["corpus"]) if marker and marker.get("corpus") else None
+    if recorded and marker.get("complete"):
+        applied = migrations.migrate(s.database_url)
+        print(f"demo corpus: keeping {recorded.describe()}" + (f"; {len(applied)} migration(s) applied" if applied
+              else "") + " (`search-migration demo seed --reset --posts N --topics T` replaces it)")
+        return
+    corpus = recorded or demo_seed.Corpus(posts, topics, seed)
+    if recorded:
+        print(f"demo corpus: finishing {recorded.describe()}, which an earlier seed left part way")
+    cmd_demo_seed(argparse.Namespace(posts=corpus.posts, topics=corpus.topics, seed=corpus.seed,
+                                     namespace=corpus.namespace, reset=False, quiet=False))
 
 
 def _dagster_env(s: Settings) -> dict[str, str]:
@@ -288,6 +301,9 @@ def cmd_demo_run(args) -> None:
     with dg.DagsterInstance.get() as instance:
         try:
             demo_run.run(s, instance, lambda line: print(line, flush=True))
+        except demo_run.AlreadyDone as exc:
+            print(exc)
+            return
         except demo_run.DemoError as exc:
             raise CliError(str(exc)) from None
     with _connect(s) as conn:
@@ -370,11 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     ad.set_defaults(func=cmd_adopt)
 
     demo = sub.add_parser("demo", help="demo corpus").add_subparsers(dest="demo_command", required=True)
-    seed = demo.add_parser("seed", help="write the demo corpus and build the legacy index")
+    seed = demo.add_parser("seed", help="the product's pre-migration world (cn_relay written as the relay writes, "
+                           "per-topic legacy indexes by the emulated indexer) on a database the demo creates")
     seed.add_argument("--posts", type=int, required=True)
     seed.add_argument("--topics", type=int, required=True)
     seed.add_argument("--seed", type=int, default=42)
-    seed.add_argument("--reset", action="store_true", help="replace an existing corpus")
+    seed.add_argument("--reset", action="store_true",
+                      help="start the demo over: its topic indexes, cn_relay rows and cn_search state cleared, "
+                           "flags back to legacy (audited); only on a database the demo created")
+    seed.add_argument("--namespace", default="",
+                      help="prefix for the demo's topic ids, so that several demo databases can share a Meilisearch")
     seed.add_argument("--quiet", action="store_true", help="no progress bars")
     seed.set_defaults(func=cmd_demo_seed)
 
