@@ -1,63 +1,28 @@
 """Real PostgreSQL and Meilisearch for every test: the embedded services, or DATABASE_URL/MEILI_URL.
 
 One pair of servers serves the session; each test gets its own database and its own index, so tests
-never see each other's rows. Servers this session started are stopped at the end.
+never see each other's rows. Servers this session started are stopped at the end. The UI tests share
+one `search-migration dev` for the session, put back to the state it booted in before each of them.
+Fixtures only: what tests share besides fixtures is in `support/`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import psycopg
 import dagster as dg
 import pytest
 
 from search_migration import db
-from search_migration.local import demo_seed
-from search_migration.write_path import meili_index
-from search_migration.local import services
+from search_migration.local import demo_seed, services
 from search_migration.schema.migrate import migrate
 from search_migration.settings import Settings
+from search_migration.write_path import meili_index
 
-REPO = Path(__file__).resolve().parent.parent
-CACHE = REPO / ".local" / "bin"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    """The same server URL with another database (URL form: dagster-postgres needs one)."""
-    return urlsplit(url)._replace(path=f"/{dbname}").geturl()
-
-
-@dataclass
-class Servers:
-    database_url: str = field(repr=False)  # a maintenance database on the server; tests create their own
-    meili_url: str
-    meili_key: str = field(repr=False)  # hypothesis and pytest print fixture values in failure reports
-    settings: Settings | None  # set when this session started embedded services
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("DATABASE_URL", "MEILI_URL", "MEILI_MASTER_KEY", "DAGSTER_PG_URL", "MEILI_INDEX")}
-        env.update(SEARCH_MIGRATION_CACHE=str(CACHE), MEILI_URL=self.meili_url, MEILI_MASTER_KEY=self.meili_key)
-        env.update(extra)
-        return env
+from .support.servers import CACHE, REPO, Servers, free_port
+from .support.ui import DEV_POSTS, DEV_TOPICS, DevServer, MigrationState, asset_nodes, dagster_dev
 
 
 @pytest.fixture(scope="session")
@@ -84,12 +49,9 @@ def servers() -> Servers:
 @pytest.fixture
 def database_url(servers: Servers) -> str:
     """A fresh, empty database of its own on the shared server."""
-    name = f"sm_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(servers.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield with_dbname(servers.database_url, name)
-    with psycopg.connect(servers.database_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    url = servers.create_database()
+    yield url
+    servers.drop_database(url)
 
 
 @pytest.fixture
@@ -106,9 +68,13 @@ def seeded(migrated_url: str, meili, index_uid: str) -> str:
     return migrated_url
 
 
+def _index_uid() -> str:
+    return f"test_{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def index_uid(servers: Servers) -> str:
-    uid = f"test_{uuid.uuid4().hex[:12]}"
+    uid = _index_uid()
     yield uid
     meili_index.delete_index(meili_index.client(servers.meili_url, servers.meili_key), uid)
 
@@ -145,34 +111,6 @@ def meili(servers: Servers):
     return meili_index.client(servers.meili_url, servers.meili_key)
 
 
-@contextmanager
-def dagster_dev(env: dict[str, str], tmp_path: Path, posts: int, topics: int):
-    """README command 1 (`search-migration dev`) as a process group; yields (port, process), stops it all."""
-    port = free_port()
-    env = {**env, "SEARCH_MIGRATION_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-           "PATH": "/usr/bin:/bin"}  # as from scripts/dev: the venv is not on PATH
-    log = (tmp_path / "dev.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "search_migration.cli", "dev", "--posts", str(posts),
-                             "--topics", str(topics), "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
-    try:
-        yield port, proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-
-def run_cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real console entry point in a child process, as an operator would run it."""
-    return subprocess.run([sys.executable, "-m", "search_migration.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
-
-
 @pytest.fixture
 def dagster_env(request, monkeypatch, servers: Servers, index_uid: str):
     """A test Dagster instance whose resources read the test's database (`seeded` when the test asks
@@ -184,12 +122,28 @@ def dagster_env(request, monkeypatch, servers: Servers, index_uid: str):
         yield instance
 
 
-def poll(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll an observable condition with a deadline (never a sleep as synchronization)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
+@pytest.fixture(scope="session")
+def dagster_dev_session(servers: Servers, tmp_path_factory) -> DevServer:
+    """One `search-migration dev` (seed, then `dagster dev` with its daemon) on a database and index of
+    its own, booted once for every UI test; `dev` hands it to a test."""
+    url, uid = servers.create_database(), _index_uid()
+    tmp = tmp_path_factory.mktemp("dagster_dev")
+    try:
+        with dagster_dev(servers.env(DATABASE_URL=url, MEILI_INDEX=uid), tmp, DEV_POSTS, DEV_TOPICS) as (port, proc):
+            server = DevServer(port, proc, url, uid, tmp / "dev.log")
+            server.wait_for(lambda: asset_nodes(port), 400, "the Dagster UI to list assets")
+            server.booted = MigrationState.of(url)
+            yield server
+    finally:
+        meili_index.delete_index(meili_index.client(servers.meili_url, servers.meili_key), uid)
+        servers.drop_database(url)
+
+
+@pytest.fixture
+def dev(dagster_dev_session: DevServer) -> DevServer:
+    """The session's `dagster dev`, idle and with the migration as it booted: legacy stage, writes
+    meili_only, no watermark, no backfill, no documents in PostgreSQL (the Dagster instance keeps its
+    runs, backfills and topic partitions: tests find theirs by id)."""
+    dagster_dev_session.wait_until_idle()
+    dagster_dev_session.booted.restore(dagster_dev_session.database_url)
+    return dagster_dev_session

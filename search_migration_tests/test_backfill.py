@@ -7,49 +7,20 @@ import pytest
 from search_migration import backfill
 from search_migration import db
 from search_migration.local import demo_seed
-from search_migration.cutover import flags
 from search_migration.write_path import pg_documents
 from search_migration.backfill import BackfillError, LeaseBusy, LeaseLost, PartitionOptions, Window
 from search_migration.local.demo_corpus import EPOCH, topic_ids
 from search_migration.write_path.pg_documents import DocWrite
 
-WEEK = 7 * 24 * 3600
-WINDOWS = [Window(s, s + WEEK) for s in range(EPOCH, EPOCH + 41 * WEEK, WEEK)]
-
-EXPECTED_SQL = """
-SELECT et.topic_id, e.event_id, md5(e.content), max(o.seq)
-FROM cn_relay.event_topics et
-JOIN cn_relay.events e ON e.event_id = et.event_id
-JOIN cn_relay.events_outbox o ON o.event_id = et.event_id AND o.topic_id = et.topic_id AND o.seq <= %s
-WHERE NOT e.is_deleted
-GROUP BY 1, 2, 3
-"""
-ACTUAL_SQL = "SELECT topic_id, post_id, md5(content), source_seq FROM cn_search.post_search_documents WHERE NOT is_deleted"
-
-
-def expected(conn, watermark: int) -> set[tuple]:
-    """The source's live (topic, post) rows at or below the watermark, computed without the manifest."""
-    return set(conn.execute(EXPECTED_SQL, (watermark,)).fetchall())
-
-
-def actual(conn) -> set[tuple]:
-    return set(conn.execute(ACTUAL_SQL).fetchall())
-
-
-def seed(url: str, posts: int = 2000, topics: int = 4) -> None:
-    with db.connect(url) as conn:
-        demo_seed.write_source(conn, posts, topics, 7)
-
-
-def go_dual(conn) -> None:
-    flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="backfill test")
+from .support.backfill import WEEK, WINDOWS, actual, expected
+from .support.writes import seed_source, set_mode
 
 
 def at_watermark(url: str, posts: int, topics: int) -> backfill.Watermark:
     """A seeded source with writes dual and the watermark captured: where every partition test starts."""
-    seed(url, posts, topics)
+    seed_source(url, posts, topics)
     with db.connect(url) as conn:
-        go_dual(conn)
+        set_mode(conn, "dual")
         return backfill.capture_watermark(conn, by="test")
 
 
@@ -68,12 +39,12 @@ def add_post_after_watermark(conn, event_id: str, topic: str, created_at: int) -
 
 
 def test_watermark_is_refused_until_writes_are_dual(migrated_url):
-    seed(migrated_url, 300, 2)
+    seed_source(migrated_url, 300, 2)
     with db.connect(migrated_url) as conn:
         with pytest.raises(BackfillError, match="meili_only"):
             backfill.capture_watermark(conn, by="test")
         assert conn.execute("SELECT count(*) FROM cn_search.backfill_watermarks").fetchone()[0] == 0
-        go_dual(conn)
+        set_mode(conn, "dual")
         wm = backfill.capture_watermark(conn, by="test")
         head = conn.execute("SELECT max(seq) FROM cn_relay.events_outbox").fetchone()[0]
         assert wm.seq == head and wm.manifest_rows > 0
@@ -81,10 +52,10 @@ def test_watermark_is_refused_until_writes_are_dual(migrated_url):
 
 
 def test_backfill_copies_exactly_the_live_rows_at_the_watermark(migrated_url):
-    seed(migrated_url)
+    seed_source(migrated_url)
     topics = topic_ids(4)
     with db.connect(migrated_url) as conn:
-        go_dual(conn)
+        set_mode(conn, "dual")
         wm = backfill.capture_watermark(conn, by="test")
         # written after the watermark: catch-up's business, not the backfill's
         add_post_after_watermark(conn, "f" * 64, topics[0], EPOCH + 100)
@@ -239,7 +210,7 @@ def test_a_post_deleted_by_catch_up_during_its_backfill_stays_deleted(migrated_u
 
     with db.connect(migrated_url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=1500, topics=2, seed=3)
-        go_dual(conn)
+        set_mode(conn, "dual")
         wm = backfill.capture_watermark(conn, by="test")
         topic, start = conn.execute(
             "SELECT topic_id, created_at - (created_at - %s) %% %s AS wk FROM cn_search.backfill_manifest "

@@ -19,30 +19,25 @@ import pytest
 
 from search_migration import backfill
 from search_migration import db
-from search_migration.cutover import flags
+from search_migration.backfill.partition_keys import topic_partition_key
 from search_migration.defs.backfill import BACKFILL_START, window_of
 from search_migration.gates.policy import DRIFT_CHECKS, QUALITY_CHECKS
-from search_migration.backfill.partition_keys import topic_partition_key
 
-from .conftest import REPO, dagster_dev
-from .test_backfill import actual, expected
-from .test_backfill_dagster import BACKFILL_STATUS, launch_asset_run, run_status
-from .test_dev_ui import graphql, wait_for
+from .support.backfill import actual, expected
+from .support.servers import REPO
+from .support.ui import DEV_TOPICS as TOPICS, DevServer, backfill_status, graphql, launch_asset_run, run_status
+from .support.writes import set_mode
 
 BROWSER = REPO / "browser"
 CHROMIUM = "/usr/bin/chromium"
-POSTS, TOPICS = 3000, 4
 ASSETS = ["events_outbox", "meili_index", "backfill_high_watermark", "post_search_documents", "search_drift_report",
           "shadow_read_report"]
-DONE = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
 
 
 @pytest.fixture
-def dev(servers, database_url, index_uid, tmp_path):
+def browser():
     missing = [p for p in (Path(CHROMIUM), BROWSER / "node_modules" / "playwright-core") if not p.exists()]
     assert not missing, f"{missing} missing: run scripts/browser-setup (scripts/test runs it)"
-    with dagster_dev(servers.env(DATABASE_URL=database_url, MEILI_INDEX=index_uid), tmp_path, POSTS, TOPICS) as running:
-        yield running
 
 
 def operator_view(config: dict, tmp_path: Path) -> dict:
@@ -69,13 +64,13 @@ def backfill_runs(port: int, backfill_id: str) -> list[str]:
 
 
 @pytest.mark.timeout(900)
-def test_an_operator_backfills_partitions_from_the_ui(dev, database_url, tmp_path):
-    port, proc = dev
-    wait_for(lambda: len(topic_keys(port)) == TOPICS, 300, "topic_partitions_sensor to add the demo topics", proc)
+def test_an_operator_backfills_partitions_from_the_ui(browser, dev: DevServer, tmp_path):
+    port, database_url = dev.port, dev.database_url
+    dev.wait_for(lambda: len(topic_keys(port)) == TOPICS, 300, "topic_partitions_sensor to add the demo topics")
     with db.connect(database_url) as conn:
-        flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="browser test: backfill needs dual")
+        set_mode(conn, "dual", reason="browser test: backfill needs dual")
     watermark_run = launch_asset_run(port, "backfill_high_watermark")
-    assert wait_for(lambda: run_status(port, watermark_run), 240, "the watermark run", proc) == "SUCCESS"
+    assert dev.wait_for(lambda: run_status(port, watermark_run), 240, "the watermark run") == "SUCCESS"
 
     with db.connect(database_url) as conn:
         wm = backfill.latest_watermark(conn)
@@ -100,10 +95,7 @@ def test_an_operator_backfills_partitions_from_the_ui(dev, database_url, tmp_pat
                       '{ partitionNames assetSelection { path } } } }', {"id": backfill_id})["partitionBackfillOrError"]
     assert set(b["partitionNames"]) == keys and b["assetSelection"] == [{"path": ["post_search_documents"]}]
 
-    def finished():
-        s = graphql(port, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        return s if s["status"] in DONE else None
-    status = wait_for(finished, 480, "the UI's backfill to finish", proc)
+    status = dev.wait_for(lambda: backfill_status(port, backfill_id), 480, "the UI's backfill to finish")
     counts = status["assetBackfillData"]["assetBackfillStatuses"][0]
     assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
     assert counts["numPartitionsMaterialized"] == counts["numPartitionsTargeted"] == len(keys)

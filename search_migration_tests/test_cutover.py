@@ -2,83 +2,20 @@
 
 from __future__ import annotations
 
-import dagster as dg
-
-from search_migration import backfill
 from search_migration import db
-from search_migration.cutover import flags
 from search_migration.write_path import meili_index
 from search_migration.write_path import consumer
-from search_migration.search import read_router
 from search_migration.source import contract
-from search_migration.backfill import Window
-from search_migration.definitions import defs
-from search_migration.search.read_router import ReadRouter
 
-from .test_write_path import TOPIC, meili_ids, new_posts
-
-QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python"]
-
-
-
-def run_job(instance, name: str, **config) -> dg.ExecuteInProcessResult:
-    op = {"cutover_job": "cutover_op", "rollback_job": "rollback_op"}[name]
-    config.setdefault("by", "oncall")
-    config.setdefault("reason", "test")
-    return defs.resolve_job_def(name).execute_in_process(
-        instance=instance, run_config={"ops": {op: {"config": config}}}, raise_on_error=False)
-
-
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    return "\n".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
-
-
-# Latency gates measure this machine, not the code: tests lift them (their logic is tested in test_gates).
-NO_LATENCY_GATES = {"search_p95_ms": 1e9, "suggest_p95_ms": 1e9}
-
-
-def evaluations(instance, *names: str) -> list[dg.AssetCheckEvaluation]:
-    """Materialize reports in their own run; return their check evaluations."""
-    assets = [a for a in defs.assets if getattr(a, "key", None) and a.key.to_user_string() in names]
-    config = {"ops": {name: {"config": NO_LATENCY_GATES} for name in names}}
-    result = dg.materialize(assets, instance=instance, resources=defs.resources, raise_on_error=False,
-                            run_config=config)
-    return [e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-
-
-def materialize(instance, *names: str) -> dict[str, bool]:
-    """{check name: passed} of the reports' checks."""
-    return {c.check_name: c.passed for c in evaluations(instance, *names)}
-
-
-def backfill_all(url: str) -> None:
-    with db.connect(url) as conn:
-        backfill.capture_watermark(conn, by="test")
-        topics = contract.topic_ids(conn)
-    for topic in topics:
-        backfill.run_partition(url, f"all-{topic}", topic, Window(0, 2**62), owner="cutover-test")
-
-
-def shadow_traffic(url: str, meili, uid: str, rate: int, n: int = 40) -> None:
-    """Requests whose (viewer, query) the router samples at this rate, searches and suggests."""
-    picked = [(f"viewer-{i}", q) for i in range(5_000) for q in QUERIES if read_router.sample_bucket(f"viewer-{i}", q)
-              < rate][:n]
-    with ReadRouter(url, meili, uid) as router:
-        for viewer, q in picked:
-            router.search(TOPIC, q, viewer=viewer)
-            router.suggest(q[:2], viewer=viewer)
-        router.drain()
-
-
-def stage_flags(url: str) -> dict[str, str]:
-    with db.connect(url) as conn:
-        return flags.read_all(conn)
+from .support.backfill import backfill_all
+from .support.cutover import check_results, failure_message, run_job, shadow_traffic, stage_flags
+from .support.writes import TOPIC, meili_ids, new_posts
 
 
 def to_shadow(instance, url: str) -> None:
     assert run_job(instance, "cutover_job", target_stage="dual").success
     backfill_all(url)
-    assert all(materialize(instance, "search_drift_report").values())
+    assert all(check_results(instance, "search_drift_report").values())
     assert run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=5).success
 
 
@@ -89,14 +26,14 @@ def test_legacy_to_live_to_complete_and_back(dagster_env, seeded, meili, index_u
     to_shadow(instance, seeded)
     for rate in (25, 50):
         shadow_traffic(seeded, meili, index_uid, int(stage_flags(seeded)["shadow_sample_rate"]))
-        checks = materialize(instance, "shadow_read_report", "search_drift_report")
+        checks = check_results(instance, "shadow_read_report", "search_drift_report")
         assert all(checks.values()), checks
         assert run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=rate).success
     assert run_job(instance, "cutover_job", target_stage="live").success
     assert stage_flags(seeded)["search_read_backend"] == "pg"
 
     # live -> complete (soak 0 here), then writes in pg_only never reach Meilisearch...
-    materialize(instance, "shadow_read_report", "search_drift_report")
+    check_results(instance, "shadow_read_report", "search_drift_report")
     assert run_job(instance, "cutover_job", target_stage="complete", soak_hours=0).success
     assert stage_flags(seeded)["search_write_mode"] == "pg_only"
     with db.connect(seeded) as conn:
@@ -127,7 +64,7 @@ def test_degraded_postgres_fails_drift_and_overlap_and_cutover_changes_nothing(d
     with db.connect(seeded) as conn:
         conn.execute("DELETE FROM cn_search.post_search_documents WHERE topic_id = %s", (TOPIC,))
     shadow_traffic(seeded, meili, index_uid, 5)  # readers of the degraded topic
-    checks = materialize(instance, "search_drift_report", "shadow_read_report")
+    checks = check_results(instance, "search_drift_report", "shadow_read_report")
     assert checks["drift_zero"] is False and checks["overlap_at_10"] is False
     assert checks["catchup_lag"] is True and checks["shadow_sample_size"] is True
     before = stage_flags(seeded)
@@ -140,7 +77,7 @@ def test_degraded_postgres_fails_drift_and_overlap_and_cutover_changes_nothing(d
 def test_empty_shadow_logs_fail_for_insufficient_sample(dagster_env, seeded):
     instance = dagster_env
     to_shadow(instance, seeded)
-    checks = materialize(instance, "shadow_read_report")
+    checks = check_results(instance, "shadow_read_report")
     assert checks["shadow_sample_size"] is False and checks["overlap_at_10"] is False
     before = stage_flags(seeded)
     refused = run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=25)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import dagster as dg
@@ -14,15 +13,23 @@ from search_migration.local import demo_seed
 from search_migration.definitions import defs
 from search_migration.defs.ui import RUNBOOK_URL
 
-from .conftest import REPO
+from .support.processes import DAGSTER, postgres_dagster_home
+from .support.servers import REPO
 
 
 def test_definitions_load():
-    assert isinstance(defs, dg.Definitions)
+    """The public contract by name: what runbooks, sensors' run requests and operators refer to."""
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert {"cn_relay/events_outbox", "legacy/meili_index"} <= keys
-    assert defs.resolve_job_def("observe_sources_job") is not None
+    assert keys == {"cn_relay/events_outbox", "legacy/meili_index", "backfill_high_watermark",
+                    "post_search_documents", "search_drift_report", "shadow_read_report"}
+    jobs = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
+    assert jobs == {"catchup_job", "cutover_job", "rollback_job", "replay_failed_job", "observe_sources_job"}
+    assert {s.name for s in repo.sensor_defs} == {"high_watermark_sensor", "topic_partitions_sensor"}
+    assert {s.name for s in repo.schedule_defs} == {"observe_sources_job_schedule"}
+    partitions = defs.resolve_assets_def("post_search_documents").partitions_def
+    assert [d.partitions_def.name for d in partitions.partitions_defs
+            if isinstance(d.partitions_def, dg.DynamicPartitionsDefinition)] == ["topics"]
 
 
 README_ANCHORS = set(re.findall(r'<a id="([^"]+)"></a>', (REPO / "README.md").read_text()))
@@ -67,8 +74,7 @@ def test_every_job_sensor_and_schedule_has_a_description_tags_and_runbook():
 
 def test_dagster_definitions_validate(servers, database_url):
     env = servers.env(DATABASE_URL=database_url, DAGSTER_PG_URL=database_url, MEILI_INDEX="posts")
-    result = subprocess.run([str(REPO / ".venv" / "bin" / "dagster"), "definitions", "validate",
-                             "-w", "workspace.yaml"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*DAGSTER, "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "All code locations passed validation" in result.stderr + result.stdout
 
@@ -76,9 +82,7 @@ def test_dagster_definitions_validate(servers, database_url):
 def test_observation_run_on_postgres_instance(servers, migrated_url, meili, index_uid, tmp_path, monkeypatch):
     with db.connect(migrated_url) as conn:
         seeded = demo_seed.seed(conn, meili, index_uid, posts=2_000, topics=5, seed=3)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    home = postgres_dagster_home(tmp_path)
     for name, value in servers.env(DATABASE_URL=migrated_url, DAGSTER_PG_URL=migrated_url,
                                    MEILI_INDEX=index_uid).items():
         monkeypatch.setenv(name, value)

@@ -18,7 +18,8 @@ from search_migration.local.product_writer import expires_at_of, is_addressable,
 from search_migration.source import contract
 from search_migration.write_path import meili_index
 
-from .conftest import REPO, run_cli
+from .support.processes import run_cli
+from .support.servers import REPO
 
 
 def _ids(url: str) -> list[str]:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from search_migration import backfill
 from search_migration import db
 from search_migration.gates import drift
-from search_migration.cutover import flags
 from search_migration.write_path import meili_index
-from search_migration.source import contract
-from search_migration.backfill import Window
 
-from .test_write_path import new_posts
+from .support.backfill import backfill_all
+from .support.writes import new_posts, set_mode
 
 
 def _backfill_everything(url: str) -> None:
     with db.connect(url) as conn:
-        flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="drift test")
-        backfill.capture_watermark(conn, by="test")
-        topics = contract.topic_ids(conn)
-    for topic in topics:
-        backfill.run_partition(url, f"all-{topic}", topic, Window(0, 2**62), owner="drift-test")
+        set_mode(conn, "dual", reason="drift test")
+    backfill_all(url, owner="drift-test")
 
 
 def test_drift_is_zero_when_engines_agree_and_finds_every_kind_of_difference(seeded, meili, index_uid):

@@ -10,8 +10,8 @@ from search_migration.ops import exporter
 from search_migration.cutover import flags
 from search_migration.write_path import consumer
 
-from .conftest import free_port
-from .test_write_path import FAST, new_posts
+from .support.servers import REPO, free_port
+from .support.writes import FAST, new_posts
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -50,8 +50,6 @@ def test_metrics_read_durable_state(seeded, meili, index_uid):
 
 def test_the_grafana_dashboard_uses_only_exported_metric_names(seeded):
     import json
-
-    from .conftest import REPO
 
     port = free_port()
     server, _ = exporter.serve(lambda: db.connect(seeded), "127.0.0.1", port)

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from search_migration import db
-from search_migration.cutover import flags
-from search_migration_tests.support import invariants
 from search_migration.write_path import meili_index
 from search_migration.write_path import consumer
 from search_migration.source import contract
 
-from .test_cutover import backfill_all
+from .support import invariants
+from .support.backfill import backfill_all
+from .support.writes import set_mode
 
 
 def converged(url: str, meili, uid: str) -> tuple[int, invariants.Invariant]:
     """Dual writes, backfilled and caught up: the state every drill ends in."""
     with db.connect(url) as conn:
-        flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="invariant test")
+        set_mode(conn, "dual", reason="invariant test")
     backfill_all(url)
     with db.connect(url) as conn:
         head = consumer.catch_up(conn, meili, uid).end_offset

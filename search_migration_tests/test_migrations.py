@@ -10,7 +10,7 @@ import pytest
 
 from search_migration.schema.migrate import ADVISORY_LOCK_KEY, MIGRATIONS_DIR, MigrationError, migrate
 
-from .conftest import run_cli
+from .support.processes import run_cli
 
 ALL = sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
 

@@ -6,23 +6,16 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from search_migration import db
-from search_migration.local import demo_seed
 from search_migration.write_path import meili_index
-from search_migration.write_path import pg_documents
 from search_migration.local import services
-from search_migration.write_path.pg_documents import DocWrite
 from search_migration.search.read_router import (BadRequest, ReadRouter, SearchUnavailable, _digest, decode_cursor,
                                           encode_cursor, sample_bucket)
 
-TOPIC = "t0000-ramen"
+from .support.writes import TOPIC, seed_indexed
 
 
 def _seed(url, meili_client, uid, posts=1_500):
-    with db.connect(url) as conn:
-        demo_seed.seed(conn, meili_client, uid, posts=posts, topics=3, seed=3)
-        rows = conn.execute(demo_seed.LIVE_ROWS_SQL).fetchall()
-        pg_documents.apply(conn, [DocWrite(1, e, t, False, c, ts) for e, t, c, ts in rows])
+    seed_indexed(url, meili_client, uid, posts=posts, topics=3, seed=3)
 
 
 def _set_flags(url, **flags):

@@ -7,21 +7,17 @@ import json
 import psycopg
 
 from search_migration import db
-from search_migration.local import demo_seed
 from search_migration.write_path import pg_documents
 from search_migration.local import services
 from search_migration.write_path.pg_documents import DocWrite
 
-from .conftest import run_cli
-
-TOPIC = "t0001-tech"
+from .support.processes import run_cli
+from .support.servers import free_port
+from .support.writes import TECH_TOPIC as TOPIC, seed_indexed
 
 
 def _seed(url, meili, uid):
-    with db.connect(url) as conn:
-        demo_seed.seed(conn, meili, uid, posts=1_000, topics=2, seed=9)
-        rows = conn.execute(demo_seed.LIVE_ROWS_SQL).fetchall()
-        pg_documents.apply(conn, [DocWrite(1, e, t, False, c, ts) for e, t, c, ts in rows])
+    seed_indexed(url, meili, uid, posts=1_000, topics=2, seed=9)
 
 
 def test_search_and_suggest_print_json_from_the_chosen_backend(servers, migrated_url, meili, index_uid):
@@ -80,8 +76,6 @@ def test_meilisearch_down_is_one_line_and_pg_still_answers(servers, migrated_url
 
 
 def test_postgresql_down_is_one_line_too(servers):
-    from .conftest import free_port
-
     env = servers.env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
     out = run_cli("search", "--topic", TOPIC, "--q", "東京", "--backend", "pg", env=env)
     assert out.returncode == 1 and out.stdout == ""

@@ -10,7 +10,8 @@ import psutil
 from search_migration.local import services
 from search_migration.settings import Settings
 
-from .conftest import CACHE, free_port, run_cli
+from .support.processes import run_cli
+from .support.servers import CACHE, free_port
 
 
 def _env(home, pg_port: int, meili_port: int, **extra) -> dict[str, str]:

@@ -8,7 +8,7 @@ from search_migration.gates import shadow_report
 from search_migration.search.read_router import ReadRouter
 from search_migration.gates.shadow_report import GoldenQuery
 
-from .test_write_path import TOPIC
+from .support.writes import TOPIC
 
 
 def test_report_counts_samples_replays_golden_and_observes_the_rate(seeded, meili, index_uid):

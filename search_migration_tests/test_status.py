@@ -9,8 +9,9 @@ from search_migration import db
 from search_migration.backfill import PartitionOptions
 from search_migration.local.demo_corpus import topic_ids
 
-from .conftest import run_cli
-from .test_backfill import WINDOWS, go_dual, seed
+from .support.backfill import WINDOWS
+from .support.processes import run_cli
+from .support.writes import seed_source, set_mode
 
 
 def status(servers, url: str, *args: str):
@@ -18,13 +19,13 @@ def status(servers, url: str, *args: str):
 
 
 def test_status_before_and_during_a_backfill(servers, migrated_url):
-    seed(migrated_url, 600, 2)
+    seed_source(migrated_url, 600, 2)
     out = status(servers, migrated_url)
     assert out.returncode == 0, out.stderr
     assert "backfill: not started" in out.stdout
 
     with db.connect(migrated_url) as conn:
-        go_dual(conn)
+        set_mode(conn, "dual")
         wm = backfill.capture_watermark(conn, by="test")
         conn.execute("INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES ('search_indexer', %s)",
                      (wm.seq - 5,))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import subprocess
 import sys
 import threading
@@ -13,45 +11,20 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from search_migration import db
 from search_migration.local import demo_seed
-from search_migration.cutover import flags
 from search_migration.write_path import meili_index
 from search_migration.ops import counters
 from search_migration.write_path import consumer
 from search_migration.local import services
 from search_migration.source import contract
-from search_migration.write_path.consumer import Retry
 
-from .conftest import REPO, run_cli
-
-FAST = Retry(attempts=2, initial_s=0.01, max_s=0.05)
-TOPIC = "t0000-ramen"
-
-
-def new_posts(conn: psycopg.Connection, n: int, tag: str, topic: str = TOPIC) -> list[tuple[str, int]]:
-    """Write posts the way the product does: event, topic row and outbox row in one transaction."""
-    ids = [hashlib.sha256(f"{tag}:{i}".encode()).hexdigest() for i in range(n)]
-    with conn.transaction(), conn.cursor() as cur:
-        with cur.copy("COPY cn_relay.events (event_id, pubkey, kind, content, created_at) FROM STDIN") as cp:
-            for i, event_id in enumerate(ids):
-                cp.write_row((event_id, "p" * 64, 1, f"新しい投稿 {tag} number {i} ラーメン", 1_780_000_000 + i))
-        with cur.copy("COPY cn_relay.event_topics (event_id, topic_id) FROM STDIN") as cp:
-            for event_id in ids:
-                cp.write_row((event_id, topic))
-        with cur.copy("COPY cn_relay.events_outbox (op, event_id, topic_id, reason) FROM STDIN") as cp:
-            for event_id in ids:
-                cp.write_row(("upsert", event_id, topic, "created"))
-    seqs = dict(conn.execute("SELECT event_id, seq FROM cn_relay.events_outbox WHERE event_id = ANY(%s)", (ids,)))
-    return [(event_id, seqs[event_id]) for event_id in ids]
+from .support.processes import DAGSTER, postgres_dagster_home, run_cli
+from .support.servers import REPO
+from .support.writes import FAST, TOPIC, meili_ids, new_posts, set_mode
 
 
 def pg_docs(conn: psycopg.Connection) -> dict[tuple[str, str], tuple[int, bool]]:
     return {(p, t): (s, d) for p, t, s, d in conn.execute(
         "SELECT post_id, topic_id, source_seq, is_deleted FROM cn_search.post_search_documents")}
-
-
-def meili_ids(client, uid: str) -> set[str]:
-    docs = client.index(uid).get_documents({"fields": ["id"], "limit": 1_000_000}).results
-    return {d.id for d in docs}
 
 
 def live_doc_ids(conn: psycopg.Connection) -> set[str]:
@@ -60,17 +33,10 @@ def live_doc_ids(conn: psycopg.Connection) -> set[str]:
         "WHERE NOT e.is_deleted")}
 
 
-def set_mode(conn, mode: str) -> None:
-    flags.set_flags(conn, {"search_write_mode": mode}, by="test", reason="write path test")
-
-
 def dagster_catchup_in_new_process(env: dict[str, str], tmp_path) -> subprocess.CompletedProcess:
     """A real catchup_job run, default config, in a fresh process on a PostgreSQL-backed instance."""
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    return subprocess.run([str(REPO / ".venv" / "bin" / "dagster"), "job", "execute", "-m",
-                           "search_migration.definitions", "-j", "catchup_job"],
+    home = postgres_dagster_home(tmp_path)
+    return subprocess.run([*DAGSTER, "job", "execute", "-m", "search_migration.definitions", "-j", "catchup_job"],
                           env={**env, "DAGSTER_HOME": str(home)}, cwd=REPO, capture_output=True, text=True,
                           timeout=300)
 

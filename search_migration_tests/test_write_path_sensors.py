@@ -10,7 +10,7 @@ from search_migration.defs.resources import PostgresResource
 from search_migration.defs.write_path import catchup_job, high_watermark_sensor, topic_partitions_sensor
 from search_migration.backfill.partition_keys import topic_partition_key
 
-from .test_write_path import new_posts
+from .support.writes import new_posts
 
 
 def _context(instance, url, cursor=None):

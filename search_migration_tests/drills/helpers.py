@@ -1,15 +1,11 @@
-"""What every drill needs: the product's writes of every kind, real runs in killable process groups,
-the path to a caught-up dual state, and the invariant asserted with its figures printed for the report."""
+"""What the drills share beyond support/: the path to a caught-up dual state, real Dagster runs of one
+partition or one catch-up in killable process groups, and the invariant asserted with its figures printed
+for the report. (The product's writes, write modes and process helpers are in support/.)"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import random
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,81 +14,18 @@ import psycopg
 
 from search_migration import backfill
 from search_migration import db
-from search_migration.local import demo_seed
-from search_migration.cutover import flags
-from search_migration_tests.support import invariants
-from search_migration.write_path import consumer
-from search_migration.source import contract
 from search_migration.backfill import Window
-from search_migration.local.demo_corpus import EPOCH
-from search_migration.write_path.consumer import Retry
 from search_migration.backfill.partition_keys import topic_partition_key
+from search_migration.local import demo_seed
+from search_migration.local.demo_corpus import EPOCH
+from search_migration.source import contract
+from search_migration.write_path import consumer
 
-from ..conftest import REPO
-
-DAGSTER = str(REPO / ".venv" / "bin" / "dagster")
-FAST = Retry(attempts=2, initial_s=0.01, max_s=0.05)
-WEEK = 7 * 24 * 3600
-
-
-
-def set_mode(conn: psycopg.Connection, mode: str) -> None:
-    flags.set_flags(conn, {"search_write_mode": mode}, by="drill", reason="fault drill")
-
-
-# --------------------------------------------------------------------------- the product's writes
-
-
-def product_writes(conn: psycopg.Connection, tag: str, *, inserts: int = 0, edits: int = 0, deletes: int = 0,
-                   removals: int = 0, topic: str | None = None, window: Window | None = None,
-                   seed: int = 0) -> dict[str, list[str]]:
-    """Inserts, edits, deletes and topic removals the way the product writes them (event + outbox in one
-    transaction each); edits/deletes/removals pick live posts (of `topic`, created in `window`, when given).
-    Returns the event ids per kind."""
-    rng = random.Random(f"{tag}:{seed}")
-    topics = [topic] if topic else contract.topic_ids(conn)
-    done: dict[str, list[str]] = {"insert": [], "edit": [], "delete": [], "removal": []}
-    for i in range(inserts):
-        event_id = hashlib.sha256(f"drill:{tag}:{i}".encode()).hexdigest()
-        chosen = rng.sample(topics, min(len(topics), rng.choice((1, 1, 2))))
-        created = conn.execute("SELECT created_at FROM cn_relay.events ORDER BY random() LIMIT 1").fetchone()[0]
-        with conn.transaction():
-            conn.execute("INSERT INTO cn_relay.events (event_id, pubkey, kind, content, created_at) "
-                         "VALUES (%s, %s, 1, %s, %s)", (event_id, "d" * 64, f"ドリル {tag} {i} 新しい投稿", created))
-            for t in chosen:
-                conn.execute("INSERT INTO cn_relay.event_topics VALUES (%s, %s)", (event_id, t))
-                conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                             "VALUES ('upsert', %s, %s, 'created')", (event_id, t))
-        done["insert"].append(event_id)
-    live = [r[0] for r in conn.execute(
-        "SELECT DISTINCT e.event_id FROM cn_relay.events e JOIN cn_relay.event_topics et USING (event_id) "
-        "WHERE NOT e.is_deleted AND et.topic_id = ANY(%s) AND e.created_at >= %s AND e.created_at < %s ORDER BY 1",
-        (topics, window.start if window else 0, window.end if window else 2**62))]
-    rng.shuffle(live)
-    for event_id in live[:edits]:
-        with conn.transaction():
-            conn.execute("UPDATE cn_relay.events SET content = content || %s WHERE event_id = %s",
-                         (f" 編集 {tag}", event_id))
-            conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                         "SELECT 'upsert', event_id, topic_id, 'edited' FROM cn_relay.event_topics "
-                         "WHERE event_id = %s", (event_id,))
-        done["edit"].append(event_id)
-    for event_id in live[edits:edits + deletes]:
-        with conn.transaction():
-            conn.execute("UPDATE cn_relay.events SET is_deleted = true WHERE event_id = %s", (event_id,))
-            conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                         "SELECT 'delete', event_id, topic_id, 'deleted' FROM cn_relay.event_topics "
-                         "WHERE event_id = %s", (event_id,))
-        done["delete"].append(event_id)
-    for event_id in live[edits + deletes:edits + deletes + removals]:
-        with conn.transaction():
-            t = conn.execute("DELETE FROM cn_relay.event_topics WHERE ctid = (SELECT ctid FROM cn_relay.event_topics "
-                             "WHERE event_id = %s AND topic_id = ANY(%s) LIMIT 1) RETURNING topic_id",
-                             (event_id, topics)).fetchone()[0]
-            conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                         "VALUES ('delete', %s, %s, 'topic_removed')", (event_id, t))
-        done["removal"].append(event_id)
-    return done
+from ..support import invariants
+from ..support.backfill import WEEK
+from ..support.processes import DAGSTER
+from ..support.servers import REPO
+from ..support.writes import FAST, set_mode
 
 
 # --------------------------------------------------------------------------- getting to a caught-up dual state
@@ -159,7 +92,7 @@ def dual_partition(servers, url: str, meili, index_uid: str, tmp_path: Path):
     returns (Dagster env, topic, window, partition key, rows in it)."""
     with db.connect(url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
-        set_mode(conn, "dual")
+        set_mode(conn, "dual", by="drill", reason="fault drill")
         backfill.capture_watermark(conn, by="drill")
         topic, start, rows = busiest_week(conn)
         topics = contract.topic_ids(conn)
@@ -171,7 +104,7 @@ def dual_partition(servers, url: str, meili, index_uid: str, tmp_path: Path):
 def materialize(env: dict, partition: str, config: dict, log: Path) -> subprocess.Popen:
     """One real Dagster run of one backfill partition, in its own process group (killable whole)."""
     return subprocess.Popen(
-        [DAGSTER, "asset", "materialize", "-m", "search_migration.definitions", "--select", "post_search_documents",
+        [*DAGSTER, "asset", "materialize", "-m", "search_migration.definitions", "--select", "post_search_documents",
          "--partition", partition, "--config-json", json.dumps({"ops": {"post_search_documents": {"config": config}}})],
         env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -191,14 +124,9 @@ def catchup_run(env: dict, config: dict, log: Path) -> subprocess.Popen:
     run_config = log.with_suffix(".config.yaml")
     run_config.write_text(json.dumps({"ops": {"catch_up": {"config": config}}}))
     return subprocess.Popen(
-        [DAGSTER, "job", "execute", "-m", "search_migration.definitions", "-j", "catchup_job",
+        [*DAGSTER, "job", "execute", "-m", "search_migration.definitions", "-j", "catchup_job",
          "--config", str(run_config)],
         env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def no_advisory_locks(url: str) -> bool:
@@ -207,9 +135,3 @@ def no_advisory_locks(url: str) -> bool:
         return conn.execute("SELECT count(*) = 0 FROM pg_locks WHERE locktype = 'advisory' "
                             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
                             ).fetchone()[0]
-
-
-def child(script: str, log: Path) -> subprocess.Popen:
-    """A plain Python child process (the engine without Dagster) in its own process group."""
-    return subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)

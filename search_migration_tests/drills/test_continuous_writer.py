@@ -23,12 +23,13 @@ from contextlib import contextmanager
 
 from search_migration import db
 from search_migration.local import demo_corpus
-from search_migration_tests.support import invariants
 from search_migration.write_path import consumer as write_consumer
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
 
-from ..test_cutover import QUERIES, backfill_all, evaluations, failure_message, run_job, shadow_traffic, stage_flags
+from ..support import invariants
+from ..support.backfill import backfill_all
+from ..support.cutover import QUERIES, evaluations, failure_message, run_job, shadow_traffic, stage_flags
 
 SOAK_S = float(os.environ.get("SEARCH_MIGRATION_SOAK_SECONDS", "0"))
 

@@ -25,9 +25,9 @@ from search_migration.search import pg_search
 from search_migration.search.read_router import BadRequest, ReadRouter
 from search_migration.search.text import normalize, token_positions, tsvector_literal
 
-from ..conftest import run_cli
-from ..test_cutover import run_job
-from ..test_search_cli import TOPIC, _seed
+from ..support.cutover import run_job
+from ..support.processes import run_cli
+from ..support.writes import TECH_TOPIC as TOPIC, seed_indexed
 
 # One fixed, database-free profile: the same examples on every machine, in seconds.
 PROPERTIES = settings(derandomize=True, database=None, max_examples=300, deadline=None,
@@ -97,7 +97,7 @@ def test_a_post_of_real_words_is_found_by_each_of_them(servers, words):
 
 @pytest.fixture
 def corpus(servers, migrated_url, meili, index_uid):
-    _seed(migrated_url, meili, index_uid)
+    seed_indexed(migrated_url, meili, index_uid, posts=1_000, topics=2, seed=9)
     return migrated_url
 
 

@@ -21,12 +21,13 @@ import dagster as dg
 from search_migration.write_path import dead_letters
 from search_migration import db
 from search_migration.cutover import flags
-from search_migration_tests.support import invariants
 from search_migration.write_path import consumer
 from search_migration.source import contract
 from search_migration.definitions import defs
 
-from ..test_cutover import backfill_all
+from ..support import invariants
+from ..support.backfill import backfill_all
+from ..support.writes import TOPIC
 
 PUBKEY = "b" * 64
 BASE_TS = 1_790_000_000
@@ -51,7 +52,6 @@ NASTY_TOPICS = {
     "quote_topic": "t'\"; DROP--%_\\",
     "rtl_topic": "\u202etopic\u200f🍜",
 }
-TOPIC = "t0000-ramen"
 
 
 def eid(tag: str) -> str:

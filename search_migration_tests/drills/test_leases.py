@@ -14,9 +14,9 @@ import signal
 
 from search_migration import db
 
-from ..conftest import poll
-from .helpers import (assert_invariant, backfill_everything, catch_up_all, checkpointed, dual_partition, materialize,
-                      product_writes)
+from ..support.processes import poll
+from ..support.writes import product_writes
+from .helpers import assert_invariant, backfill_everything, catch_up_all, checkpointed, dual_partition, materialize
 
 
 def job(conn, key: str):

@@ -31,13 +31,13 @@ from search_migration.definitions import defs
 from search_migration.search.read_router import ReadRouter
 from search_migration.settings import Settings
 
-from ..conftest import REPO, free_port
-from ..test_cutover import run_job
+from ..support.cutover import run_job
+from ..support.servers import REPO, free_port
+from ..support.writes import TOPIC
 
 CANARY = f"canary{uuid.uuid4().hex[:12]}"
 CANARY_PUBKEY = hashlib.sha256(CANARY.encode()).hexdigest()
 VIEWERS = [f"viewer-{CANARY}-{i}" for i in range(20)]
-TOPIC = "t0000-ramen"
 # The CLI as an operator runs it, with every logger at DEBUG on stderr.
 DEBUG_CLI = ("import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stderr); "
              "from search_migration.cli import main; sys.argv[0] = 'search-migration'; main()")

@@ -19,10 +19,10 @@ from search_migration.local import services
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
 
-from ..test_cutover import QUERIES
-from ..test_write_path import new_posts
-from ..conftest import poll
-from .helpers import (FAST, assert_invariant, backfill_everything, catch_up_all, child, product_writes, set_mode)
+from ..support.cutover import QUERIES
+from ..support.processes import child, poll
+from ..support.writes import FAST, new_posts, product_writes, set_mode
+from .helpers import assert_invariant, backfill_everything, catch_up_all
 
 UID = "posts"
 

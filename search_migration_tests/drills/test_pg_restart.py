@@ -16,10 +16,10 @@ from search_migration.source import contract
 from search_migration.backfill import Window
 from search_migration.schema.migrate import migrate
 
-from ..test_write_path import new_posts
-from ..conftest import poll
-from .helpers import (WEEK, assert_invariant, backfill_everything, busiest_week, catch_up_all, child, partition_key,
-                      product_writes, set_mode)
+from ..support.backfill import WEEK
+from ..support.processes import child, poll
+from ..support.writes import new_posts, product_writes, set_mode
+from .helpers import assert_invariant, backfill_everything, busiest_week, catch_up_all, partition_key
 
 
 def restart(s) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from search_migration import backfill
 from search_migration import db
 from search_migration.cutover import flags
-from search_migration_tests.support import invariants
 from search_migration.source import contract
 from search_migration.cutover import stages
 
-from ..test_cutover import failure_message, run_job
-from .helpers import assert_invariant, backfill_everything, catch_up_all, product_writes, set_mode
+from ..support import invariants
+from ..support.cutover import failure_message, run_job
+from ..support.writes import product_writes, set_mode
+from .helpers import assert_invariant, backfill_everything, catch_up_all
 
 
 def test_rollback_from_complete_replays_pg_only_writes_into_meilisearch(dagster_env, seeded, meili, index_uid):

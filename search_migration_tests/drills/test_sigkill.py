@@ -12,10 +12,11 @@ from search_migration import db
 from search_migration.write_path import meili_index
 from search_migration.source import contract
 
-from ..conftest import poll
-from ..test_write_path import new_posts
+from ..support.backfill import actual, expected
+from ..support.processes import kill_group, poll
+from ..support.writes import new_posts, product_writes, set_mode
 from .helpers import (assert_invariant, backfill_everything, catch_up_all, catchup_run, checkpointed, dagster_home,
-                      dual_partition, kill_group, materialize, no_advisory_locks, product_writes, set_mode)
+                      dual_partition, materialize, no_advisory_locks)
 
 
 def test_backfill_run_sigkilled_mid_partition_then_rerun(servers, migrated_url, meili, index_uid, tmp_path):
@@ -30,6 +31,8 @@ def test_backfill_run_sigkilled_mid_partition_then_rerun(servers, migrated_url, 
         done_at_kill = conn.execute("SELECT rows_done FROM cn_search.backfill_checkpoints WHERE partition_key = %s",
                                     (key,)).fetchone()[0]
         assert 0 < done_at_kill < rows, "the kill must land mid-partition"
+        assert conn.execute("SELECT status FROM cn_search.backfill_jobs WHERE partition_key = %s",
+                            (key,)).fetchone()[0] == "running"  # nobody marked it: the process just died
         # while the run is dead the product edits, deletes and un-tags posts of that very window, and
         # catch-up applies it: rows behind and ahead of the checkpoint now carry versions above the watermark
         changed = product_writes(conn, "sigkill-backfill", edits=6, deletes=6, removals=4, topic=topic,
@@ -44,12 +47,26 @@ def test_backfill_run_sigkilled_mid_partition_then_rerun(servers, migrated_url, 
     rerun = materialize(env, key, config, tmp_path / "rerun.log")
     assert rerun.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
     with db.connect(url) as conn:
-        status, attempts, resumed = conn.execute(
+        status, attempts, resumed, copied, skipped = conn.execute(
             "SELECT j.status, j.attempts, (SELECT sum(rows_done) FROM cn_search.backfill_page_log p "
-            "WHERE p.partition_key = j.partition_key AND p.lease_token = j.lease_token) "
+            "WHERE p.partition_key = j.partition_key AND p.lease_token = j.lease_token), rows_copied, rows_skipped "
             "FROM cn_search.backfill_jobs j WHERE partition_key = %s", (key,)).fetchone()
         assert (status, attempts) == ("succeeded", 2)
         assert resumed == rows - done_at_kill  # the rerun walked only what the killed run had not committed
+        tokens = conn.execute("SELECT lease_token, sum(rows_done) FROM cn_search.backfill_page_log "
+                              "WHERE partition_key = %s GROUP BY 1 ORDER BY min(page_id)", (key,)).fetchall()
+        assert [n for _, n in tokens] == [done_at_kill, rows - done_at_kill]  # two holders, no page walked twice
+        assert copied + skipped == rows
+        # the window equals an uninterrupted copy followed by catch-up: every live (post, topic) at its newest
+        # version, no duplicate (post, topic)
+        created = dict(conn.execute("SELECT event_id, created_at FROM cn_relay.events"))
+
+        def in_window(r: tuple) -> bool:
+            return r[0] == topic and window.start <= created[r[1]] < window.end
+        want = {r for r in expected(conn, contract.outbox_head(conn)) if in_window(r)}
+        assert want and {r for r in actual(conn) if in_window(r)} == want
+        assert conn.execute("SELECT count(*) = count(DISTINCT (post_id, topic_id)) "
+                            "FROM cn_search.post_search_documents").fetchone()[0]
     backfill_everything(url)
     catch_up_all(url, meili, index_uid)
     assert_invariant(url, "1a backfill SIGKILL", meili, index_uid)

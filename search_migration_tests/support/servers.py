@@ -1,0 +1,55 @@
+"""The repository's paths, the session's PostgreSQL and Meilisearch, free ports and throwaway databases."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+from search_migration.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".local" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The same server URL with another database (URL form: dagster-postgres needs one)."""
+    return urlsplit(url)._replace(path=f"/{dbname}").geturl()
+
+
+@dataclass
+class Servers:
+    database_url: str = field(repr=False)  # a maintenance database on the server; tests create their own
+    meili_url: str
+    meili_key: str = field(repr=False)  # hypothesis and pytest print fixture values in failure reports
+    settings: Settings | None  # set when this session started embedded services
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "MEILI_URL", "MEILI_MASTER_KEY", "DAGSTER_PG_URL", "MEILI_INDEX")}
+        env.update(SEARCH_MIGRATION_CACHE=str(CACHE), MEILI_URL=self.meili_url, MEILI_MASTER_KEY=self.meili_key)
+        env.update(extra)
+        return env
+
+    def create_database(self) -> str:
+        """A fresh, empty database of its own on the server; its URL."""
+        name = f"sm_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return with_dbname(self.database_url, name)
+
+    def drop_database(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
