@@ -25,7 +25,8 @@ from search_migration.local.product_fixture import build_product_world
 from search_migration.source import contract, shape
 from search_migration.write_path import handover, legacy_documents as legacy, meili_index
 
-from .conftest import REPO, run_cli
+from .support.processes import run_cli
+from .support.servers import REPO
 
 DAY = 86_400
 
