@@ -26,7 +26,7 @@ from search_migration.search.read_router import ReadRouter
 from search_migration.source import contract
 from search_migration.write_path import legacy_documents as legacy
 from search_migration.write_path import meili_index, pg_documents
-from search_migration_tests.conftest import run_cli
+from search_migration_tests.support.processes import run_cli
 
 
 def _word(n: int = 10) -> str:
