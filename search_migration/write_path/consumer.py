@@ -55,17 +55,19 @@ ORDER BY o.seq
 LIMIT %s
 """
 
-# Older versions of a replaceable/addressable event in the same topic, which an upsert carrying its
-# effective key removes (cn-index: same topic only). Two probes, one per key column, so each can hash.
+# Older versions of a replaceable/addressable event, which an upsert carrying its effective key removes
+# from every topic they are in. The product's indexer removes them from the upsert's topic only, so an
+# older version stays searchable in a topic the new one left: a product defect we report (drift lists
+# it as a legacy defect) and do not copy. Two probes, one per key column, so each can hash.
 STALE_SQL = """
-WITH k AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS k(seq, topic_id, key, current_id))
-SELECT k.seq, e.event_id FROM k
+WITH k AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS k(seq, key, current_id))
+SELECT k.seq, e.event_id, t.topic_id FROM k
 JOIN cn_relay.events e ON e.replaceable_key = k.key AND e.event_id <> k.current_id AND NOT e.is_current
-JOIN cn_relay.event_topics t ON t.event_id = e.event_id AND t.topic_id = k.topic_id
+JOIN cn_relay.event_topics t ON t.event_id = e.event_id
 UNION
-SELECT k.seq, e.event_id FROM k
+SELECT k.seq, e.event_id, t.topic_id FROM k
 JOIN cn_relay.events e ON e.addressable_key = k.key AND e.event_id <> k.current_id AND NOT e.is_current
-JOIN cn_relay.event_topics t ON t.event_id = e.event_id AND t.topic_id = k.topic_id
+JOIN cn_relay.event_topics t ON t.event_id = e.event_id
 """
 
 
@@ -115,7 +117,7 @@ class Item:
     is_ephemeral: bool | None
     expires_at: int | None
     now: int = 0  # when it was read: "not expired" is judged at that moment, as the product does
-    stale: list[str] = field(default_factory=list)  # older versions this upsert removes from the topic
+    stale: list[tuple[str, str]] = field(default_factory=list)  # (event, topic) of older versions it removes
 
     def problem(self) -> tuple[str, str] | None:
         """(reason_class, error) when the row itself is unusable for every engine."""
@@ -167,8 +169,8 @@ class Item:
         else:
             main = DocWrite(self.seq, self.event_id, self.topic_id, False, self.content or "", self.created_at,
                             kind=self.kind, expires_at=self.expires_at)
-        return [main] + [DocWrite(self.seq, old, self.topic_id, True, "", 0, delete_reason="superseded")
-                         for old in self.stale]
+        return [main] + [DocWrite(self.seq, old, topic, True, "", 0, delete_reason="superseded")
+                         for old, topic in self.stale]
 
     def meili_document(self) -> dict:
         return legacy_documents.document({"raw_json": self.raw_json}, self.topic_id)
@@ -257,8 +259,8 @@ class MeiliSide:
         for item in items:
             uid = self._index(item.topic_id, tasks)
             final[(uid, item.event_id)] = (item.topic_id, None if item.deletes else item)
-            for old in item.stale:
-                final[(uid, old)] = (item.topic_id, None)
+            for old, topic in item.stale:
+                final[(self._index(topic, tasks), old)] = (topic, None)
         upserts: dict[str, list[dict]] = {}
         deletes: dict[str, list[str]] = {}
         for (uid, event_id), (_, item) in final.items():
@@ -386,9 +388,9 @@ def find_stale(conn: psycopg.Connection, rows: list[Item]) -> None:
     if not keyed:
         return
     by_seq = {i.seq: i for i in keyed}
-    for seq, event_id in conn.execute(STALE_SQL, ([i.seq for i in keyed], [i.topic_id for i in keyed],
-                                                  [i.effective_key for i in keyed], [i.event_id for i in keyed])):
-        by_seq[seq].stale.append(event_id)
+    for seq, event_id, topic_id in conn.execute(STALE_SQL, ([i.seq for i in keyed], [i.effective_key for i in keyed],
+                                                            [i.event_id for i in keyed])):
+        by_seq[seq].stale.append((event_id, topic_id))
 
 
 # --------------------------------------------------------------------------- the loop

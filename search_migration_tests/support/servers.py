@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from search_migration.settings import Settings
+from search_migration.write_path import meili_index
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".local" / "bin"
@@ -53,3 +54,18 @@ class Servers:
         name = urlsplit(url).path.lstrip("/")
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def delete_topic_indexes(client, namespace: str, database_url: str | None = None) -> None:
+    """Remove a test's per-topic Meilisearch indexes: those of its namespace, or of the topics its
+    database holds (the shared Meilisearch outlives every test)."""
+    uids = {u for u in meili_index.topic_indexes(client) if namespace and u.startswith(f"topic_kukuri_{namespace}")}
+    if database_url:
+        try:
+            with psycopg.connect(database_url) as conn:
+                uids |= {meili_index.index_uid(t) for (t,) in conn.execute(
+                    "SELECT DISTINCT topic_id FROM cn_relay.event_topics")}
+        except psycopg.Error:
+            pass  # no source tables: nothing of it was indexed
+    for uid in sorted(uids):
+        meili_index.delete_index(client, uid)
