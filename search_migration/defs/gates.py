@@ -111,7 +111,7 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
                 f"({', '.join(QUALITY_CHECKS)}) gate those moves.",
 )
 def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
-    with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.client()) as router:
+    with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.search_client()) as router:
         rate = int(flags.get(conn, "shadow_sample_rate"))
         report = shadow_report.build(conn, router, window_hours=config.window_hours, expected_sample_rate=rate)
     results = policy.quality(report, config.model_dump())

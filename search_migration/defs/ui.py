@@ -1,7 +1,9 @@
 """What the Dagster UI shows beside every definition: owners, tags and a link to its runbook section.
 
-One place for the runbook's address, so every link moves together when the README is hosted elsewhere
-(SEARCH_MIGRATION_RUNBOOK_URL, e.g. the repository's README page); by default, this checkout's README.
+One place for the runbook's address, so every link moves together: SEARCH_MIGRATION_RUNBOOK_URL (your
+copy of the README, or an internal docs page that keeps its anchors). Unset, a checkout links to its
+own README; an installed package has no README beside it and no address it could know, so it names
+the section as text and says which variable makes it a link.
 """
 
 from __future__ import annotations
@@ -13,18 +15,32 @@ from typing import Optional
 import dagster as dg
 
 OWNERS = ["team:search-migration"]
-RUNBOOK_URL = os.environ.get("SEARCH_MIGRATION_RUNBOOK_URL") or (Path(__file__).resolve().parents[2]
-                                                                   / "README.md").as_uri()
+_CHECKOUT_README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def runbook_url(anchor: str) -> str:
+def _base() -> str | None:
+    configured = os.environ.get("SEARCH_MIGRATION_RUNBOOK_URL")
+    if configured:
+        return configured.rstrip("#")
+    if _CHECKOUT_README.is_file() and (_CHECKOUT_README.parent / "pyproject.toml").is_file():
+        return _CHECKOUT_README.as_uri()
+    return None
+
+
+RUNBOOK_URL = _base()
+
+
+def runbook_url(anchor: str) -> str | None:
     """The runbook section `anchor` (an explicit `<a id>` in README.md; test_defs checks it exists)."""
-    return f"{RUNBOOK_URL}#{anchor}"
+    return f"{RUNBOOK_URL}#{anchor}" if RUNBOOK_URL else None
 
 
 def runbook(anchor: str, **extra) -> dict:
     """Definition metadata: the runbook link (clickable in the UI) plus anything else to show."""
-    return {"runbook": dg.MetadataValue.url(runbook_url(anchor)), **extra}
+    url = runbook_url(anchor)
+    link = dg.MetadataValue.url(url) if url else dg.MetadataValue.text(
+        f"README.md#{anchor} (set SEARCH_MIGRATION_RUNBOOK_URL to link it)")
+    return {"runbook": link, **extra}
 
 
 def tags(stage: str, domain: str) -> dict[str, str]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import pandas as pd
 import psycopg
@@ -20,7 +21,8 @@ import psycopg
 from search_migration.gates.measures import legacy_grades, ndcg_at_10, overlap_at_10
 from search_migration.write_path.legacy_documents import index_uid
 
-GOLDEN_QUERIES = Path(__file__).resolve().parent / "golden_queries.json"
+# Package data (pyproject.toml): shipped in the wheel beside this module.
+GOLDEN_QUERIES: Traversable = resources.files("search_migration.gates") / "golden_queries.json"
 
 LOGS_SQL = """
 SELECT endpoint, primary_backend, primary_ids, secondary_ids, primary_latency_ms, secondary_latency_ms,
@@ -42,10 +44,14 @@ class GoldenQuery:
     judgments: dict[str, int] | None = None  # event_id -> grade; None: graded by the legacy ranking
 
 
-def load_golden(path: Path = GOLDEN_QUERIES) -> list[GoldenQuery]:
-    if not path.exists():
-        return []
-    return [GoldenQuery(**row) for row in json.loads(path.read_text())]
+class GoldenQueriesMissing(Exception):
+    """The golden query set is not where the package ships it: a broken install, never 0 queries."""
+
+
+def load_golden(path: Traversable = GOLDEN_QUERIES) -> list[GoldenQuery]:
+    if not path.is_file():
+        raise GoldenQueriesMissing(f"golden query set not found: {path} (the package is installed without its data)")
+    return [GoldenQuery(**row) for row in json.loads(path.read_text(encoding="utf-8"))]
 
 
 @dataclass

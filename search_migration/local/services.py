@@ -25,7 +25,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import psycopg
 
 from search_migration.settings import DAGSTER_DB, SOURCE_DB, Settings, redact_dsn
@@ -82,6 +81,8 @@ def _write_state(s: Settings, state: dict) -> None:
 
 def _alive(pid: int | None, marker: str) -> bool:
     """True when `pid` runs and its command line still names our binary (pids get reused)."""
+    import psutil  # the `local` extra: imported on use, so the engine and CLI import without it
+
     if not pid:
         return False
     try:
@@ -331,6 +332,8 @@ def _stop_meili(entry: dict) -> str:
     pid = entry.get("pid")
     if not _alive(pid, "meilisearch"):
         return "not running"
+    import psutil
+
     proc = psutil.Process(pid)
     proc.send_signal(signal.SIGTERM)
     try:

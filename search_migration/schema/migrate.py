@@ -3,6 +3,10 @@
 They create and change `cn_search` only, and only after checking that `cn_relay` has the product's
 shape and that `cn_search` is ours (or absent, or empty): nothing of the product is changed.
 
+The files ship inside the package as `search_migration.migrations` (pyproject.toml maps the top-level
+`migrations/` folder onto it) and are read through importlib.resources, so an installed wheel migrates
+exactly as a checkout does.
+
 Two runners at once serialize on the lock: one applies, the other waits and finds nothing to do.
 A file that changed after it was applied is refused (by checksum) before anything else runs, so a
 history edited by accident can never half-apply.
@@ -13,14 +17,17 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import psycopg
+
 from search_migration.errors import first_line
 from search_migration.schema import ownership
 from search_migration.source import shape
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# A plain directory (pathlib.Path) in practice: the package is a regular one, in a wheel or editable.
+MIGRATIONS_DIR: Traversable = resources.files("search_migration.migrations")
 # Any constant works as long as every runner agrees: derived from the project name.
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"search_migration.schema.migrate").digest()[:8], "big", signed=True)
 FILENAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -49,14 +56,16 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def discover(directory: Traversable = MIGRATIONS_DIR) -> list[Migration]:
     if not directory.is_dir():
         raise MigrationError(f"migrations directory not found: {directory}")
     found = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted((p for p in directory.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         if not FILENAME.match(path.name):
             raise MigrationError(f"{path.name}: migration files must be named NNNN_snake_case.sql")
-        found.append(Migration(path.name, path.read_text()))
+        found.append(Migration(path.name, path.read_text(encoding="utf-8")))
+    if not found:
+        raise MigrationError(f"no migrations found in {directory}")
     numbers = [m.filename[:4] for m in found]
     duplicates = sorted({n for n in numbers if numbers.count(n) > 1})
     if duplicates:
@@ -64,7 +73,7 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
-def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def migrate(conninfo: str, directory: Traversable = MIGRATIONS_DIR) -> list[str]:
     """Apply pending migrations; return the filenames applied (empty when already up to date)."""
     migrations = discover(directory)
     with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -109,7 +118,7 @@ def migrate(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
 
 
-def pending(conninfo: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def pending(conninfo: str, directory: Traversable = MIGRATIONS_DIR) -> list[str]:
     """Filenames not yet applied, without taking the lock (for status output)."""
     with psycopg.connect(conninfo) as conn:
         exists = conn.execute("SELECT to_regclass('cn_search.schema_versions')").fetchone()[0]

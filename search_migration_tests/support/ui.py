@@ -93,6 +93,8 @@ def dagster_dev(env: dict[str, str], tmp_path: Path, posts: int, topics: int):
     port = free_port()
     env = {**env, "SEARCH_MIGRATION_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "dagster_home"),
            "PATH": "/usr/bin:/bin"}  # as from scripts/dev: the venv is not on PATH
+    if env.get("DATABASE_URL"):  # Dagster's storage is named, never implied: the test's own database
+        env.setdefault("DAGSTER_PG_URL", env["DATABASE_URL"])
     log = (tmp_path / "dev.log").open("w")
     proc = subprocess.Popen([*CLI, "dev", "--posts", str(posts), "--topics", str(topics), "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
