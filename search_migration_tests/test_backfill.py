@@ -12,7 +12,7 @@ from search_migration.backfill import BackfillError, LeaseBusy, LeaseLost, Parti
 from search_migration.local.demo_corpus import EPOCH, topic_ids
 from search_migration.write_path.pg_documents import DocWrite
 
-from .support.backfill import WEEK, WINDOWS, actual, expected
+from .support.backfill import capture, WEEK, WINDOWS, actual, expected
 from .support.writes import seed_source, set_mode
 
 
@@ -21,7 +21,7 @@ def at_watermark(url: str, posts: int, topics: int) -> backfill.Watermark:
     seed_source(url, posts, topics)
     with db.connect(url) as conn:
         set_mode(conn, "dual")
-        return backfill.capture_watermark(conn, by="test")
+        return capture(conn, by="test")
 
 
 def run_all(url: str, topics: list[str], options: PartitionOptions | None = None) -> list[backfill.PartitionResult]:
@@ -42,10 +42,10 @@ def test_watermark_is_refused_until_writes_are_dual(migrated_url):
     seed_source(migrated_url, 300, 2)
     with db.connect(migrated_url) as conn:
         with pytest.raises(BackfillError, match="meili_only"):
-            backfill.capture_watermark(conn, by="test")
+            capture(conn, by="test")
         assert conn.execute("SELECT count(*) FROM cn_search.backfill_watermarks").fetchone()[0] == 0
         set_mode(conn, "dual")
-        wm = backfill.capture_watermark(conn, by="test")
+        wm = capture(conn, by="test")
         head = conn.execute("SELECT max(seq) FROM cn_relay.events_outbox").fetchone()[0]
         assert wm.seq == head and wm.manifest_rows > 0
         assert backfill.latest_watermark(conn) == wm
@@ -56,7 +56,7 @@ def test_backfill_copies_exactly_the_live_rows_at_the_watermark(migrated_url):
     topics = topic_ids(4)
     with db.connect(migrated_url) as conn:
         set_mode(conn, "dual")
-        wm = backfill.capture_watermark(conn, by="test")
+        wm = capture(conn, by="test")
         # written after the watermark: catch-up's business, not the backfill's
         add_post_after_watermark(conn, "f" * 64, topics[0], EPOCH + 100)
         # deleted after the watermark (catch-up will write the tombstone): not copied as live
@@ -211,7 +211,7 @@ def test_a_post_deleted_by_catch_up_during_its_backfill_stays_deleted(migrated_u
     with db.connect(migrated_url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=1500, topics=2, seed=3)
         set_mode(conn, "dual")
-        wm = backfill.capture_watermark(conn, by="test")
+        wm = capture(conn, by="test")
         topic, start = conn.execute(
             "SELECT topic_id, created_at - (created_at - %s) %% %s AS wk FROM cn_search.backfill_manifest "
             "GROUP BY 1, 2 ORDER BY count(*) DESC LIMIT 1", (WINDOWS[0].start, WEEK)).fetchone()

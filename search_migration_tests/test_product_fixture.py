@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from search_migration import db, meili_index
+from search_migration import db
+from search_migration.write_path import meili_index
 from search_migration.local.product_fixture import apply_product_schema, build_product_world
 from search_migration.local.product_indexer import CONSUMER
 from search_migration.local.product_writer import ProductWriter, Rejected, build_event, pubkey_of

@@ -9,7 +9,7 @@ from search_migration import db
 from search_migration.backfill import PartitionOptions
 from search_migration.local.demo_corpus import topic_ids
 
-from .support.backfill import WINDOWS
+from .support.backfill import capture, WINDOWS
 from .support.processes import run_cli
 from .support.writes import seed_source, set_mode
 
@@ -26,7 +26,7 @@ def test_status_before_and_during_a_backfill(servers, migrated_url):
 
     with db.connect(migrated_url) as conn:
         set_mode(conn, "dual")
-        wm = backfill.capture_watermark(conn, by="test")
+        wm = capture(conn, by="test")
         conn.execute("INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES ('search_indexer', %s)",
                      (wm.seq - 5,))
     topic = topic_ids(2)[0]

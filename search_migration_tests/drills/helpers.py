@@ -22,7 +22,7 @@ from search_migration.source import contract
 from search_migration.write_path import consumer
 
 from ..support import invariants
-from ..support.backfill import WEEK
+from ..support.backfill import capture, WEEK
 from ..support.processes import DAGSTER
 from ..support.servers import REPO
 from ..support.writes import FAST, set_mode
@@ -93,7 +93,7 @@ def dual_partition(servers, url: str, meili, index_uid: str, tmp_path: Path):
     with db.connect(url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
         set_mode(conn, "dual", by="drill", reason="fault drill")
-        backfill.capture_watermark(conn, by="drill")
+        capture(conn, by="drill")
         topic, start, rows = busiest_week(conn)
         topics = contract.topic_ids(conn)
     env = servers.env(DATABASE_URL=url, DAGSTER_PG_URL=url, MEILI_INDEX=index_uid,

@@ -31,6 +31,7 @@ from search_migration.definitions import defs
 from search_migration.search.read_router import ReadRouter
 from search_migration.settings import Settings
 
+from search_migration_tests.support.backfill import capture
 from ..support.cutover import run_job
 from ..support.servers import REPO, free_port
 from ..support.writes import TOPIC
@@ -103,7 +104,7 @@ def test_no_secret_or_personal_data_in_any_log(dagster_env, servers, migrated_ur
         outputs["flags"] = run.stdout + run.stderr
 
         with db.connect(migrated_url) as conn:
-            backfill.capture_watermark(conn, by="drill")
+            capture(conn, by="drill")
             topic = contract.topic_ids(conn)[0]
         backfill.run_partition(migrated_url, f"all-{topic}", topic, Window(0, 2**62), owner="log-drill")
 

@@ -19,6 +19,7 @@ from search_migration.local import services
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
 
+from search_migration_tests.support.backfill import capture
 from ..support.cutover import QUERIES
 from ..support.processes import child, poll
 from ..support.writes import FAST, new_posts, product_writes, set_mode
@@ -33,7 +34,7 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
     with db.connect(url) as conn:
         demo_seed.seed(conn, own, UID, posts=600, topics=4, seed=9)
         set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+        capture(conn, by="drill")
     backfill_everything(url)
     catch_up_all(url, own, UID)
     with db.connect(url) as conn:

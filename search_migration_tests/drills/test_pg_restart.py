@@ -16,7 +16,7 @@ from search_migration.source import contract
 from search_migration.backfill import Window
 from search_migration.schema.migrate import migrate
 
-from ..support.backfill import WEEK
+from ..support.backfill import capture, WEEK
 from ..support.processes import child, poll
 from ..support.writes import new_posts, product_writes, set_mode
 from .helpers import assert_invariant, backfill_everything, busiest_week, catch_up_all, partition_key
@@ -38,7 +38,7 @@ def test_postgres_restarted_during_backfill_and_catchup(own_pg, meili, index_uid
     with db.connect(url) as conn:
         demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
         set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+        capture(conn, by="drill")
         topic, start, rows = busiest_week(conn)
     window, key = Window(start, start + WEEK), partition_key(topic, start)
 

@@ -14,6 +14,7 @@ from search_migration.cutover import flags
 from search_migration.source import contract
 from search_migration.cutover import stages
 
+from search_migration_tests.support.backfill import capture
 from ..support import invariants
 from ..support.cutover import failure_message, run_job
 from ..support.writes import product_writes, set_mode
@@ -24,7 +25,7 @@ def test_rollback_from_complete_replays_pg_only_writes_into_meilisearch(dagster_
     url = seeded
     with db.connect(url) as conn:
         set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+        capture(conn, by="drill")
     backfill_everything(url)
     catch_up_all(url, meili, index_uid)
     with db.connect(url) as conn:

@@ -12,7 +12,7 @@ from search_migration import db
 from search_migration.write_path import meili_index
 from search_migration.source import contract
 
-from ..support.backfill import actual, expected
+from ..support.backfill import capture, actual, expected
 from ..support.processes import kill_group, poll
 from ..support.writes import new_posts, product_writes, set_mode
 from .helpers import (assert_invariant, backfill_everything, catch_up_all, catchup_run, checkpointed, dagster_home,
@@ -76,7 +76,7 @@ def test_catchup_run_sigkilled_mid_batch_then_rerun(servers, seeded, meili, inde
     url = seeded
     with db.connect(url) as conn:
         set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+        capture(conn, by="drill")
     backfill_everything(url)
     with db.connect(url) as conn:
         start = contract.consumer_offset(conn, contract.CONSUMER)
