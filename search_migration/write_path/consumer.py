@@ -40,7 +40,6 @@ CONSUMER = contract.CONSUMER
 EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_TOPIC_ID = 255
 MAX_CONTENT_BYTES = pg_documents.MAX_CONTENT_BYTES
-GAP_TIMEOUT_S = 15.0
 DEFAULT_BATCH_SIZE = 20_000  # bench/catchup_throughput.py: 100k rows dual 1,700 rows/s at 1,000, 9,200 at 20,000
 
 # Each outbox row with the event it names, as the product's indexer reads it (cn-index `handle_upsert`).
@@ -364,20 +363,43 @@ def _set_offsets(conn, consumer: str, offsets: dict[str, int]) -> int:
     return overall
 
 
-def _visible_prefix(conn, consumer: str, low: int, rows: list[Item], gap_timeout_s: float) -> tuple[list[Item], int | None]:
-    """Rows up to the first young gap in seq: a lower seq may still be committing."""
+# A gap already seen: was it skipped (through at least `through`), and is any transaction that was in
+# progress when it was first seen still in progress?
+GAP_STATE_SQL = """
+SELECT skipped_at IS NOT NULL AND through_seq >= %s,
+       EXISTS (SELECT 1 FROM unnest(waiting_on) AS w(x) WHERE pg_xact_status(w.x) = 'in progress')
+FROM cn_search.outbox_gaps WHERE consumer = %s AND seq = %s
+"""
+# First sight: every transaction with an xid in progress now may hold the missing seq.
+GAP_NEW_SQL = """
+INSERT INTO cn_search.outbox_gaps (consumer, seq, through_seq, waiting_on)
+SELECT %s, %s, %s, coalesce(array_agg(x), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+RETURNING cardinality(waiting_on) > 0
+"""
+
+
+def _visible_prefix(conn, consumer: str, low: int, rows: list[Item]) -> tuple[list[Item], int | None]:
+    """Rows up to the first gap in seq that may still fill: a lower seq held by a transaction still in
+    progress (a slow product transaction commits later, however long it takes) is waited for; one whose
+    transaction can no longer commit is skipped and recorded. This assumes what the product does: the
+    transaction that takes an outbox seq already has an xid (it wrote the event first)."""
     expected = low + 1
     for n, item in enumerate(rows):
         if item.seq != expected:
-            old = conn.execute(
-                "INSERT INTO cn_search.outbox_gaps (consumer, seq) VALUES (%s, %s) "
-                "ON CONFLICT (consumer, seq) DO UPDATE SET seq = EXCLUDED.seq "
-                "RETURNING now() - first_seen_at > make_interval(secs => %s)",
-                (consumer, expected, gap_timeout_s)).fetchone()[0]
-            if not old:
-                return rows[:n], expected
-            log.warning("outbox seq %s..%s never committed; treating as rolled back", expected, item.seq - 1)
-            conn.execute("DELETE FROM cn_search.outbox_gaps WHERE consumer = %s AND seq = %s", (consumer, expected))
+            state = conn.execute(GAP_STATE_SQL, (item.seq - 1, consumer, expected)).fetchone()
+            skipped, waiting = state if state else (False, conn.execute(
+                GAP_NEW_SQL, (consumer, expected, item.seq - 1)).fetchone()[0])
+            if not skipped:
+                if waiting:
+                    return rows[:n], expected
+                # every transaction that could hold the seq has ended: committed ones are visible now
+                if conn.execute("SELECT EXISTS (SELECT 1 FROM cn_relay.events_outbox WHERE seq >= %s AND seq < %s)",
+                                (expected, item.seq)).fetchone()[0]:
+                    return rows[:n], expected  # committed meanwhile: the next fetch reads it
+                conn.execute("UPDATE cn_search.outbox_gaps SET skipped_at = now(), through_seq = %s "
+                             "WHERE consumer = %s AND seq = %s", (item.seq - 1, consumer, expected))
+                log.warning("outbox seq %s..%s can never commit (its transaction ended); skipped", expected,
+                            item.seq - 1)
         expected = item.seq + 1
     return rows, None
 
@@ -419,13 +441,12 @@ class Consumer:
     and applied again) if batch k needed any fallback, so engines always converge in seq order."""
 
     def __init__(self, conn: psycopg.Connection, meili: meilisearch.Client, *,
-                 consumer: str = CONSUMER, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S):
+                 consumer: str = CONSUMER, retry: Retry = Retry()):
         if not conn.autocommit:
             raise ValueError("the outbox consumer needs an autocommit connection (search_migration.db.connect)")
         self.conn = conn
         self.consumer = consumer
         self.retry = retry
-        self.gap_timeout_s = gap_timeout_s
         self.engines = {"pg": PgSide(conn), "meili": MeiliSide(meili)}
 
     def _apply_side(self, side: str, items: list[Item]) -> tuple[int, list[tuple[Item, str]], str | None]:
@@ -460,7 +481,7 @@ class Consumer:
             return None
         now = contract.now_unix()
         rows = [Item(*r, now=now) for r in self.conn.execute(FETCH_SQL, (low, target, batch_size)).fetchall()]
-        rows, gap = _visible_prefix(self.conn, self.consumer, low, rows, self.gap_timeout_s)
+        rows, gap = _visible_prefix(self.conn, self.consumer, low, rows)
         find_stale(self.conn, rows)
         if not rows:
             return _Batch(sides, start, low, gap, [], [])
@@ -573,6 +594,6 @@ class Consumer:
 
 
 def catch_up(conn: psycopg.Connection, meili: meilisearch.Client, *, to_seq: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S) -> CatchUpResult:
+             batch_size: int = DEFAULT_BATCH_SIZE, retry: Retry = Retry()) -> CatchUpResult:
     """Apply the outbox after the offset up to `to_seq` (default: the head now) to the mode's engines."""
-    return Consumer(conn, meili, retry=retry, gap_timeout_s=gap_timeout_s).run(to_seq, batch_size)
+    return Consumer(conn, meili, retry=retry).run(to_seq, batch_size)
