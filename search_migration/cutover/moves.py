@@ -9,6 +9,7 @@ outbox into Meilisearch from where `complete` began, and only then sends reads b
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import asdict, dataclass
 
 import meilisearch
@@ -77,36 +78,108 @@ def blockers(move: Move, gates: dict[str, GateStatus | None], max_age_s: float) 
     return reasons
 
 
+def shadow_rate_before_live(conn: psycopg.Connection) -> int | None:
+    """The shadow rate the migration last had in `shadow` (what a rollback from live returns to)."""
+    row = conn.execute("SELECT new_value FROM cn_search.runtime_flag_audit WHERE flag_name = 'shadow_sample_rate' "
+                       "AND stage_to = 'shadow' ORDER BY audit_id DESC LIMIT 1").fetchone()
+    return int(row[0]) if row and row[0].isdigit() and int(row[0]) in stages.SHADOW_RAMP else None
+
+
 def evidence(move: Move, gates: dict[str, GateStatus | None]) -> dict:
     return {"move": move.describe(), "gates": {
         name: ({**asdict(g), "evaluated_at": g.evaluated_at.isoformat() if g.evaluated_at else None} if g else None)
         for name, g in gates.items() if name in move.gates}}
 
 
-def reverse_catch_up(conn: psycopg.Connection, meili: meilisearch.Client, *, by: str,
-                     reason: str) -> int:
-    """Writes go dual again and Meilisearch replays what it missed in `complete`; returns its offset."""
-    flags.set_flags(conn, {"search_write_mode": "dual"}, by=by, reason=f"{reason} (reverse catch-up)",
-                    stage_from="complete", stage_to="complete", evidence={"phase": "reverse catch-up"})
-    target = contract.outbox_head(conn)
-    result = consumer.catch_up(conn, meili, to_seq=target)
-    if result.stalled or result.end_offset < target:
-        raise CutoverRefused(f"reverse catch-up stopped at seq {result.end_offset} of {target} "
-                             f"({'; '.join(result.stalled.values()) or 'waiting on a sequence gap'}); "
-                             "reads stay on PostgreSQL, writes are dual: run rollback again")
-    return result.end_offset
+# One control move (cutover or rollback) at a time, across processes: a session advisory lock.
+CONTROL_LOCK = int.from_bytes(hashlib.sha256(b"search_migration.cutover.moves").digest()[:8], "big", signed=True)
+
+
+class MoveConflict(CutoverRefused):
+    """Another control move runs, or won since this one was planned; the message names it."""
+
+
+def _last_move(conn: psycopg.Connection, outcome: str) -> str:
+    row = conn.execute("SELECT description, moved_by, started_at FROM cn_search.control_moves WHERE outcome = %s "
+                       "ORDER BY move_id DESC LIMIT 1", (outcome,)).fetchone()
+    return f"{row[0]} (by {row[1]} at {row[2].isoformat(timespec='seconds')})" if row else "a hand-set flag"
+
+
+def _record(conn: psycopg.Connection, move: Move, by: str, reason: str, outcome: str, detail: str = "") -> int:
+    return conn.execute(
+        "INSERT INTO cn_search.control_moves (moved_by, reason, stage_from, stage_to, description, outcome, detail, "
+        "finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, CASE WHEN %s = 'running' THEN NULL ELSE now() END) "
+        "RETURNING move_id",
+        (by, reason, move.source, move.target, move.describe(), outcome, detail or None, outcome)).fetchone()[0]
+
+
+def _finish(conn: psycopg.Connection, move_id: int, outcome: str, detail: str = "") -> None:
+    conn.execute("UPDATE cn_search.control_moves SET outcome = %s, detail = %s, finished_at = now() WHERE move_id = %s",
+                 (outcome, detail or None, move_id))
+
+
+def bring_meili_current(conn: psycopg.Connection, meili: meilisearch.Client, *, by: str, reason: str,
+                        stage: str) -> int:
+    """Before reads go back to Meilisearch it must hold every row: decided from its own offset, not from
+    the stage the flags spell (an interrupted rollback leaves flags that look like `live`). Writes go
+    dual again if they were not, and Meilisearch replays what it missed; returns its offset."""
+    head = contract.outbox_head(conn)
+    if not flags.write_mode(conn).meili:
+        flags.set_flags(conn, {"search_write_mode": "dual"}, by=by, reason=f"{reason} (reverse catch-up)",
+                        stage_from=stage, stage_to=stage, evidence={"phase": "reverse catch-up"})
+    meili_at = consumer.side_offsets(conn, contract.CONSUMER, ["meili"])["meili"]
+    if meili_at >= head:
+        return meili_at
+    try:
+        result = consumer.catch_up(conn, meili, to_seq=head)
+    except consumer.ConsumerBusy as exc:
+        raise CutoverRefused(f"{exc}: Meilisearch cannot be brought current now; reads stay on PostgreSQL, "
+                             "nothing flipped: run the rollback again once it finishes") from None
+    meili_at = consumer.side_offsets(conn, contract.CONSUMER, ["meili"])["meili"]
+    if meili_at < head:
+        why = "; ".join(result.stalled.values()) or f"waiting on outbox seq {result.waiting_on_gap}"
+        raise CutoverRefused(f"Meilisearch reached seq {meili_at} of {head} ({why}); reads stay on PostgreSQL, "
+                             "writes are dual: run the rollback again")
+    return meili_at
 
 
 def execute(conn: psycopg.Connection, move: Move, *, by: str, reason: str, gates: dict[str, GateStatus | None],
             meili: meilisearch.Client | None = None) -> dict:
-    """Apply the move's flag changes with audit; returns {flag: (old, new)}. The product's Meilisearch
-    indexes are never reconfigured by a move: their settings are the product's."""
-    if move.rollback and move.source == "complete":
-        if meili is None:
-            raise ValueError("rolling back from complete needs Meilisearch for the reverse catch-up")
-        reverse_catch_up(conn, meili, by=by, reason=reason)
-        current_flags = flags.read_all(conn)
-        wanted = {**stages.BASE_FLAGS[move.target], **move.changes}
-        move = stages.Move("complete", move.target, {k: v for k, v in wanted.items() if current_flags.get(k) != v}, (), True)
-    return flags.set_flags(conn, move.changes, by=by, reason=reason, stage_from=move.source,
-                           stage_to=move.target, evidence=evidence(move, gates))
+    """Apply the move's flag changes with audit; returns {flag: (old, new)}.
+
+    One control move at a time: a second one refuses, naming the first; a move planned from flags that
+    changed since (another move won) refuses, naming the winner. A move that sends reads back to
+    Meilisearch first brings it current. The product's Meilisearch indexes are never reconfigured by a
+    move: their settings are the product's."""
+    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (CONTROL_LOCK,)).fetchone()[0]:
+        running = _last_move(conn, "running")
+        _record(conn, move, by, reason, "refused", f"another control move is running: {running}")
+        raise MoveConflict(f"another control move is running: {running}; nothing changed")
+    move_id = None
+    try:
+        now = stages.current(flags.read_all(conn))
+        if now != move.source:
+            winner = _last_move(conn, "applied")
+            _record(conn, move, by, reason, "refused", f"the stage is {now} since {winner}")
+            raise MoveConflict(f"the stage is {now}, not {move.source}, since {winner}; nothing changed")
+        move_id = _record(conn, move, by, reason, "running")
+        reads_back = move.rollback and stages.BASE_FLAGS[move.target]["search_read_backend"] == "meili" \
+            and flags.get(conn, "search_read_backend") == "pg"
+        if reads_back:
+            if meili is None:
+                raise ValueError("sending reads back to Meilisearch needs Meilisearch for the reverse catch-up")
+            bring_meili_current(conn, meili, by=by, reason=reason, stage=move.source)
+            current_flags = flags.read_all(conn)
+            wanted = {**stages.BASE_FLAGS[move.target], **move.changes}
+            move = stages.Move(move.source, move.target,
+                               {k: v for k, v in wanted.items() if current_flags.get(k) != v}, (), True)
+        changed = flags.set_flags(conn, move.changes, by=by, reason=reason, stage_from=move.source,
+                                  stage_to=move.target, evidence=evidence(move, gates))
+        _finish(conn, move_id, "applied")
+        return changed
+    except Exception as exc:
+        if move_id is not None:
+            _finish(conn, move_id, "refused" if isinstance(exc, CutoverRefused) else "failed", str(exc)[:500])
+        raise
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (CONTROL_LOCK,))

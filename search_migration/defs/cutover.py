@@ -24,8 +24,13 @@ class CutoverConfig(dg.Config):
 def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: PostgresResource, meili: MeiliResource,
           rollback_only: bool) -> None:
     with postgres.connect() as conn:
+        current_flags, rate = flags.read_all(conn), config.shadow_rate
+        if config.target_stage == "shadow" and rate is None and stages.current(current_flags) in ("live", "complete"):
+            rate = moves.shadow_rate_before_live(conn)
+            if rate is not None:
+                context.log.info(f"shadow_rate not given: back to {rate}%, the rate the migration had before live")
         try:
-            move = stages.plan(flags.read_all(conn), config.target_stage, config.shadow_rate)
+            move = stages.plan(current_flags, config.target_stage, rate)
         except stages.StageError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
         if rollback_only != move.rollback:
@@ -39,11 +44,13 @@ def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: Postg
             gate = gates.get(name)
             context.log.info(f"gate {name}: " + ("never evaluated" if gate is None else
                                                  f"{'pass' if gate.passed else 'FAIL'} ({gate.detail})"))
+        if config.dry_run:  # a dry run reports the move and every gate; it fails nothing
+            verdict = ("would refuse: " + "; ".join(problems)) if problems else f"would {move.describe()}"
+            context.log.info(f"DRY RUN: {verdict}")
+            return
         if problems:
             raise dg.Failure(f"cutover to {config.target_stage} refused: " + "; ".join(problems),
                              metadata={"blockers": "\n".join(problems)}, allow_retries=False)
-        if config.dry_run:
-            return
         try:
             changed = moves.execute(conn, move, by=config.by, reason=config.reason, gates=gates,
                                       meili=meili.client())
