@@ -21,6 +21,9 @@ from search_migration.write_path import consumer
 from search_migration.source import contract
 from search_migration.cutover import stages
 from search_migration.cutover.stages import Move
+from search_migration.gates.policy import Policy
+
+ENGINE_GATES = ("schema_migrated", "live_soak")  # answered by the database, under the cutover's own policy
 
 
 
@@ -34,6 +37,7 @@ class GateStatus:
     passed: bool
     evaluated_at: dt.datetime | None
     detail: str
+    policy: str | None = None  # the gate policy it was evaluated under (gates/policy.Policy.id)
 
     def age_s(self, now: dt.datetime) -> float | None:
         return (now - self.evaluated_at).total_seconds() if self.evaluated_at else None
@@ -43,8 +47,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def engine_gates(conn: psycopg.Connection, database_url: str, soak_hours: float) -> dict[str, GateStatus]:
-    now = _now()
+def engine_gates(conn: psycopg.Connection, database_url: str, gate_policy: Policy) -> dict[str, GateStatus]:
+    """The gates the database answers itself, under the policy the cutover runs with."""
+    now, soak_hours = _now(), gate_policy["soak_hours"]
     pending = migrate.pending(database_url)
     live_since = conn.execute("""
         SELECT max(changed_at) FROM cn_search.runtime_flag_audit
@@ -56,16 +61,19 @@ def engine_gates(conn: psycopg.Connection, database_url: str, soak_hours: float)
     soaked = live_since is not None and (now - live_since).total_seconds() >= soak_hours * 3600
     return {
         "schema_migrated": GateStatus("schema_migrated", not pending, now,
-                                      "all migrations applied" if not pending else f"pending: {', '.join(pending)}"),
+                                      "all migrations applied" if not pending else f"pending: {', '.join(pending)}",
+                                      gate_policy.id),
         "live_soak": GateStatus("live_soak", soaked, now,
                                 "never live without a rollback since" if live_since is None else
-                                f"live since {live_since.isoformat(timespec='seconds')}, soak {soak_hours}h"),
+                                f"live since {live_since.isoformat(timespec='seconds')}, soak {soak_hours:g}h",
+                                gate_policy.id),
     }
 
 
-def blockers(move: Move, gates: dict[str, GateStatus | None], max_age_s: float) -> list[str]:
-    """Every reason the move may not happen now (empty: it may)."""
-    now = _now()
+def blockers(move: Move, gates: dict[str, GateStatus | None], gate_policy: Policy) -> list[str]:
+    """Every reason the move may not happen now (empty: it may): a gate never evaluated, failing, stale,
+    or evaluated under another policy than this one (a lowered threshold cannot open a cutover)."""
+    now, max_age_s = _now(), gate_policy["max_gate_age_minutes"] * 60
     reasons = []
     for name in move.gates:
         gate = gates.get(name)
@@ -73,6 +81,10 @@ def blockers(move: Move, gates: dict[str, GateStatus | None], max_age_s: float) 
             reasons.append(f"{name}: never evaluated")
         elif not gate.passed:
             reasons.append(f"{name}: failed ({gate.detail})")
+        elif gate.policy is not None and gate.policy != gate_policy.id:
+            reasons.append(f"{name}: evaluated under gate policy {gate.policy}, not the current {gate_policy.id}")
+        elif gate.policy is None and name not in ENGINE_GATES:
+            reasons.append(f"{name}: evaluated under no recorded gate policy; materialize its report again")
         elif gate.age_s(now) > max_age_s:
             reasons.append(f"{name}: stale (evaluated {gate.age_s(now):.0f}s ago, max {max_age_s:.0f}s)")
     return reasons

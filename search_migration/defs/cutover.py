@@ -8,6 +8,7 @@ from search_migration.cutover import moves
 from search_migration.cutover import flags
 from search_migration.cutover import stages
 from search_migration.gate_history import latest_gates
+from search_migration.gates import policy
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
 
@@ -17,8 +18,6 @@ class CutoverConfig(dg.Config):
     by: str
     reason: str
     dry_run: bool = False
-    max_gate_age_minutes: float = 60
-    soak_hours: float = 24
 
 
 def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: PostgresResource, meili: MeiliResource,
@@ -36,9 +35,11 @@ def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: Postg
         if rollback_only != move.rollback:
             job, other = ("rollback_job", "cutover_job") if rollback_only else ("cutover_job", "rollback_job")
             raise dg.Failure(f"{job} does not do this: {move.describe()}; use {other}", allow_retries=False)
+        gate_policy = policy.load()
+        context.log.info(f"gate policy {gate_policy.id}")
         gates = {**latest_gates(context.instance, move.gates),
-                 **moves.engine_gates(conn, postgres.database_url, config.soak_hours)}
-        problems = moves.blockers(move, gates, config.max_gate_age_minutes * 60)
+                 **moves.engine_gates(conn, postgres.database_url, gate_policy)}
+        problems = moves.blockers(move, gates, gate_policy)
         context.log.info(("DRY RUN: " if config.dry_run else "") + move.describe())
         for name in move.gates:
             gate = gates.get(name)
@@ -73,7 +74,7 @@ def rollback_op(context: dg.OpExecutionContext, config: CutoverConfig, postgres:
 
 @dg.job(owners=OWNERS, tags=tags("any", "cutover"), metadata=runbook("runbook-cutover"),
         description="Move the migration ONE stage forward (legacy -> dual -> shadow 5/25/50 -> live -> complete). "
-                    "Refuses, changing nothing, unless every gate of the move passed within max_gate_age_minutes: "
+                    "Refuses, changing nothing, unless every gate of the move passed recently under the gate policy: "
                     "materialize search_drift_report and shadow_read_report first. Try dry_run: true. "
                     "Config: target_stage, shadow_rate, by, reason.")
 def cutover_job():

@@ -43,23 +43,18 @@ def _check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
                               metadata=runbook(f"gate-{name}")) for name in names]
 
 
-class Thresholds(dg.Config):
-    """Gate thresholds; defaults are the product runbook's."""
+class Measurement(dg.Config):
+    """What the reports measure over; the thresholds are the gate policy's (gates/policy.py), never run config."""
 
-    overlap_at_10: float = policy.DEFAULTS["overlap_at_10"]
-    ndcg_at_10: float = policy.DEFAULTS["ndcg_at_10"]
-    search_p95_ms: float = policy.DEFAULTS["search_p95_ms"]
-    suggest_p95_ms: float = policy.DEFAULTS["suggest_p95_ms"]
-    error_rate: float = policy.DEFAULTS["error_rate"]
-    outbox_backlog: int = policy.DEFAULTS["outbox_backlog"]
-    min_sample: int = policy.DEFAULTS["min_sample"]
     window_hours: float = 24
     drift_sample_per_topic: int = 200
 
 
-def _check_results(results: list[policy.Gate]) -> list[dg.AssetCheckResult]:
+def _check_results(results: list[policy.Gate], policy_id: str) -> list[dg.AssetCheckResult]:
+    """The checks, each with the policy it was evaluated under (the cutover refuses any other)."""
     return [dg.AssetCheckResult(check_name=g.name, passed=g.passed, description=g.detail,
-                                metadata={"value": number(g.value), "threshold": number(g.threshold), "detail": g.detail})
+                                metadata={"value": number(g.value), "threshold": number(g.threshold), "detail": g.detail,
+                                          "policy": policy_id})
             for g in results]
 
 
@@ -72,12 +67,13 @@ def _check_results(results: list[policy.Gate]) -> list[dg.AssetCheckResult]:
                 "collisions, outbox backlog and backfill completion. Materialize it before "
                 f"every cutover; its checks ({', '.join(DRIFT_CHECKS)}) gate dual -> shadow and every step after.",
 )
-def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
+def search_drift_report(config: Measurement, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
         report = drift.report(conn, meili.client(), sample_per_topic=config.drift_sample_per_topic)
         backlog = contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)
         progress = backfill.progress(conn)
-    results = policy.integrity(report, backlog, progress, config.model_dump())
+    gate_policy = policy.load()
+    results = policy.integrity(report, backlog, progress, gate_policy)
     drifting = report.drifting_topics[:20]
     return dg.MaterializeResult(
         metadata={
@@ -97,7 +93,7 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
                 schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("index", "string")] + [
                     dg.TableColumn(c, "int") for c in ("source", "pg", "meili", *DRIFT_COLUMNS)])),
         },
-        check_results=_check_results(results),
+        check_results=_check_results(results, gate_policy.id),
     )
 
 
@@ -110,11 +106,12 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
                 "zero-result rates. Materialize it before each shadow ramp step and before live; its checks "
                 f"({', '.join(QUALITY_CHECKS)}) gate those moves.",
 )
-def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
+def shadow_read_report(config: Measurement, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
     with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.search_client()) as router:
         rate = int(flags.get(conn, "shadow_sample_rate"))
         report = shadow_report.build(conn, router, window_hours=config.window_hours, expected_sample_rate=rate)
-    results = policy.quality(report, config.model_dump())
+    gate_policy = policy.load()
+    results = policy.quality(report, gate_policy)
     latency = {f"{k.replace('/', '_')}_{q}_ms": v for k, qs in report.latency_ms.items() for q, v in qs.items()}
     return dg.MaterializeResult(
         metadata={
@@ -135,5 +132,5 @@ def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: Me
                                                dg.TableColumn("overlap@10", "float"), dg.TableColumn("ndcg@10", "float"),
                                                dg.TableColumn("pg_ms", "float"), dg.TableColumn("meili_ms", "float")])),
         },
-        check_results=_check_results(results),
+        check_results=_check_results(results, gate_policy.id),
     )
