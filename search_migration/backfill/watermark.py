@@ -26,6 +26,31 @@ WHERE {contract.SEARCHABLE} AND (o.first_seq IS NULL OR o.first_seq <= %(seq)s)
 """
 
 
+# A new watermark re-opens exactly the completed partitions whose window gained manifest rows (posts that
+# appeared since the previous watermark, most already copied by catch-up): copying them again is cheap and
+# idempotent, and recounts them against the new manifest. A window that lost rows stays complete at its
+# new size. So `backfill_complete` is reachable again without a rebuild.
+REOPEN_SQL = """
+WITH counts AS (
+    SELECT j.partition_key, j.rows_total AS was,
+           (SELECT count(*) FROM cn_search.backfill_manifest m WHERE m.topic_id = j.topic_id
+              AND m.chunk_at >= j.window_start AND m.chunk_at < j.window_end) AS now
+    FROM cn_search.backfill_jobs j WHERE j.status = 'succeeded'
+), shrunk AS (
+    UPDATE cn_search.backfill_jobs j SET rows_total = c.now FROM counts c
+    WHERE j.partition_key = c.partition_key AND c.now < c.was
+), reopened AS (
+    UPDATE cn_search.backfill_jobs j SET status = 'pending', rows_copied = 0, rows_skipped = 0, finished_at = NULL,
+        lease_token = NULL, lease_owner = NULL
+    FROM counts c WHERE j.partition_key = c.partition_key AND c.now > coalesce(c.was, 0)
+    RETURNING j.partition_key
+), forgotten AS (
+    DELETE FROM cn_search.backfill_checkpoints k USING reopened r WHERE k.partition_key = r.partition_key
+)
+SELECT count(*) FROM reopened
+"""
+
+
 def capture_watermark(conn: psycopg.Connection, *, by: str, chunk_floor: int, chunk_ceiling: int) -> Watermark:
     """Record MAX(outbox seq) and freeze the manifest at it; refused until writes are dual.
 
@@ -48,12 +73,13 @@ def capture_watermark(conn: psycopg.Connection, *, by: str, chunk_floor: int, ch
         conn.execute("DELETE FROM cn_search.backfill_manifest")
         rows = conn.execute(MANIFEST_SQL, {"seq": seq, "now": contract.now_unix(), "floor": chunk_floor,
                                            "ceiling": chunk_ceiling}).rowcount
+        reopened = conn.execute(REOPEN_SQL).fetchone()[0]
         wid = conn.execute(
             "INSERT INTO cn_search.backfill_watermarks (high_watermark, captured_by, manifest_rows, chunk_floor, "
             "chunk_ceiling) VALUES (%s, %s, %s, %s, %s) RETURNING watermark_id",
             (seq, by, rows, chunk_floor, chunk_ceiling)).fetchone()[0]
     conn.execute("ANALYZE cn_search.backfill_manifest")
-    return Watermark(wid, seq, rows)
+    return Watermark(wid, seq, rows, reopened)
 
 
 def latest_watermark(conn: psycopg.Connection) -> Watermark | None:

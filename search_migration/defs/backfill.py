@@ -48,9 +48,10 @@ def backfill_high_watermark(context: dg.AssetExecutionContext, postgres: Postgre
             wm = backfill.capture_watermark(conn, by=f"dagster run {context.run_id}", **partitioned_span())
         except backfill.BackfillError as exc:
             raise dg.Failure(description=str(exc)) from None
-    context.log.info(f"high watermark {wm.seq}; manifest of {wm.manifest_rows} (topic, post) rows")
+    context.log.info(f"high watermark {wm.seq}; manifest of {wm.manifest_rows} (topic, post) rows; "
+                     f"{wm.reopened} completed partition(s) re-opened (their window gained rows): backfill them again")
     return dg.MaterializeResult(metadata={"high_watermark": wm.seq, "watermark_id": wm.watermark_id,
-                                          "manifest_rows": wm.manifest_rows})
+                                          "manifest_rows": wm.manifest_rows, "partitions_reopened": wm.reopened})
 
 
 def partitioned_span() -> dict[str, int]:
