@@ -162,8 +162,11 @@ def test_a_cn_relay_of_another_shape_is_refused_naming_the_first_mismatch(databa
 # --------------------------------------------------------------------------- the handover
 
 
-def test_adopt_hands_over_at_index_v1s_offset(world, database_url, meili, namespace, servers):
-    env = servers.env(DATABASE_URL=database_url)
+def test_adopt_hands_over_at_index_v1s_offset(world, database_url, meili, namespace, servers, tmp_path):
+    home = tmp_path / "dagster_home"  # `status` reads the gates from a Dagster instance: one of its own
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = servers.env(DATABASE_URL=database_url, DAGSTER_HOME=str(home))
     assert run_cli("db", "migrate", env=env).returncode == 0
     with db.connect(database_url) as conn:
         offset = contract.consumer_offset(conn, contract.PRODUCT_INDEXER)
@@ -171,8 +174,9 @@ def test_adopt_hands_over_at_index_v1s_offset(world, database_url, meili, namesp
         assert 0 < offset == head  # the product's indexer was at the head when it stopped
         with pytest.raises(handover.HandoverError, match="has not taken over"):
             consumer.catch_up(conn, meili, retry=FAST)  # two writers of the product's indexes: refused
-    refused = run_cli("status", "--json", env=env)
-    assert json.loads(refused.stdout)["handover"]["adopted"] is False
+    before = run_cli("status", "--json", env=env)
+    assert before.returncode == 0, before.stderr
+    assert json.loads(before.stdout)["handover"]["adopted"] is False
 
     adopt = ("adopt", "--from-consumer", "index-v1", "--by", "ops", "--reason", "index-v1 stopped")
     dry = run_cli(*adopt, "--dry-run", env=env)
@@ -205,7 +209,9 @@ def test_adopt_hands_over_at_index_v1s_offset(world, database_url, meili, namesp
         result = consumer.catch_up(conn, meili, retry=FAST)
         assert (result.start_offset, result.end_offset, result.rows_applied) == (offset, head, 0)
 
-    quiet = json.loads(run_cli("status", "--json", env=env).stdout)["handover"]
+    after = run_cli("status", "--json", env=env)
+    assert after.returncode == 0, after.stderr
+    quiet = json.loads(after.stdout)["handover"]
     assert quiet["adopted"] and quiet["at_seq"] == offset and quiet["product_indexer_moved"] == 0
     assert "warning" not in quiet
 
