@@ -223,8 +223,7 @@ def cmd_adopt(args) -> None:
         print(f"already adopted: {done.consumer} took over from {done.from_consumer} at seq {done.offset} "
               f"(by {done.handed_by}); nothing changed")
     elif args.dry_run:
-        print(f"would adopt: {done.consumer} starts at {done.from_consumer}'s offset {done.offset} in both engines; "
-              "nothing changed")
+        print(f"would adopt: {done.consumer} starts at {done.from_consumer}'s offset {done.offset}; nothing changed")
     else:
         print(f"adopted: {done.consumer} starts at {done.from_consumer}'s offset {done.offset} (by {done.handed_by}); "
               f"keep {done.from_consumer} stopped: `status` reports it if its offset moves")
