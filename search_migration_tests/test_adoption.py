@@ -181,8 +181,7 @@ def test_adopt_hands_over_at_index_v1s_offset(world, database_url, meili, namesp
     adopt = ("adopt", "--from-consumer", "index-v1", "--by", "ops", "--reason", "index-v1 stopped")
     dry = run_cli(*adopt, "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.strip() == f"would adopt: {contract.CONSUMER} starts at index-v1's offset {offset} in both " \
-                                 "engines; nothing changed"
+    assert dry.stdout.strip() == f"would adopt: {contract.CONSUMER} starts at index-v1's offset {offset}; nothing changed"
     with db.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM cn_search.handovers").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM cn_search.consumer_side_offsets").fetchone()[0] == 0
@@ -195,8 +194,10 @@ def test_adopt_hands_over_at_index_v1s_offset(world, database_url, meili, namesp
     with db.connect(database_url) as conn:
         assert contract.consumer_offset(conn, contract.CONSUMER) == offset
         assert contract.consumer_offset(conn, contract.PRODUCT_INDEXER) == offset  # its row is left as it was
+        # the engine the write mode (meili_only) writes starts there; PostgreSQL at the consumer's offset when
+        # it enters (dual), owed nothing before: the backfill copies what came before the watermark
         assert dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets WHERE consumer = %s",
-                                 (contract.CONSUMER,)).fetchall()) == {"meili": offset, "pg": offset}
+                                 (contract.CONSUMER,)).fetchall()) == {"meili": offset}
         assert conn.execute("SELECT from_consumer, consumer, offset_seq, handed_by, reason FROM cn_search.handovers"
                             ).fetchall() == [("index-v1", contract.CONSUMER, offset, "ops", "index-v1 stopped")]
     again = run_cli(*adopt, env=env)
