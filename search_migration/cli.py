@@ -223,8 +223,7 @@ def cmd_adopt(args) -> None:
         print(f"already adopted: {done.consumer} took over from {done.from_consumer} at seq {done.offset} "
               f"(by {done.handed_by}); nothing changed")
     elif args.dry_run:
-        print(f"would adopt: {done.consumer} starts at {done.from_consumer}'s offset {done.offset} in both engines; "
-              "nothing changed")
+        print(f"would adopt: {done.consumer} starts at {done.from_consumer}'s offset {done.offset}; nothing changed")
     else:
         print(f"adopted: {done.consumer} starts at {done.from_consumer}'s offset {done.offset} (by {done.handed_by}); "
               f"keep {done.from_consumer} stopped: `status` reports it if its offset moves")
@@ -280,9 +279,16 @@ def _latest_gates(s: Settings) -> dict:
     from search_migration.gate_history import latest_gates
     from search_migration.gates.policy import CHECK_ASSET
 
-    os.environ.update({**s.environment(), "DAGSTER_HOME": str(home)})
-    with dg.DagsterInstance.get() as instance:
-        found = latest_gates(instance, tuple(CHECK_ASSET))
+    try:
+        env = s.environment()
+    except ConfigError:  # DAGSTER_PG_URL unset: the instance's dagster.yaml may not need it (it says so if it does)
+        env = {"DATABASE_URL": s.database_url, "MEILI_URL": s.meili_url}
+    os.environ.update({**env, "DAGSTER_HOME": str(home)})
+    try:
+        with dg.DagsterInstance.get() as instance:
+            found = latest_gates(instance, tuple(CHECK_ASSET))
+    except Exception as exc:  # noqa: BLE001 - a section that fails reports its error, the others still print
+        return {"error": f"cannot read the Dagster instance at {home}: {type(exc).__name__}: {first_line(exc, 200)}"}
     return {name: "never evaluated" if g is None else
             f"{'pass' if g.passed else 'FAIL'} at {g.evaluated_at.isoformat(timespec='seconds')}: {g.detail}"
             for name, g in found.items()}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from search_migration.cutover import flags
 from search_migration.source import contract, shape
 from search_migration.write_path import expiry
 
@@ -70,7 +71,10 @@ def adopt(conn: psycopg.Connection, *, from_consumer: str, by: str, reason: str,
                      "VALUES (%s, %s, %s, %s, %s)", (from_consumer, consumer, offset, by, reason))
         contract.set_consumer_offset(conn, consumer, offset)
         conn.execute("DELETE FROM cn_search.consumer_side_offsets WHERE consumer = %s", (consumer,))
-        for side in ("meili", "pg"):
+        # the engines the write mode writes start here; one it does not write yet (PostgreSQL before
+        # `dual`) starts at the consumer's offset when it enters, and is owed nothing before that
+        mode = flags.write_mode(conn)
+        for side in [s for s in ("meili", "pg") if getattr(mode, s)]:
             conn.execute("INSERT INTO cn_search.consumer_side_offsets (consumer, backend, last_seq) VALUES (%s, %s, %s)",
                          (consumer, side, offset))
         expiry.start(conn, consumer, contract.now_unix())
