@@ -8,12 +8,13 @@ from search_migration.gates import shadow_report
 from search_migration.search.read_router import ReadRouter
 from search_migration.gates.shadow_report import GoldenQuery
 
-from .support.writes import TOPIC
+from .support.writes import topic
 
 
-def test_report_counts_samples_replays_golden_and_observes_the_rate(seeded, meili, index_uid):
-    golden = [GoldenQuery(TOPIC, "ラーメン"), GoldenQuery(TOPIC, "rust")]
-    with db.connect(seeded) as conn, ReadRouter(seeded, meili, index_uid) as router:
+def test_report_counts_samples_replays_golden_and_observes_the_rate(seeded, meili):
+    with db.connect(seeded) as conn, ReadRouter(seeded, meili) as router:
+        TOPIC = topic(conn)
+        golden = [GoldenQuery(TOPIC, "ラーメン"), GoldenQuery(TOPIC, "rust")]
         flags.set_flags(conn, {"shadow_sample_rate": "100"}, by="test", reason="every request sampled")
         for i in range(12):
             router.search(TOPIC, ["東京", "coffee", "写真"][i % 3], viewer=f"v{i}")
