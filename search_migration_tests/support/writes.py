@@ -141,8 +141,10 @@ def product_writes(conn: psycopg.Connection, tag: str, *, inserts: int = 0, edit
             done[kind_name].append(event_id)
     plain = [r for r in _live(conn, topics, window, versioned=False) if r[0] not in done["edit"] + done["removal"]]
     rng.shuffle(plain)
-    for event_id, pubkey, *_ in plain[:deletes]:
-        writer.publish(build_event(pubkey=pubkey, kind=5, created_at=clock, content="",
+    for event_id, pubkey, _, _, raw in plain[:deletes]:  # the author's NIP-09 deletion, posted in one of its topics
+        raw = raw if isinstance(raw, dict) else json.loads(raw)
+        own = [tg[1] for tg in raw["tags"] if tg and tg[0] == "t"][:1]
+        writer.publish(build_event(pubkey=pubkey, kind=5, created_at=clock, content="", topics=own,
                                    tags=[["e", event_id]]), now=clock)
         done["delete"].append(event_id)
     return done
