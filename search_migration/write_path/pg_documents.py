@@ -66,6 +66,14 @@ WHERE d.source_seq < EXCLUDED.source_seq
 """
 
 
+INDEX_FORMAT = 1  # what a document row indexes (bench/parity.py reindexes when it changes)
+
+
+def doc_write_for_event(seq: int, raw: dict, topic_id: str) -> DocWrite:
+    """The document write for one signed event in one topic (what catch-up writes for an upsert)."""
+    return DocWrite(seq, raw["id"], topic_id, False, raw["content"], raw["created_at"], kind=raw["kind"])
+
+
 def latest_per_document(writes: list[DocWrite]) -> list[DocWrite]:
     """One write per (post, topic), the newest: a statement may touch each row only once."""
     newest: dict[tuple[str, str], DocWrite] = {}
