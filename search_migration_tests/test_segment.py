@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from search_migration import meili_index
+from search_migration.write_path import meili_index
 from search_migration.search import segment
 
 SENTENCES = json.loads((Path(__file__).parent / "data" / "segment_sentences.json").read_text(encoding="utf-8"))
