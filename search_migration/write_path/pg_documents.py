@@ -13,7 +13,9 @@ from typing import NamedTuple
 
 import psycopg
 
-from search_migration.search.text import NORMALIZER_VERSION, normalize, token_positions, tsvector_literal
+from search_migration.search import milli
+from search_migration.search.text import NORMALIZER_VERSION, normalize
+from search_migration.write_path import legacy_documents
 
 
 # A post larger than this is dead-lettered (`content_too_large`) by catch-up and backfill alike, for both
@@ -33,6 +35,17 @@ class DocWrite(NamedTuple):  # a tuple: built once per document, a frozen datacl
     kind: int | None = None
     expires_at: int | None = None  # the expiry sweep tombstones the document once it passes
     delete_reason: str | None = None  # a tombstone's why: the outbox reason (nip09, dsar, expiration), or ours
+    # The product's other searchable attributes (legacy_documents.document): None derives them as cn-index
+    # does for a post without `title`/`subject` tags (the content's first line) in this topic alone.
+    title: str | None = None
+    author: str = ""
+    tags: tuple[str, ...] | None = None
+
+    def attributes(self) -> list:
+        """title, summary, content, author, tags: Meilisearch's searchableAttributes, in its order."""
+        title = self.title if self.title is not None else legacy_documents.title({"content": self.content, "tags": []})
+        tags = list(self.tags) if self.tags is not None else [self.topic_id]
+        return [title, legacy_documents.summary(self.content), self.content, self.author, tags]
 
 
 UPSERT_SQL = """
@@ -66,6 +79,17 @@ WHERE d.source_seq < EXCLUDED.source_seq
 """
 
 
+INDEX_FORMAT = 2  # what a document row indexes (bench/parity.py reindexes when it changes)
+
+
+def doc_write_for_event(seq: int, raw: dict, topic_id: str) -> DocWrite:
+    """The document write for one signed event in one topic (what catch-up writes for an upsert), with
+    the attributes cn-index gives Meilisearch (title from tags or the first line, author, t tags)."""
+    return DocWrite(seq, raw["id"], topic_id, False, raw["content"], raw["created_at"], kind=raw["kind"],
+                    title=legacy_documents.title(raw), author=raw.get("pubkey") or "",
+                    tags=tuple(legacy_documents.tags(raw)))
+
+
 def latest_per_document(writes: list[DocWrite]) -> list[DocWrite]:
     """One write per (post, topic), the newest: a statement may touch each row only once."""
     newest: dict[tuple[str, str], DocWrite] = {}
@@ -86,7 +110,8 @@ def rows(writes: list[DocWrite]) -> list[tuple]:
     for w in writes:
         text = "" if w.deleted else w.content
         normalized = normalize(text)
-        out.append((w.post_id, w.topic_id, text, normalized, tsvector_literal(token_positions(normalized)),
+        tokens = "" if w.deleted else milli.tsvector_literal(milli.document_words(w.attributes()))
+        out.append((w.post_id, w.topic_id, text, normalized, tokens,
                     w.created_at, w.visibility, w.seq, w.deleted, NORMALIZER_VERSION, w.kind,
                     None if w.deleted else w.expires_at, w.delete_reason if w.deleted else None))
     return out
@@ -105,12 +130,29 @@ def _by_topic(sql: str) -> str:
 UPSERT_BY_TOPIC_SQL = _by_topic(UPSERT_SQL)
 
 
+# Every word ever indexed, for typo expansion at query time (milli's words FST). Never pruned: a word
+# no document holds any more only costs a derivation that finds nothing. Sorted, so two writers take
+# the rows' locks in one order.
+VOCABULARY_SQL = """
+INSERT INTO cn_search.search_vocabulary (word)
+SELECT w FROM (SELECT DISTINCT unnest(tsvector_to_array(t::tsvector)) AS w FROM unnest(%(tokens)s::text[]) AS t) AS s
+ORDER BY w ON CONFLICT DO NOTHING
+"""
+
+
+def add_vocabulary(cur, tokens: list[str]) -> None:
+    cur.execute(VOCABULARY_SQL, {"tokens": [t for t in tokens if t]})
+
+
 def apply_by_topic(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[str]:
     """Apply versioned writes in one statement; return how many rows changed, per topic."""
     if not writes:
         return Counter()
     with conn.cursor() as cur:
-        return Counter(dict(cur.execute(UPSERT_BY_TOPIC_SQL, columns(latest_per_document(writes))).fetchall()))
+        cols = columns(latest_per_document(writes))
+        written = Counter(dict(cur.execute(UPSERT_BY_TOPIC_SQL, cols).fetchall()))
+        add_vocabulary(cur, cols["tokens"])
+        return written
 
 
 def apply(conn: psycopg.Connection, writes: list[DocWrite]) -> int:
@@ -152,8 +194,11 @@ def apply_staged(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[st
     with conn.cursor() as cur:
         if conn not in _STAGED:
             cur.execute(STAGE_DDL)
+        staged = rows(latest_per_document(writes))
         with cur.copy("COPY pg_documents_stage FROM STDIN") as cp:
-            for row in rows(latest_per_document(writes)):
+            for row in staged:
                 cp.write_row(row)
-        return Counter(dict(cur.execute(STAGED_UPSERT_BY_TOPIC_SQL).fetchall()))
+        written = Counter(dict(cur.execute(STAGED_UPSERT_BY_TOPIC_SQL).fetchall()))
+        add_vocabulary(cur, [r[4] for r in staged])
+        return written
 
