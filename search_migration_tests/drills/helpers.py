@@ -216,7 +216,11 @@ def no_advisory_locks(url: str) -> bool:
 # (support/cutover.py still names a single index and a fixed topic; these are the per-topic equivalents)
 
 QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python"]
-NO_LATENCY_GATES = {"search_p95_ms": 1e9, "suggest_p95_ms": 1e9}  # gates measure the machine: lifted here
+# The drills run the gates for what they guard here: drift, lag, backfill, sample size, overlap, errors.
+# Latency measures the machine; NDCG@10 measures ranking parity with the product's Meilisearch, which on
+# the demo corpus is 0.78-0.84 (kanji-only queries such as 検索 and 写真 find nothing in Meilisearch 1.21 without
+# localizedAttributes): parity is the search's own test and bench, not a fault drill's.
+DRILL_GATES = {"search_p95_ms": 1e9, "suggest_p95_ms": 1e9, "ndcg_at_10": 0.0}
 
 
 def run_job(instance, name: str, **config) -> dg.ExecuteInProcessResult:
@@ -235,19 +239,23 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
 def evaluations(instance, *names: str) -> list[dg.AssetCheckEvaluation]:
     """Materialize reports in their own run; return their check evaluations."""
     assets = [a for a in defs.assets if getattr(a, "key", None) and a.key.to_user_string() in names]
-    config = {"ops": {name: {"config": NO_LATENCY_GATES} for name in names}}
+    config = {"ops": {name: {"config": DRILL_GATES} for name in names}}
     result = dg.materialize(assets, instance=instance, resources=defs.resources, raise_on_error=False,
                             run_config=config)
     return [e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
 
 
-def shadow_traffic(url: str, meili, topics: list[str], rate: int, n: int = 40) -> None:
-    """Requests whose (viewer, query) the router samples at this rate, searches (over the topics) and suggests."""
+def shadow_traffic(url: str, meili, rate: int, n: int = 40, topic_id: str | None = None) -> None:
+    """Requests whose (viewer, query) the router samples at this rate, searches (in the corpus's first topic
+    by default) and suggests."""
     picked = [(f"viewer-{i}", q) for i in range(5_000) for q in QUERIES if read_router.sample_bucket(f"viewer-{i}", q)
               < rate][:n]
+    if topic_id is None:
+        with db.connect(url) as conn:
+            topic_id = writes.topic(conn)
     with ReadRouter(url, meili) as router:
-        for k, (viewer, q) in enumerate(picked):
-            router.search(topics[k % len(topics)], q, viewer=viewer)
+        for viewer, q in picked:
+            router.search(topic_id, q, viewer=viewer)
             router.suggest(q[:2], viewer=viewer)
         router.drain()
 
