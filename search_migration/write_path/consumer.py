@@ -405,8 +405,12 @@ def _visible_prefix(conn, consumer: str, low: int, rows: list[Item]) -> tuple[li
 
 
 def find_stale(conn: psycopg.Connection, rows: list[Item]) -> None:
-    """Attach to each searchable upsert with an effective key the older versions it removes."""
-    keyed = [i for i in rows if i.op == "upsert" and i.effective_key and i.searchable]
+    """Attach to each upsert with an effective key the older versions it removes.
+
+    Searchable or not: a new version deleted (or superseded again) before catch-up reads its upsert is
+    applied as a delete, and the version it replaced must leave the indexes all the same. A version
+    that is not current never becomes current again, so removing it is always right."""
+    keyed = [i for i in rows if i.op == "upsert" and i.effective_key]
     if not keyed:
         return
     by_seq = {i.seq: i for i in keyed}
