@@ -6,10 +6,11 @@ import subprocess
 
 import dagster as dg
 import psycopg
+import pytest
 
 from search_migration import db
 from search_migration.backfill.partition_keys import topic_partition_key
-from search_migration.cutover import flags, stages
+from search_migration.cutover import stages
 from search_migration.definitions import defs
 from search_migration.defs.backfill import backfill_partitions
 from search_migration.local.product_fixture import build_product_world
@@ -22,6 +23,8 @@ from search_migration.write_path import consumer, handover, legacy_documents
 
 from .support import invariants
 from .support.backfill import backfill_all
+from .support.cutover import TEST_POLICY, evaluations, failure_message, run_job, stage_flags, use_policy
+from .support.cutover import shadow_traffic as support_shadow_traffic
 from .support.writes import meili_ids, new_posts, topic
 
 # Exact single-word queries with hits in every topic of the `legacy` corpus, on which both engines agree
@@ -30,47 +33,20 @@ from .support.writes import meili_ids, new_posts, topic
 # whole query mix is measured elsewhere (bench/, test_pg_search), not by lowering thresholds.
 AGREED_QUERIES = ["ラーメン", "photo", "weekend", "travel", "linux", "京都", "Dagster", "PostgreSQL", "coffee", "sushi"]
 
-# Latency gates measure this machine, not the code: tests lift them (their logic is tested in test_gates).
-NO_LATENCY_GATES = {"search_p95_ms": 1e9, "suggest_p95_ms": 1e9}
-
-
-def run_job(instance, name: str, **config) -> dg.ExecuteInProcessResult:
-    """cutover_job or rollback_job with this op config (by/reason default to oncall/test); failures returned."""
-    op = {"cutover_job": "cutover_op", "rollback_job": "rollback_op"}[name]
-    config.setdefault("by", "oncall")
-    config.setdefault("reason", "test")
-    return defs.resolve_job_def(name).execute_in_process(
-        instance=instance, run_config={"ops": {op: {"config": config}}}, raise_on_error=False)
-
-
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    return "\n".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
+@pytest.fixture(autouse=True)
+def policy(monkeypatch, tmp_path):
+    """The tests' gate policy (latency lifted, no soak), applied as a deployment's policy file."""
+    use_policy(monkeypatch, tmp_path, **TEST_POLICY)
 
 
 def check_results(instance, *names: str) -> dict[str, bool]:
     """Materialize the reports in their own run; {check name: passed} of their checks."""
-    assets = [a for a in defs.assets if getattr(a, "key", None) and a.key.to_user_string() in names]
-    config = {"ops": {name: {"config": NO_LATENCY_GATES} for name in names}}
-    result = dg.materialize(assets, instance=instance, resources=defs.resources, raise_on_error=False,
-                            run_config=config)
-    return {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
-            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    return {c.check_name: c.passed for c in evaluations(instance, *names)}
 
 
 def shadow_traffic(url: str, meili, topic_id: str, rate: int, n: int = 40) -> None:
-    """Requests on one topic whose (viewer, query) the router samples at this rate: searches and suggests."""
-    picked = [(f"viewer-{i}", q) for i in range(5_000) for q in AGREED_QUERIES
-              if read_router.sample_bucket(f"viewer-{i}", q) < rate][:n]
-    with ReadRouter(url, meili) as router:
-        for viewer, q in picked:
-            router.search(topic_id, q, viewer=viewer)
-            router.suggest(q[:2], viewer=viewer)
-        router.drain()
-
-
-def stage_flags(url: str) -> dict[str, str]:
-    with db.connect(url) as conn:
-        return flags.read_all(conn)
+    """Agreed queries on one topic, sampled at this rate."""
+    support_shadow_traffic(url, meili, rate, n, topic_id, AGREED_QUERIES)
 
 
 def first_topic(url: str) -> str:
@@ -100,7 +76,7 @@ def test_legacy_to_live_to_complete_and_back(dagster_env, seeded, meili):
 
     # live -> complete (soak 0 here), then writes in pg_only never reach Meilisearch...
     check_results(instance, "shadow_read_report", "search_drift_report")
-    assert run_job(instance, "cutover_job", target_stage="complete", soak_hours=0).success
+    assert run_job(instance, "cutover_job", target_stage="complete").success
     assert stage_flags(seeded)["search_write_mode"] == "pg_only"
     with db.connect(seeded) as conn:
         fresh = new_posts(conn, 25, "written-in-complete")

@@ -19,16 +19,13 @@ from search_migration import backfill
 from search_migration import db
 from search_migration.backfill import Window
 from search_migration.backfill.partition_keys import topic_partition_key
-from search_migration.cutover import flags
 from search_migration.defs.backfill import partitioned_span
-from search_migration.definitions import defs
 from search_migration.local import demo_seed
-from search_migration.search import read_router
-from search_migration.search.read_router import ReadRouter
 from search_migration.source import contract
 from search_migration.write_path import consumer, handover
 
 from ..support import invariants
+from ..support.cutover import TEST_POLICY
 from ..support.backfill import WEEK
 from ..support.processes import DAGSTER
 from ..support.servers import REPO
@@ -212,54 +209,10 @@ def no_advisory_locks(url: str) -> bool:
                             ).fetchone()[0]
 
 
-# --------------------------------------------------------------------------- cutover, gates and shadow reads
-# (support/cutover.py still names a single index and a fixed topic; these are the per-topic equivalents)
+# --------------------------------------------------------------------------- gates
 
-QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python"]
 # The drills run the gates for what they guard here: drift, lag, backfill, sample size, overlap, errors.
-# Latency measures the machine; NDCG@10 measures ranking parity with the product's Meilisearch, which on
-# the demo corpus is 0.78-0.84 (kanji-only queries such as 検索 and 写真 find nothing in Meilisearch 1.21 without
-# localizedAttributes): parity is the search's own test and bench, not a fault drill's.
-DRILL_GATES = {"search_p95_ms": 1e9, "suggest_p95_ms": 1e9, "ndcg_at_10": 0.0}
-
-
-def run_job(instance, name: str, **config) -> dg.ExecuteInProcessResult:
-    """cutover_job or rollback_job with this op config (by/reason default to oncall/drill); failures returned."""
-    op = {"cutover_job": "cutover_op", "rollback_job": "rollback_op"}[name]
-    config.setdefault("by", "oncall")
-    config.setdefault("reason", "drill")
-    return defs.resolve_job_def(name).execute_in_process(
-        instance=instance, run_config={"ops": {op: {"config": config}}}, raise_on_error=False)
-
-
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    return "\n".join(e.step_failure_data.error.message for e in result.all_events if e.is_step_failure)
-
-
-def evaluations(instance, *names: str) -> list[dg.AssetCheckEvaluation]:
-    """Materialize reports in their own run; return their check evaluations."""
-    assets = [a for a in defs.assets if getattr(a, "key", None) and a.key.to_user_string() in names]
-    config = {"ops": {name: {"config": DRILL_GATES} for name in names}}
-    result = dg.materialize(assets, instance=instance, resources=defs.resources, raise_on_error=False,
-                            run_config=config)
-    return [e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
-
-
-def shadow_traffic(url: str, meili, rate: int, n: int = 40, topic_id: str | None = None) -> None:
-    """Requests whose (viewer, query) the router samples at this rate, searches (in the corpus's first topic
-    by default) and suggests."""
-    picked = [(f"viewer-{i}", q) for i in range(5_000) for q in QUERIES if read_router.sample_bucket(f"viewer-{i}", q)
-              < rate][:n]
-    if topic_id is None:
-        with db.connect(url) as conn:
-            topic_id = writes.topic(conn)
-    with ReadRouter(url, meili) as router:
-        for viewer, q in picked:
-            router.search(topic_id, q, viewer=viewer)
-            router.suggest(q[:2], viewer=viewer)
-        router.drain()
-
-
-def stage_flags(url: str) -> dict[str, str]:
-    with db.connect(url) as conn:
-        return flags.read_all(conn)
+# Latency measures the machine; NDCG@10 measures ranking parity with the product's Meilisearch, which is
+# the search's own test and bench, not a fault drill's. A drill applies it as a deployment would: a
+# policy file (support.cutover.use_policy), recorded by every check and read by the cutover alike.
+DRILL_POLICY = {**TEST_POLICY, "ndcg_at_10": 0.0}

@@ -31,7 +31,8 @@ from search_migration.search.read_router import ReadRouter
 
 from ..support import invariants
 from ..support.backfill import backfill_all
-from .helpers import QUERIES, evaluations, explain, failure_message, run_job, shadow_traffic, stage_flags
+from .helpers import DRILL_POLICY, explain
+from ..support.cutover import QUERIES, evaluations, failure_message, run_job, shadow_traffic, stage_flags, use_policy
 
 SOAK_S = float(os.environ.get("SEARCH_MIGRATION_SOAK_SECONDS", "0"))
 
@@ -191,8 +192,9 @@ def ramp(instance, url: str, meili, consumer: Consumer, rates=(25, 50)) -> None:
         hold()
 
 
-def test_writes_and_reads_flow_through_the_whole_migration(dagster_env, seeded, meili):
+def test_writes_and_reads_flow_through_the_whole_migration(dagster_env, seeded, meili, monkeypatch, tmp_path):
     instance, url = dagster_env, seeded  # the product's corpus in index-v1's topic indexes, handed over
+    use_policy(monkeypatch, tmp_path, **DRILL_POLICY)
     with db.connect(url) as conn:
         topics = contract.topic_ids(conn)
     writers = [Writer(url, topics, seed, per_second=15) for seed in (1, 2)]

@@ -27,7 +27,7 @@ from search_migration.search.text import normalize, token_positions, tsvector_li
 
 from ..support.processes import run_cli
 from ..support.writes import seed_indexed, topic
-from .helpers import run_job
+from ..support.cutover import run_job
 
 # One fixed, database-free profile: the same examples on every machine, in seconds.
 PROPERTIES = settings(derandomize=True, database=None, max_examples=300, deadline=None,

@@ -39,7 +39,8 @@ from search_migration.settings import Settings
 
 from ..support.servers import REPO, free_port
 from ..support.writes import NOW
-from .helpers import capture as capture_watermark, run_job
+from .helpers import capture as capture_watermark
+from ..support.cutover import run_job
 
 CANARY = f"canary{uuid.uuid4().hex[:12]}"
 CANARY_PUBKEY = hashlib.sha256(CANARY.encode()).hexdigest()

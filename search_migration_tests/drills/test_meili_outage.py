@@ -19,7 +19,8 @@ from search_migration.search.read_router import ReadRouter
 
 from ..support.processes import child, poll
 from ..support.writes import FAST, new_posts
-from .helpers import QUERIES, assert_invariant, backfill_everything, catch_up_all, product_writes, seed_dual
+from .helpers import assert_invariant, backfill_everything, catch_up_all, product_writes, seed_dual
+from ..support.cutover import QUERIES
 
 
 def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(database_url, own_meili, namespace, tmp_path):

@@ -15,8 +15,8 @@ from search_migration.source import contract
 from search_migration.cutover import stages
 
 from ..support import invariants
-from .helpers import (assert_invariant, backfill_everything, capture, catch_up_all, failure_message, product_writes,
-                      run_job)
+from .helpers import (assert_invariant, backfill_everything, capture, catch_up_all, product_writes)
+from ..support.cutover import failure_message, run_job
 from ..support.writes import set_mode
 
 

@@ -55,10 +55,11 @@ def check_results(instance, *names: str) -> dict[str, bool]:
     return {c.check_name: c.passed for c in evaluations(instance, *names)}
 
 
-def shadow_traffic(url: str, meili, rate: int, n: int = 40, topic_id: str | None = None) -> None:
+def shadow_traffic(url: str, meili, rate: int, n: int = 40, topic_id: str | None = None,
+                   queries: list[str] = QUERIES) -> None:
     """Requests whose (viewer, query) the router samples at this rate, searches (in the corpus's first topic
     by default) and suggests."""
-    picked = [(f"viewer-{i}", q) for i in range(5_000) for q in QUERIES if read_router.sample_bucket(f"viewer-{i}", q)
+    picked = [(f"viewer-{i}", q) for i in range(5_000) for q in queries if read_router.sample_bucket(f"viewer-{i}", q)
               < rate][:n]
     if topic_id is None:
         with db.connect(url) as conn:
