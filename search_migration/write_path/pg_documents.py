@@ -82,10 +82,14 @@ WHERE d.source_seq < EXCLUDED.source_seq
 INDEX_FORMAT = 2  # what a document row indexes (bench/parity.py reindexes when it changes)
 
 
-def doc_write_for_event(seq: int, raw: dict, topic_id: str) -> DocWrite:
-    """The document write for one signed event in one topic (what catch-up writes for an upsert), with
-    the attributes cn-index gives Meilisearch (title from tags or the first line, author, t tags)."""
-    return DocWrite(seq, raw["id"], topic_id, False, raw["content"], raw["created_at"], kind=raw["kind"],
+def doc_write_for_event(seq: int, raw: dict, topic_id: str, *, post_id: str | None = None,
+                        expires_at: int | None = None) -> DocWrite:
+    """The document write for one signed event in one topic (what catch-up and the backfill write for a
+    searchable event), with the attributes cn-index gives Meilisearch: title from the `title`/`subject`
+    tags or the content's first line, author, the distinct `t` tags. `raw` needs `content`, `pubkey`,
+    `tags`, `created_at`, `kind` (and `id` unless `post_id` is given)."""
+    return DocWrite(seq, post_id if post_id is not None else raw["id"], topic_id, False, raw["content"],
+                    raw["created_at"], kind=raw["kind"], expires_at=expires_at,
                     title=legacy_documents.title(raw), author=raw.get("pubkey") or "",
                     tags=tuple(legacy_documents.tags(raw)))
 
