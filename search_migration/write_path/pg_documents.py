@@ -108,22 +108,29 @@ _COLUMNS = ("post_id", "topic_id", "content", "normalized", "tokens", "created_a
             "version", "kind", "expires_at", "delete_reason")
 
 
-def rows(writes: list[DocWrite]) -> list[tuple]:
-    """One row per write in `_COLUMNS` order; tombstones carry no text (a deleted post's words are gone)."""
+def rows(writes: list[DocWrite], vocabulary: set[str] | None = None) -> list[tuple]:
+    """One row per write in `_COLUMNS` order; tombstones carry no text (a deleted post's words are gone).
+    Every indexed word is added to `vocabulary` when one is given."""
     out = []
     for w in writes:
         text = "" if w.deleted else w.content
         normalized = normalize(text)
-        tokens = "" if w.deleted else milli.tsvector_literal(milli.document_words(w.attributes()))
+        if w.deleted:
+            tokens = ""
+        else:
+            found = milli.document_words(w.attributes())
+            if vocabulary is not None:
+                vocabulary.update(found)
+            tokens = milli.tsvector_literal(found)
         out.append((w.post_id, w.topic_id, text, normalized, tokens,
                     w.created_at, w.visibility, w.seq, w.deleted, NORMALIZER_VERSION, w.kind,
                     None if w.deleted else w.expires_at, w.delete_reason if w.deleted else None))
     return out
 
 
-def columns(writes: list[DocWrite]) -> dict[str, list]:
+def columns(writes: list[DocWrite], vocabulary: set[str] | None = None) -> dict[str, list]:
     """Column arrays for UPSERT_SQL."""
-    return dict(zip(_COLUMNS, map(list, zip(*rows(writes))))) if writes else {k: [] for k in _COLUMNS}
+    return dict(zip(_COLUMNS, map(list, zip(*rows(writes, vocabulary))))) if writes else {k: [] for k in _COLUMNS}
 
 
 def _by_topic(sql: str) -> str:
@@ -135,17 +142,18 @@ UPSERT_BY_TOPIC_SQL = _by_topic(UPSERT_SQL)
 
 
 # Every word ever indexed, for typo expansion at query time (milli's words FST). Never pruned: a word
-# no document holds any more only costs a derivation that finds nothing. Sorted, so two writers take
-# the rows' locks in one order.
+# no document holds any more only costs a derivation that finds nothing. The batch's distinct words come
+# from Python (the documents' words are at hand there: no tsvector parsing in SQL), sorted, so two
+# writers take the rows' locks in one order.
 VOCABULARY_SQL = """
 INSERT INTO cn_search.search_vocabulary (word)
-SELECT w FROM (SELECT DISTINCT unnest(tsvector_to_array(t::tsvector)) AS w FROM unnest(%(tokens)s::text[]) AS t) AS s
-ORDER BY w ON CONFLICT DO NOTHING
+SELECT unnest(%(words)s::text[]) ON CONFLICT DO NOTHING
 """
 
 
-def add_vocabulary(cur, tokens: list[str]) -> None:
-    cur.execute(VOCABULARY_SQL, {"tokens": [t for t in tokens if t]})
+def add_vocabulary(cur, words: set[str]) -> None:
+    if words:
+        cur.execute(VOCABULARY_SQL, {"words": sorted(words)})
 
 
 def apply_by_topic(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[str]:
@@ -153,9 +161,10 @@ def apply_by_topic(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[
     if not writes:
         return Counter()
     with conn.cursor() as cur:
-        cols = columns(latest_per_document(writes))
+        vocabulary: set[str] = set()
+        cols = columns(latest_per_document(writes), vocabulary)
         written = Counter(dict(cur.execute(UPSERT_BY_TOPIC_SQL, cols).fetchall()))
-        add_vocabulary(cur, cols["tokens"])
+        add_vocabulary(cur, vocabulary)
         return written
 
 
@@ -198,11 +207,12 @@ def apply_staged(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[st
     with conn.cursor() as cur:
         if conn not in _STAGED:
             cur.execute(STAGE_DDL)
-        staged = rows(latest_per_document(writes))
+        vocabulary: set[str] = set()
+        staged = rows(latest_per_document(writes), vocabulary)
         with cur.copy("COPY pg_documents_stage FROM STDIN") as cp:
             for row in staged:
                 cp.write_row(row)
         written = Counter(dict(cur.execute(STAGED_UPSERT_BY_TOPIC_SQL).fetchall()))
-        add_vocabulary(cur, [r[4] for r in staged])
+        add_vocabulary(cur, vocabulary)
         return written
 
