@@ -51,15 +51,16 @@ class DocWrite(NamedTuple):  # a tuple: built once per document, a frozen datacl
 UPSERT_SQL = """
 INSERT INTO cn_search.post_search_documents AS d
     (post_id, topic_id, content, normalized_text, search_tokens, created_at, visibility,
-     source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason, updated_at)
+     source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason, lead_word, updated_at)
 SELECT w.post_id, w.topic_id, w.content, w.normalized_text, w.search_tokens::tsvector, w.created_at,
-       w.visibility, w.source_seq, w.is_deleted, w.normalizer_version, w.kind, w.expires_at, w.delete_reason, now()
+       w.visibility, w.source_seq, w.is_deleted, w.normalizer_version, w.kind, w.expires_at, w.delete_reason,
+       w.lead_word, now()
 FROM unnest(%(post_id)s::text[], %(topic_id)s::text[], %(content)s::text[], %(normalized)s::text[],
             %(tokens)s::text[], %(created_at)s::bigint[], %(visibility)s::text[], %(seq)s::bigint[],
             %(deleted)s::boolean[], %(version)s::integer[], %(kind)s::integer[], %(expires_at)s::bigint[],
-            %(delete_reason)s::text[])
+            %(delete_reason)s::text[], %(lead_word)s::text[])
      AS w(post_id, topic_id, content, normalized_text, search_tokens, created_at, visibility,
-          source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason)
+          source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason, lead_word)
 ON CONFLICT (post_id, topic_id) DO UPDATE SET
     content = EXCLUDED.content,
     normalized_text = EXCLUDED.normalized_text,
@@ -72,6 +73,7 @@ ON CONFLICT (post_id, topic_id) DO UPDATE SET
     kind = coalesce(EXCLUDED.kind, d.kind),
     expires_at = EXCLUDED.expires_at,
     delete_reason = EXCLUDED.delete_reason,
+    lead_word = EXCLUDED.lead_word,
     updated_at = now()
 WHERE d.source_seq < EXCLUDED.source_seq
    -- the same version under a newer normalizer: a rebuild after a normalizer change refreshes it
@@ -79,7 +81,7 @@ WHERE d.source_seq < EXCLUDED.source_seq
 """
 
 
-INDEX_FORMAT = 2  # what a document row indexes (bench/parity.py reindexes when it changes)
+INDEX_FORMAT = 3  # what a document row indexes (bench/parity.py reindexes when it changes)
 
 
 def doc_write_for_event(seq: int, raw: dict, topic_id: str, *, post_id: str | None = None,
@@ -105,7 +107,7 @@ def latest_per_document(writes: list[DocWrite]) -> list[DocWrite]:
 
 
 _COLUMNS = ("post_id", "topic_id", "content", "normalized", "tokens", "created_at", "visibility", "seq", "deleted",
-            "version", "kind", "expires_at", "delete_reason")
+            "version", "kind", "expires_at", "delete_reason", "lead_word")
 
 
 def rows(writes: list[DocWrite], vocabulary: set[str] | None = None) -> list[tuple]:
@@ -115,6 +117,7 @@ def rows(writes: list[DocWrite], vocabulary: set[str] | None = None) -> list[tup
     for w in writes:
         text = "" if w.deleted else w.content
         normalized = normalize(text)
+        lead = None
         if w.deleted:
             tokens = ""
         else:
@@ -122,9 +125,12 @@ def rows(writes: list[DocWrite], vocabulary: set[str] | None = None) -> list[tup
             if vocabulary is not None:
                 vocabulary.update(found)
             tokens = milli.tsvector_literal(found)
+            if found:  # the title's first word (suggest's targeted candidates): the first word at position 1
+                first = next(iter(found))
+                lead = first if found[first][0] == 1 else None
         out.append((w.post_id, w.topic_id, text, normalized, tokens,
                     w.created_at, w.visibility, w.seq, w.deleted, NORMALIZER_VERSION, w.kind,
-                    None if w.deleted else w.expires_at, w.delete_reason if w.deleted else None))
+                    None if w.deleted else w.expires_at, w.delete_reason if w.deleted else None, lead))
     return out
 
 
@@ -179,7 +185,7 @@ STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS pg_documents_stage (
     post_id text, topic_id text, content text, normalized_text text, search_tokens text, created_at bigint,
     visibility text, source_seq bigint, is_deleted boolean, normalizer_version integer, kind integer,
-    expires_at bigint, delete_reason text
+    expires_at bigint, delete_reason text, lead_word text
 ) ON COMMIT DELETE ROWS
 """
 _SELECT, _REST = UPSERT_SQL.split("FROM unnest(", 1)
