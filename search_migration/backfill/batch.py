@@ -131,7 +131,7 @@ def _copy_members(conn: psycopg.Connection, owner: str, writer: Writer, members:
     written = writer(conn, writes) if writes else Counter()
     done = [len(rows[m.key]) for m in members]
     copied = [written[m.topic_id] for m in members]  # one partition per topic in a batch
-    last = [rows[m.key][-1] if rows[m.key] else SourceRow(0, "", 0, False, None, 0, None, None) for m in members]
+    last = [rows[m.key][-1] if rows[m.key] else SourceRow(0, "", 0, False, None, 0, None, None, None, None) for m in members]
     conn.execute(BATCH_DONE_SQL, {
         "keys": [m.key for m in members], "done": done, "total": [m.rows_total for m in members],
         "copied": copied, "ts": [r.chunk_at for r in last], "ids": [r.event_id for r in last],

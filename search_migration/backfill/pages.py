@@ -26,15 +26,18 @@ class SourceRow(NamedTuple):
     created_at: int
     kind: int | None
     expires_at: int | None
+    pubkey: str | None  # raw_json's pubkey and tags: the document's author, title tags and t tags
+    tags: list | None
 
 
 # A manifest row's version with the source's current content, and whether the product still indexes it
-# there (searchable, and still in the topic).
+# there (searchable, and still in the topic). Of raw_json only what the document needs beside the columns
+# (its pubkey and tags: cn-index's author, title/subject and t tags), not the whole event a second time.
 SOURCE_ROW = f"""m.chunk_at, m.event_id, m.version_seq,
        coalesce({contract.SEARCHABLE} AND EXISTS (
            SELECT 1 FROM cn_relay.event_topics et WHERE et.event_id = m.event_id AND et.topic_id = m.topic_id),
            false) AS live,
-       e.content, e.created_at, e.kind, e.expires_at"""
+       e.content, e.created_at, e.kind, e.expires_at, e.raw_json->>'pubkey', e.raw_json->'tags'"""
 SOURCE_JOIN = "LEFT JOIN cn_relay.events e ON e.event_id = m.event_id"
 
 PAGE_SQL = f"""
@@ -105,8 +108,10 @@ def document_writes(conn: psycopg.Connection, topic_id: str, rows: list[SourceRo
             conn.execute(TOO_LARGE_SQL, (r.version_seq, r.event_id, topic_id,
                                          f"content is over the {MAX_CONTENT_BYTES}-byte limit"))
             continue
-        writes.append(DocWrite(r.version_seq, r.event_id, topic_id, False, content, r.created_at, kind=r.kind,
-                               expires_at=r.expires_at))
+        raw = {"content": content, "created_at": r.created_at, "kind": r.kind, "pubkey": r.pubkey,
+               "tags": r.tags or []}  # the event as cn-index reads it: the same document as catch-up writes
+        writes.append(pg_documents.doc_write_for_event(r.version_seq, raw, topic_id, post_id=r.event_id,
+                                                       expires_at=r.expires_at))
     return writes
 
 

@@ -44,11 +44,18 @@ FAR = 8  # proximity cost of two words farther apart than 7 (or in different att
 def document_words(fields: list) -> dict[str, list[int]]:
     """Every word of the document with its encoded positions (fid * SLOT + position + 1), reading order."""
     out: dict[str, list[int]] = {}
+    seen: dict[str, list] = {}  # a value repeated in another attribute (summary = content, title = content)
     for fid, value in enumerate(fields):
         if value is None or value == "" or value == []:
             continue
         base = fid * SLOT + 1
-        for word, pos in segment.field_words(value):
+        if isinstance(value, str):
+            got = seen.get(value)
+            if got is None:
+                got = seen[value] = segment.field_words(value)
+        else:
+            got = segment.field_words(value)
+        for word, pos in got:
             p = base + (pos if pos < SLOT - 1 else SLOT - 1)
             found = out.get(word)
             if found is None:
@@ -58,12 +65,16 @@ def document_words(fields: list) -> dict[str, list[int]]:
     return out
 
 
+_LABELLED = tuple(f"{p}{WEIGHTS[(p - 1) // SLOT]}" if p else "" for p in range(len(FIELDS) * SLOT + 1))
+
+
 def tsvector_literal(words: dict[str, list[int]]) -> str:
     parts = []
+    labelled = _LABELLED
     for word, ps in words.items():
         if "'" in word or "\\" in word:
             word = word.replace("\\", "\\\\").replace("'", "''")
-        parts.append("'" + word + "':" + ",".join(f"{p}{WEIGHTS[(p - 1) // SLOT]}" for p in ps))
+        parts.append("'" + word + "':" + (labelled[ps[0]] if len(ps) == 1 else ",".join([labelled[p] for p in ps])))
     return " ".join(parts)
 
 

@@ -13,8 +13,8 @@ arrive in time order; that is the tie-break here.
 
 Suggest: the same ranking across every topic, one per post, ties by topic index uid then insertion
 order (a federated multi-search merges equal scores in query order); its candidates first come from the
-posts whose title starts with a word that starts with the prefix (`search_lead_word`, a btree: the
-cheapest bucket a prefix can reach), then from the GIN index.
+posts whose title starts with a word that starts with the prefix (`lead_word`, a btree, migration 0013:
+the best place a prefix can match), beside the first matches of the GIN index in insertion order.
 """
 
 from __future__ import annotations
@@ -42,6 +42,20 @@ FROM cn_search.post_search_documents AS d
 WHERE {cond} {LIVE} AND d.search_tokens @@ %(match)s::tsquery AND NOT (d.search_tokens @@ %(better)s::tsquery)
 ORDER BY d.created_at, d.post_id LIMIT %(cap)s
 """ for scope, cond in (("topic", "d.topic_id = %(topic)s AND"), ("all", ""))}
+# Suggest's targeted candidates: documents whose title starts with the typed word (a btree on lead_word,
+# migration 0013), the exact word first, then in insertion order: the posts Meilisearch ranks first for a
+# prefix (attribute 0, position 0) without scanning every document the prefix matches.
+LEAD_SQL = f"""
+(SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
+ FROM cn_search.post_search_documents AS d
+ WHERE d.lead_word = %(lead)s AND {LIVE}
+ ORDER BY d.created_at, d.post_id LIMIT %(cap)s)
+UNION ALL
+(SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
+ FROM cn_search.post_search_documents AS d
+ WHERE d.lead_word LIKE %(lead_like)s AND d.lead_word <> %(lead)s AND {LIVE}
+ ORDER BY d.created_at, d.post_id LIMIT %(cap)s)
+"""
 COUNT_SQL = f"""
 SELECT count(*) FROM (SELECT 1 FROM cn_search.post_search_documents AS d
     WHERE d.topic_id = %(topic)s AND {LIVE} AND d.search_tokens @@ %(match)s::tsquery LIMIT %(cap)s) AS capped
@@ -129,8 +143,10 @@ def _parse_found(found: str | None) -> dict[str, list[int]]:
 
 
 def _ranked(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], want: int, cap: int,
-            tie=lambda row: (row[2], row[0])) -> tuple[list[tuple], bool]:
-    """Rows in Meilisearch's order, at least `want` when that many match; and whether every match was seen."""
+            tie=lambda row: (row[2], row[0]), lead: bool = False) -> tuple[list[tuple], bool]:
+    """Rows in Meilisearch's order, at least `want` when that many match; and whether every match was seen.
+    `lead`: first the documents whose title starts with the first query word (LEAD_SQL), ranked with the
+    rest of the all-words bucket."""
     words = sorted({w for t in terms for w in t.derivations} | {g for t in terms for g, _, _ in t.ngrams})
     prefix = terms[-1].word if terms[-1].prefix else None
     prefixes = [terms[-1].word] + [g for t in terms for g, n, p in t.ngrams if p and t.index + n == len(terms)]
@@ -143,6 +159,12 @@ def _ranked(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
                   "better": _bucket_query(terms, k + 1) if k < len(terms) else NOTHING}
         rows = conn.execute(BUCKET_SQL[scope], params).fetchall()
         exhaustive = exhaustive and len(rows) < cap
+        if lead and k == len(terms):
+            first = terms[0]
+            leads = conn.execute(LEAD_SQL, {**params, "lead": first.word,
+                                            "lead_like": _like(first.word) if first.prefix else first.word}).fetchall()
+            held = {(r[0], r[1]) for r in rows}
+            rows += [r for r in leads if (r[0], r[1]) not in held]
         keyed = []
         for row in rows:
             key = milli.rank_key(terms[:k], _parse_found(row[3]))
@@ -181,7 +203,7 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
         return []
     expand(conn, terms)
     ranked, _ = _ranked(conn, "all", None, terms, 3 * limit, SUGGEST_CANDIDATES,
-                        tie=lambda row: (index_uid(row[1]), row[2], row[0]))
+                        tie=lambda row: (index_uid(row[1]), row[2], row[0]), lead=True)
     seen: set[str] = set()
     items: list[dict] = []
     for post_id, topic_id, _, _ in ranked[:3 * limit]:

@@ -166,8 +166,9 @@ class Item:
             main = DocWrite(self.seq, self.event_id, self.topic_id, True, "", self.created_at or 0,
                             kind=self.kind, delete_reason=self.delete_reason)
         else:
-            main = DocWrite(self.seq, self.event_id, self.topic_id, False, self.content or "", self.created_at,
-                            kind=self.kind, expires_at=self.expires_at)
+            # the attributes cn-index gives Meilisearch (title/subject tags, author, every t tag), from raw_json
+            main = pg_documents.doc_write_for_event(self.seq, self.raw_json, self.topic_id, post_id=self.event_id,
+                                                    expires_at=self.expires_at)
         return [main] + [DocWrite(self.seq, old, topic, True, "", 0, delete_reason="superseded")
                          for old, topic in self.stale]
 

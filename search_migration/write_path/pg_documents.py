@@ -51,15 +51,16 @@ class DocWrite(NamedTuple):  # a tuple: built once per document, a frozen datacl
 UPSERT_SQL = """
 INSERT INTO cn_search.post_search_documents AS d
     (post_id, topic_id, content, normalized_text, search_tokens, created_at, visibility,
-     source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason, updated_at)
+     source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason, lead_word, updated_at)
 SELECT w.post_id, w.topic_id, w.content, w.normalized_text, w.search_tokens::tsvector, w.created_at,
-       w.visibility, w.source_seq, w.is_deleted, w.normalizer_version, w.kind, w.expires_at, w.delete_reason, now()
+       w.visibility, w.source_seq, w.is_deleted, w.normalizer_version, w.kind, w.expires_at, w.delete_reason,
+       w.lead_word, now()
 FROM unnest(%(post_id)s::text[], %(topic_id)s::text[], %(content)s::text[], %(normalized)s::text[],
             %(tokens)s::text[], %(created_at)s::bigint[], %(visibility)s::text[], %(seq)s::bigint[],
             %(deleted)s::boolean[], %(version)s::integer[], %(kind)s::integer[], %(expires_at)s::bigint[],
-            %(delete_reason)s::text[])
+            %(delete_reason)s::text[], %(lead_word)s::text[])
      AS w(post_id, topic_id, content, normalized_text, search_tokens, created_at, visibility,
-          source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason)
+          source_seq, is_deleted, normalizer_version, kind, expires_at, delete_reason, lead_word)
 ON CONFLICT (post_id, topic_id) DO UPDATE SET
     content = EXCLUDED.content,
     normalized_text = EXCLUDED.normalized_text,
@@ -72,6 +73,7 @@ ON CONFLICT (post_id, topic_id) DO UPDATE SET
     kind = coalesce(EXCLUDED.kind, d.kind),
     expires_at = EXCLUDED.expires_at,
     delete_reason = EXCLUDED.delete_reason,
+    lead_word = EXCLUDED.lead_word,
     updated_at = now()
 WHERE d.source_seq < EXCLUDED.source_seq
    -- the same version under a newer normalizer: a rebuild after a normalizer change refreshes it
@@ -79,13 +81,17 @@ WHERE d.source_seq < EXCLUDED.source_seq
 """
 
 
-INDEX_FORMAT = 2  # what a document row indexes (bench/parity.py reindexes when it changes)
+INDEX_FORMAT = 3  # what a document row indexes (bench/parity.py reindexes when it changes)
 
 
-def doc_write_for_event(seq: int, raw: dict, topic_id: str) -> DocWrite:
-    """The document write for one signed event in one topic (what catch-up writes for an upsert), with
-    the attributes cn-index gives Meilisearch (title from tags or the first line, author, t tags)."""
-    return DocWrite(seq, raw["id"], topic_id, False, raw["content"], raw["created_at"], kind=raw["kind"],
+def doc_write_for_event(seq: int, raw: dict, topic_id: str, *, post_id: str | None = None,
+                        expires_at: int | None = None) -> DocWrite:
+    """The document write for one signed event in one topic (what catch-up and the backfill write for a
+    searchable event), with the attributes cn-index gives Meilisearch: title from the `title`/`subject`
+    tags or the content's first line, author, the distinct `t` tags. `raw` needs `content`, `pubkey`,
+    `tags`, `created_at`, `kind` (and `id` unless `post_id` is given)."""
+    return DocWrite(seq, post_id if post_id is not None else raw["id"], topic_id, False, raw["content"],
+                    raw["created_at"], kind=raw["kind"], expires_at=expires_at,
                     title=legacy_documents.title(raw), author=raw.get("pubkey") or "",
                     tags=tuple(legacy_documents.tags(raw)))
 
@@ -101,25 +107,36 @@ def latest_per_document(writes: list[DocWrite]) -> list[DocWrite]:
 
 
 _COLUMNS = ("post_id", "topic_id", "content", "normalized", "tokens", "created_at", "visibility", "seq", "deleted",
-            "version", "kind", "expires_at", "delete_reason")
+            "version", "kind", "expires_at", "delete_reason", "lead_word")
 
 
-def rows(writes: list[DocWrite]) -> list[tuple]:
-    """One row per write in `_COLUMNS` order; tombstones carry no text (a deleted post's words are gone)."""
+def rows(writes: list[DocWrite], vocabulary: set[str] | None = None) -> list[tuple]:
+    """One row per write in `_COLUMNS` order; tombstones carry no text (a deleted post's words are gone).
+    Every indexed word is added to `vocabulary` when one is given."""
     out = []
     for w in writes:
         text = "" if w.deleted else w.content
         normalized = normalize(text)
-        tokens = "" if w.deleted else milli.tsvector_literal(milli.document_words(w.attributes()))
+        lead = None
+        if w.deleted:
+            tokens = ""
+        else:
+            found = milli.document_words(w.attributes())
+            if vocabulary is not None:
+                vocabulary.update(found)
+            tokens = milli.tsvector_literal(found)
+            if found:  # the title's first word (suggest's targeted candidates): the first word at position 1
+                first = next(iter(found))
+                lead = first if found[first][0] == 1 else None
         out.append((w.post_id, w.topic_id, text, normalized, tokens,
                     w.created_at, w.visibility, w.seq, w.deleted, NORMALIZER_VERSION, w.kind,
-                    None if w.deleted else w.expires_at, w.delete_reason if w.deleted else None))
+                    None if w.deleted else w.expires_at, w.delete_reason if w.deleted else None, lead))
     return out
 
 
-def columns(writes: list[DocWrite]) -> dict[str, list]:
+def columns(writes: list[DocWrite], vocabulary: set[str] | None = None) -> dict[str, list]:
     """Column arrays for UPSERT_SQL."""
-    return dict(zip(_COLUMNS, map(list, zip(*rows(writes))))) if writes else {k: [] for k in _COLUMNS}
+    return dict(zip(_COLUMNS, map(list, zip(*rows(writes, vocabulary))))) if writes else {k: [] for k in _COLUMNS}
 
 
 def _by_topic(sql: str) -> str:
@@ -131,17 +148,18 @@ UPSERT_BY_TOPIC_SQL = _by_topic(UPSERT_SQL)
 
 
 # Every word ever indexed, for typo expansion at query time (milli's words FST). Never pruned: a word
-# no document holds any more only costs a derivation that finds nothing. Sorted, so two writers take
-# the rows' locks in one order.
+# no document holds any more only costs a derivation that finds nothing. The batch's distinct words come
+# from Python (the documents' words are at hand there: no tsvector parsing in SQL), sorted, so two
+# writers take the rows' locks in one order.
 VOCABULARY_SQL = """
 INSERT INTO cn_search.search_vocabulary (word)
-SELECT w FROM (SELECT DISTINCT unnest(tsvector_to_array(t::tsvector)) AS w FROM unnest(%(tokens)s::text[]) AS t) AS s
-ORDER BY w ON CONFLICT DO NOTHING
+SELECT unnest(%(words)s::text[]) ON CONFLICT DO NOTHING
 """
 
 
-def add_vocabulary(cur, tokens: list[str]) -> None:
-    cur.execute(VOCABULARY_SQL, {"tokens": [t for t in tokens if t]})
+def add_vocabulary(cur, words: set[str]) -> None:
+    if words:
+        cur.execute(VOCABULARY_SQL, {"words": sorted(words)})
 
 
 def apply_by_topic(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[str]:
@@ -149,9 +167,10 @@ def apply_by_topic(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[
     if not writes:
         return Counter()
     with conn.cursor() as cur:
-        cols = columns(latest_per_document(writes))
+        vocabulary: set[str] = set()
+        cols = columns(latest_per_document(writes), vocabulary)
         written = Counter(dict(cur.execute(UPSERT_BY_TOPIC_SQL, cols).fetchall()))
-        add_vocabulary(cur, cols["tokens"])
+        add_vocabulary(cur, vocabulary)
         return written
 
 
@@ -166,7 +185,7 @@ STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS pg_documents_stage (
     post_id text, topic_id text, content text, normalized_text text, search_tokens text, created_at bigint,
     visibility text, source_seq bigint, is_deleted boolean, normalizer_version integer, kind integer,
-    expires_at bigint, delete_reason text
+    expires_at bigint, delete_reason text, lead_word text
 ) ON COMMIT DELETE ROWS
 """
 _SELECT, _REST = UPSERT_SQL.split("FROM unnest(", 1)
@@ -194,11 +213,12 @@ def apply_staged(conn: psycopg.Connection, writes: list[DocWrite]) -> Counter[st
     with conn.cursor() as cur:
         if conn not in _STAGED:
             cur.execute(STAGE_DDL)
-        staged = rows(latest_per_document(writes))
+        vocabulary: set[str] = set()
+        staged = rows(latest_per_document(writes), vocabulary)
         with cur.copy("COPY pg_documents_stage FROM STDIN") as cp:
             for row in staged:
                 cp.write_row(row)
         written = Counter(dict(cur.execute(STAGED_UPSERT_BY_TOPIC_SQL).fetchall()))
-        add_vocabulary(cur, [r[4] for r in staged])
+        add_vocabulary(cur, vocabulary)
         return written
 
