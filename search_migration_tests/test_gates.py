@@ -33,7 +33,7 @@ def test_each_threshold_fails_its_own_gate():
     worse = by_name(policy.quality(report(overlap_median=0.69, ndcg_at_10=0.9, error_rate=0.01)))
     assert not worse["overlap_at_10"].passed and worse["ndcg_at_10"].passed  # at least 0.90: 0.90 passes
     assert not worse["error_rate"].passed  # below 1 %: 1 % fails
-    custom = by_name(policy.quality(report(overlap_median=0.69), {"overlap_at_10": 0.5}))
+    custom = by_name(policy.quality(report(overlap_median=0.69), policy.Policy({**policy.DEFAULTS, "overlap_at_10": 0.5})))
     assert custom["overlap_at_10"].passed
 
 

@@ -31,6 +31,7 @@ def statements(role: str) -> list[str]:
     return [
         f"CREATE SCHEMA IF NOT EXISTS cn_search AUTHORIZATION {r};",
         "CREATE EXTENSION IF NOT EXISTS btree_gin WITH SCHEMA cn_search;",
+        "CREATE EXTENSION IF NOT EXISTS fuzzystrmatch WITH SCHEMA cn_search;",
         f"GRANT USAGE ON SCHEMA cn_relay TO {r};",
         f"GRANT SELECT ON {', '.join(f'cn_relay.{t}' for t in SOURCE_TABLES)} TO {r};",
         FUNCTION.format(consumer=consumer),
