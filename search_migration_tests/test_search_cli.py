@@ -44,7 +44,11 @@ def test_search_and_suggest_print_json_from_the_chosen_backend(servers, database
     sug = run_cli("suggest", "--q", "東", "--limit", "3", "--backend", "pg", env=env)
     assert sug.returncode == 0, sug.stderr
     body = json.loads(sug.stdout)
-    assert body["backend"] == "pg" and len(body["items"]) == 3 and all("東" in i["text"] for i in body["items"])
+    assert body["backend"] == "pg" and len(body["items"]) == 3
+    with db.connect(database_url) as conn:  # each suggested post has a word starting with the prefix
+        contents = [conn.execute("SELECT content FROM cn_relay.events WHERE event_id = %s",
+                                 (i["event_id"],)).fetchone()[0] for i in body["items"]]
+    assert all("東" in c for c in contents), contents
 
 
 def test_a_sampled_cli_request_is_logged_before_the_process_exits(servers, database_url, meili, namespace):
