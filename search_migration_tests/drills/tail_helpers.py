@@ -104,3 +104,20 @@ def tail_run(env: dict, config: dict, log: Path, tags: dict | None = None) -> su
         cmd += ["--tags", json.dumps({k: v})]
     return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def dual_corpus(url: str, meili, namespace: str, posts: int = 150, topics: int = 2) -> str:
+    """A small product (the demo corpus, indexed by index-v1), handed over, writing dual, backfilled:
+    what the invariant can be checked on exactly."""
+    from search_migration.local import demo_seed
+    from search_migration.write_path import handover
+
+    from ..support.backfill import backfill_all
+    from ..support.writes import set_mode
+
+    demo_seed.seed(url, meili, posts=posts, topics=topics, seed=3, namespace=namespace)
+    with db.connect(url) as conn:
+        handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="drill", reason="tail drill")
+        set_mode(conn, "dual")
+    backfill_all(url, owner="tail-drill")
+    return url
