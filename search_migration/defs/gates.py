@@ -10,6 +10,7 @@ from search_migration.gates.policy import DRIFT_CHECKS, QUALITY_CHECKS
 from search_migration.gates import shadow_report
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
+from search_migration.write_path import freshness
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, number, runbook, tags
 
@@ -24,6 +25,10 @@ CHECK_DESCRIPTIONS = {
                    "catch-up is behind or stalled.",
     "backfill_complete": "Gate: every manifest row up to the high watermark is copied. Red: backfill partitions "
                          "are missing or failed.",
+    "index_freshness_p95": f"Gate: commit -> applied P95 over the last {freshness.WINDOW_MINUTES} min at most "
+                           f"{D['index_freshness_p95_s']:g} s in every engine written (search_index_freshness_seconds). "
+                           "Red: the tail run is not running or is behind (README: The tail run), or no row was "
+                           "applied in the window.",
     "shadow_sample_size": f"Gate: at least {D['min_sample']} shadow search reads in the window. Red: not enough "
                           "traffic measured yet; every quality gate fails with it.",
     "overlap_at_10": f"Gate: median overlap@10 of PostgreSQL vs Meilisearch results at least {D['overlap_at_10']}.",
@@ -50,6 +55,20 @@ class Measurement(dg.Config):
     drift_sample_per_topic: int = 200
 
 
+def freshness_gate(conn, gate_policy: policy.Policy) -> policy.Gate:
+    """index_freshness_p95: the worst engine's P95 over the window; nothing applied in it is a failure."""
+    threshold = gate_policy["index_freshness_p95_s"]
+    summary = freshness.summary(conn)
+    if not summary:
+        return policy.Gate("index_freshness_p95", False, None, threshold,
+                           f"no outbox row applied in the last {freshness.WINDOW_MINUTES} min: freshness not measured")
+    worst = max(summary.values(), key=lambda s: s.p95)
+    ok = worst.p95 <= threshold
+    per = ", ".join(f"{b} {s.p95:.2f}s ({s.rows} rows)" for b, s in summary.items())
+    return policy.Gate("index_freshness_p95", ok, worst.p95, threshold,
+                       f"commit -> applied P95 {per}; worst {worst.p95:.2f}s {'<=' if ok else '>'} {threshold:g}s")
+
+
 def _check_results(results: list[policy.Gate], policy_id: str) -> list[dg.AssetCheckResult]:
     """The checks, each with the policy it was evaluated under (the cutover refuses any other)."""
     return [dg.AssetCheckResult(check_name=g.name, passed=g.passed, description=g.detail,
@@ -72,8 +91,9 @@ def search_drift_report(config: Measurement, postgres: PostgresResource, meili: 
         report = drift.report(conn, meili.client(), sample_per_topic=config.drift_sample_per_topic)
         backlog = contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)
         progress = backfill.progress(conn)
-    gate_policy = policy.load()
-    results = policy.integrity(report, backlog, progress, gate_policy)
+        gate_policy = policy.load()
+        fresh_gate = freshness_gate(conn, gate_policy)
+    results = policy.integrity(report, backlog, progress, gate_policy) + [fresh_gate]
     drifting = report.drifting_topics[:20]
     return dg.MaterializeResult(
         metadata={

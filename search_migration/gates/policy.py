@@ -23,6 +23,7 @@ DEFAULTS = {
     "suggest_p95_ms": 80.0,  # PostgreSQL suggest P95, at most
     "error_rate": 0.01,  # below
     "outbox_backlog": 1000,  # below
+    "index_freshness_p95_s": 2.0,  # commit -> applied P95 over the last hour, worst engine, at most
     "min_sample": 30,  # shadow-read search samples a quality gate needs
     "soak_hours": 24.0,  # live this long without a rollback before complete
     "max_gate_age_minutes": 60.0,  # a gate older than this is stale for the cutover
@@ -67,7 +68,7 @@ def load(env: Mapping[str, str] = os.environ) -> Policy:
     return Policy({**DEFAULTS, **{k: float(v) for k, v in given.items()}})
 
 
-DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete")  # asset checks of search_drift_report
+DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete", "index_freshness_p95")  # asset checks of search_drift_report
 QUALITY_CHECKS = ("shadow_sample_size", "overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "error_rate")
 CHECK_ASSET = {**{name: "search_drift_report" for name in DRIFT_CHECKS},
                **{name: "shadow_read_report" for name in QUALITY_CHECKS}}  # gate -> the report it checks
