@@ -87,11 +87,15 @@ def tail(context: dg.OpExecutionContext, config: TailConfig, postgres: PostgresR
     worker = tail_consumer.Tail(postgres.database_url, meili.client(), options, stop=stop, run_id=context.run_id)
     failure: list[BaseException] = []
 
+    finished = threading.Event()
+
     def target():
         try:
             worker.run()
         except BaseException as exc:  # noqa: BLE001 - reported by the op below
             failure.append(exc)
+        finally:
+            finished.set()
 
     # the consumer runs in a thread: a termination signal reaches the op's (main) thread as an exception,
     # never in the middle of a batch; the op sets `stop`, and the tail finishes its batch and commits
@@ -100,10 +104,12 @@ def tail(context: dg.OpExecutionContext, config: TailConfig, postgres: PostgresR
     thread.start()
     interrupted: BaseException | None = None
     last_report = 0.0
-    while thread.is_alive():
+    # wait on an Event, not Thread.join: in Python 3.11 an exception raised by a signal handler inside
+    # join() marks the thread stopped while it still runs (the drain would be abandoned at exit)
+    while not finished.is_set():
         try:
-            thread.join(timeout=1.0)
-            if time.monotonic() - last_report >= 60 and thread.is_alive():
+            finished.wait(timeout=1.0)
+            if time.monotonic() - last_report >= 60 and not finished.is_set():
                 last_report = time.monotonic()
                 r = worker.result
                 context.log.info(f"tail {worker.state}: {r.rows_applied} rows applied, {r.notified}/{r.wakes} wakes "
