@@ -38,7 +38,7 @@ from search_migration.source import contract
 from search_migration.write_path import handover, meili_index
 
 SCRATCH = "bench_freshness"
-NS = "bench_fresh"
+NS = "bench-fresh"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -103,7 +103,7 @@ def main() -> None:
     url = scratch_url(base_url)
     meili = meili_index.client(meili_url, key)
     for uid in meili_index.topic_indexes(meili):
-        if uid.startswith(f"topic_kukuri_{NS}"):
+        if uid.startswith(f"topic_kukuri_bench"):
             meili_index.delete_index(meili, uid)
     demo_seed.seed(url, meili, posts=100, topics=2, seed=1, namespace=NS)
     topics = [f"kukuri:{NS}-live-{i}" for i in range(args.topics)]
