@@ -106,18 +106,18 @@ def test_a_failing_primary_postgresql_in_live_turns_error_rate_red(dagster_env, 
                 router.search(where, q, viewer=f"after-{viewer}")
         router.drain()
 
+    print("\nDRILL rule 6 (PostgreSQL primary failing in live):")
+    metadata, checks = _report(dagster_env)
+    assert not checks["error_rate"].passed
+    assert checks["error_rate"].metadata["detail"].value.startswith("PostgreSQL error rate 0.2 >= 0.01")
+    assert metadata["error_rate_engine"] == "pg" and metadata["errors_pg"] == 10, metadata
+    assert metadata["error_rate"] == pytest.approx(10 / 50 if metadata["golden_queries"] == 0 else
+                                                   10 / (50 + metadata["golden_queries"]), abs=1e-3), metadata
     with db.connect(seeded) as conn:
         logged = conn.execute("SELECT count(*), count(primary_error), count(*) FILTER (WHERE primary_backend = 'pg' "
                               "AND primary_ids IS NULL AND primary_error LIKE 'permission denied%%') "
                               "FROM cn_search.shadow_read_logs").fetchone()
     assert logged == (50, 10, 10), logged
-    print("\nDRILL rule 6 (PostgreSQL primary failing in live):")
-    metadata, checks = _report(dagster_env)
-    assert metadata["error_rate_engine"] == "pg" and metadata["errors_pg"] == 10, metadata
-    assert metadata["error_rate"] == pytest.approx(10 / 50 if metadata["golden_queries"] == 0 else
-                                                   10 / (50 + metadata["golden_queries"]), abs=1e-3), metadata
-    assert not checks["error_rate"].passed
-    assert checks["error_rate"].metadata["detail"].value.startswith("PostgreSQL error rate 0.2 >= 0.01")
 
 
 def test_pairs_empty_on_both_sides_never_pass_the_quality_gates(dagster_env, seeded, meili, monkeypatch, tmp_path):
