@@ -13,6 +13,8 @@ from .partitions import topics_partitions
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
 
+from search_migration.errors import first_line
+
 MAX_RANGE = 200_000  # outbox rows per catch-up run: long enough to be efficient, short enough to retry
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -23,24 +25,39 @@ class CatchUpConfig(dg.Config):
     batch_size: int = consumer.DEFAULT_BATCH_SIZE
 
 
+CATCH_UP_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
 @dg.op(
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=CATCH_UP_RETRY,
     description="Apply outbox rows after the consumer offset to the engines the write mode names.",
 )
 def catch_up(context: dg.OpExecutionContext, config: CatchUpConfig, postgres: PostgresResource,
              meili: MeiliResource) -> dg.Output[int]:
-    with postgres.connect() as conn:
-        try:
-            result = consumer.catch_up(conn, meili.client(), to_seq=config.to_seq, batch_size=config.batch_size)
-        except (consumer.ConsumerBusy, handover.HandoverError) as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None
+    # Dagster wraps a failure that asks for a retry, once the retries are spent, as "Exceeded max_retries
+    # of N": the last attempt fails without asking, so the run's failure is this op's own one line.
+    last_attempt = context.retry_number >= CATCH_UP_RETRY.max_retries
+    try:
+        with postgres.connect() as conn:
+            try:
+                result = consumer.catch_up(conn, meili.client(), to_seq=config.to_seq, batch_size=config.batch_size)
+            except (consumer.ConsumerBusy, handover.HandoverError) as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from None
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        if not last_attempt:
+            raise
+        raise dg.Failure(f"catch-up failed after {context.retry_number + 1} attempts: {type(exc).__name__}: "
+                         f"{first_line(exc)}", allow_retries=False) from exc
     metadata = {"start_offset": result.start_offset, "end_offset": result.end_offset, "target": result.target,
                 "rows_applied": result.rows_applied, "dead_lettered": result.dead_lettered, "lag": result.lag}
     context.log.info(f"catch-up {result.start_offset} -> {result.end_offset} of {result.target}: "
                      f"{result.rows_applied} applied, {result.dead_lettered} dead-lettered")
     if result.stalled:
-        sides = ", ".join(f"{side}: {error}" for side, error in result.stalled.items())
-        raise dg.Failure(f"catch-up stalled at seq {result.end_offset + 1} ({sides})", metadata=metadata)
+        line = result.stall_line()
+        context.log.error(line)
+        raise dg.Failure(line, metadata=metadata, allow_retries=not last_attempt)
     if result.waiting_on_gap is not None:
         context.log.warning(f"waiting for outbox seq {result.waiting_on_gap} to commit or time out")
     return dg.Output(result.end_offset, metadata=metadata)

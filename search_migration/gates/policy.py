@@ -101,20 +101,34 @@ def _at_most(name, value, threshold, what, sample_ok=True, n=0, need=0, strict=F
     return Gate(name, ok, value, threshold, f"{what} {value:g} {sign} {threshold}")
 
 
+ENGINE_NAMES = {"pg": "PostgreSQL", "meili": "Meilisearch"}
+
+
 def quality(report, policy: Policy | None = None) -> list[Gate]:
-    """Gates on a shadow_report.ShadowReport."""
+    """Gates on a shadow_report.ShadowReport.
+
+    Overlap and NDCG are measured on real shadow searches both engines answered and that were not empty
+    on both sides: they need `min_sample` of those (an empty pair, a golden query or an error is no
+    evidence of quality). The error rate is that of the engine that answers users in the stages these
+    gates open (PostgreSQL: live, complete), whether it was primary or the shadow when it failed.
+    """
     t = policy or load()
     n, need = report.sample_size, int(t["min_sample"])
     enough = n >= need
+    compared, empty = report.compared_samples, report.empty_pairs.get("shadow", 0)
+    scored_ok = enough and compared >= need
+    why = f"{compared} compared ({empty} empty on both sides excluded)" if enough else str(n)
     suggest_n = report.shadow_samples.get("suggest", 0)
+    engine = ENGINE_NAMES[report.error_rate_engine]
     return [
         Gate("shadow_sample_size", enough, n, need, f"{n} shadow search samples, need {need}"),
-        _at_least("overlap_at_10", report.overlap_median, t["overlap_at_10"], "median overlap@10", enough, n, need),
-        _at_least("ndcg_at_10", report.ndcg_at_10, t["ndcg_at_10"], "mean NDCG@10", enough, n, need),
+        _at_least("overlap_at_10", report.overlap_median, t["overlap_at_10"], "median overlap@10", scored_ok, why, need),
+        _at_least("ndcg_at_10", report.ndcg_at_10, t["ndcg_at_10"], "mean NDCG@10", scored_ok, why, need),
         _at_most("search_p95", report.p95("search"), t["search_p95_ms"], "PostgreSQL search P95 ms", enough, n, need),
         _at_most("suggest_p95", report.p95("suggest"), t["suggest_p95_ms"], "PostgreSQL suggest P95 ms",
                  suggest_n > 0, suggest_n, 1),
-        _at_most("error_rate", report.error_rate, t["error_rate"], "error rate", enough, n, need, strict=True),
+        _at_most("error_rate", report.error_rate, t["error_rate"], f"{engine} error rate", enough, n, need,
+                 strict=True),
     ]
 
 

@@ -297,12 +297,21 @@ class CatchUpResult:
     dead_lettered: int = 0
     batches: int = 0
     stalled: dict[str, str] = field(default_factory=dict)  # side → error
+    stalled_at: dict[str, int] = field(default_factory=dict)  # side → the seq it could not apply
     waiting_on_gap: int | None = None
     expired: dict[str, int] = field(default_factory=dict)  # side → documents the expiry sweep removed
 
     @property
     def lag(self) -> int:
         return self.target - self.end_offset
+
+    def stall_line(self) -> str:
+        """Which engine stalled at which seq and why, in one line (the first line an operator reads)."""
+        names = {"pg": "PostgreSQL", "meili": "Meilisearch"}
+        parts = [f"{names.get(side, side)} stalled at outbox seq {self.stalled_at.get(side, self.end_offset + 1)}: "
+                 f"{' '.join(str(error).split())}" for side, error in sorted(self.stalled.items())]
+        return f"catch-up stalled: {'; '.join(parts)} (consumer {self.consumer} offset {self.end_offset}, " \
+               f"target {self.target})"
 
 
 @contextmanager
@@ -536,9 +545,10 @@ class Consumer:
                     _clear_stall(conn, self.consumer, side, offsets[side])
                 else:
                     offsets[side] = max(batch.start[side], applied)
-                    _record_stall(conn, self.consumer, side,
-                                  next(i for i in batch.good if i.seq > offsets[side]), stall)
+                    stalled_item = next(i for i in batch.good if i.seq > offsets[side])
+                    _record_stall(conn, self.consumer, side, stalled_item, stall)
                     result.stalled[side] = stall
+                    result.stalled_at[side] = stalled_item.seq
             result.end_offset = _set_offsets(conn, self.consumer, offsets)
         result.batches += 1
         result.rows_applied += sum(1 for i in batch.good if i.seq <= result.end_offset)
