@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 from dataclasses import asdict, dataclass
 
 import meilisearch
@@ -107,6 +108,9 @@ def evidence(move: Move, gates: dict[str, GateStatus | None]) -> dict:
 CONTROL_LOCK = int.from_bytes(hashlib.sha256(b"search_migration.cutover.moves").digest()[:8], "big", signed=True)
 
 
+BUSY_WAIT_S = 30.0  # how long a rollback waits for a running catch-up to let go of the consumer
+
+
 class MoveConflict(CutoverRefused):
     """Another control move runs, or won since this one was planned; the message names it."""
 
@@ -131,7 +135,7 @@ def _finish(conn: psycopg.Connection, move_id: int, outcome: str, detail: str = 
 
 
 def bring_meili_current(conn: psycopg.Connection, meili: meilisearch.Client, *, by: str, reason: str,
-                        stage: str) -> int:
+                        stage: str, busy_wait_s: float = BUSY_WAIT_S) -> int:
     """Before reads go back to Meilisearch it must hold every row: decided from its own offset, not from
     the stage the flags spell (an interrupted rollback leaves flags that look like `live`). Writes go
     dual again if they were not, and Meilisearch replays what it missed; returns its offset."""
@@ -142,11 +146,17 @@ def bring_meili_current(conn: psycopg.Connection, meili: meilisearch.Client, *, 
     meili_at = consumer.side_offsets(conn, contract.CONSUMER, ["meili"])["meili"]
     if meili_at >= head:
         return meili_at
-    try:
-        result = consumer.catch_up(conn, meili, to_seq=head)
-    except consumer.ConsumerBusy as exc:
-        raise CutoverRefused(f"{exc}: Meilisearch cannot be brought current now; reads stay on PostgreSQL, "
-                             "nothing flipped: run the rollback again once it finishes") from None
+    deadline = time.monotonic() + busy_wait_s
+    while True:  # the write path's own runs are short: wait for one to let go, within a bound
+        try:
+            result = consumer.catch_up(conn, meili, to_seq=head)
+            break
+        except consumer.ConsumerBusy as exc:
+            if time.monotonic() >= deadline:
+                raise CutoverRefused(f"{exc} (waited {busy_wait_s:g}s): Meilisearch cannot be brought current now; "
+                                     "reads stay on PostgreSQL, nothing flipped: run the rollback again once it "
+                                     "finishes") from None
+            time.sleep(0.5)  # a bounded retry interval, not a synchronisation
     meili_at = consumer.side_offsets(conn, contract.CONSUMER, ["meili"])["meili"]
     if meili_at < head:
         why = "; ".join(result.stalled.values()) or f"waiting on outbox seq {result.waiting_on_gap}"
