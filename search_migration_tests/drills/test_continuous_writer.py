@@ -149,7 +149,11 @@ class Consumer(threading.Thread):
                         self.running.wait(0.1)
                         continue
                     self.idle.clear()
-                    write_consumer.catch_up(conn, self.meili, batch_size=200)
+                    try:
+                        write_consumer.catch_up(conn, self.meili, batch_size=200)
+                    except write_consumer.ConsumerBusy:  # a rollback's own catch-up: the sensor skips too
+                        self.stop.wait(0.1)
+                        continue
                     self.batches += 1
         except BaseException as exc:
             self.error = exc
