@@ -185,9 +185,10 @@ def execute(conn: psycopg.Connection, move: Move, *, by: str, reason: str, gates
             _record(conn, move, by, reason, "refused", f"the stage is {now} since {winner}")
             raise MoveConflict(f"the stage is {now}, not {move.source}, since {winner}; nothing changed")
         move_id = _record(conn, move, by, reason, "running")
-        reads_back = move.rollback and stages.BASE_FLAGS[move.target]["search_read_backend"] == "meili" \
-            and flags.get(conn, "search_read_backend") == "pg"
-        if reads_back:
+        target = stages.BASE_FLAGS[move.target]
+        reads_back = target["search_read_backend"] == "meili" and flags.get(conn, "search_read_backend") == "pg"
+        writes_back = target["search_write_mode"] != "pg_only" and not flags.write_mode(conn).meili
+        if move.rollback and (reads_back or writes_back):  # Meilisearch serves again: current first
             if meili is None:
                 raise ValueError("sending reads back to Meilisearch needs Meilisearch for the reverse catch-up")
             bring_meili_current(conn, meili, by=by, reason=reason, stage=move.source)
