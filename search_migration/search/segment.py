@@ -472,4 +472,4 @@ def field_words(value) -> list[tuple[str, int]]:
 
 def query_words(q: str, limit: int = QUERY_WORDS_LIMIT) -> list[str]:
     """The words Meilisearch searches for `q`: the same tokenizer (and language detection), first 10."""
-    return [lemma for lemma, kind, _, _ in tokens(q) if kind == "word" and lemma][:limit]
+    return [word for word, _ in words(q)][:limit]  # the documents' own path: a query word is a document word

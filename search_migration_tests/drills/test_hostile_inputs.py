@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from search_migration import db
-from search_migration.search import pg_search
 from search_migration.search.read_router import BadRequest, ReadRouter
-from search_migration.search.text import normalize, token_positions, tsvector_literal
+from search_migration.search import milli, segment
+from search_migration.search.text import normalize
+from search_migration.write_path.pg_documents import DocWrite
 
 from ..support.processes import run_cli
 from ..support.writes import seed_indexed, topic
@@ -61,21 +62,16 @@ def test_normalize_never_crashes_is_idempotent_and_deterministic(text):
     assert normalize(once) == once
     assert normalize(text) == once
     assert once == " ".join(once.split()) and "\x00" not in once
-    tsvector_literal(token_positions(once))  # never raises
+    milli.tsvector_literal(milli.document_words([once]))  # never raises
 
 
 def _found_by_own_words(conn, text: str) -> None:
-    normalized = normalize(text)
-    doc = tsvector_literal(token_positions(normalized))
-    for word in normalized.split():  # each of its words alone, then all of them as one query
-        terms = pg_search.parse_query(word)
-        if terms:
-            assert conn.execute("SELECT %s::tsvector @@ %s::tsquery", (doc, pg_search.bucket_tsquery(terms))
-                                ).fetchone()[0], (text, word)
-    terms = pg_search.parse_query(text)
-    if terms:
-        assert conn.execute("SELECT %s::tsvector @@ %s::tsquery", (doc, pg_search.bucket_tsquery(terms))
-                            ).fetchone()[0], text
+    """The post as the write path indexes it (its five attributes, Meilisearch's words) holds every word
+    Meilisearch would search for when the post's own text is the query, and PostgreSQL parses it."""
+    doc = milli.document_words(DocWrite(1, "0" * 64, "kukuri:hostile", False, text, 0).attributes())
+    conn.execute("SELECT %s::tsvector", (milli.tsvector_literal(doc),))  # never raises
+    for word in segment.query_words(text):
+        assert word in doc, (text, word)
 
 
 @PROPERTIES
