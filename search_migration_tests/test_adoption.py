@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import uuid
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -26,7 +24,7 @@ from search_migration.write_path import consumer, handover, meili_index
 from .support import invariants
 from .support.backfill import actual, backfill_all, expected
 from .support.processes import run_cli
-from .support.servers import with_dbname
+from .support.servers import as_role, login_role
 from .support.writes import FAST, set_mode
 
 
@@ -82,20 +80,9 @@ def world(database_url, meili, namespace) -> ProductWorld:
 
 @pytest.fixture
 def role(database_url):
-    """A login role of its own (roles are the server's, not the database's): dropped with what it owns."""
-    name = f"sm_role_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{name}" LOGIN')
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(f'DROP OWNED BY "{name}" CASCADE')
-        conn.execute(f'DROP ROLE "{name}"')
-
-
-def as_role(url: str, role: str) -> str:
-    """The same database as another role (the embedded server trusts local connections)."""
-    parts = urlsplit(url)
-    return parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}").geturl()
+    """A login role of its own, dropped with what it owns."""
+    with login_role(database_url, "sm_role") as name:
+        yield name
 
 
 # --------------------------------------------------------------------------- nothing of the product touched

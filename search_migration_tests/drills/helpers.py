@@ -19,6 +19,7 @@ from search_migration import backfill
 from search_migration import db
 from search_migration.backfill import Window
 from search_migration.backfill.partition_keys import topic_partition_key
+from search_migration.cutover import flags, stages
 from search_migration.defs.backfill import partitioned_span
 from search_migration.local import demo_seed
 from search_migration.source import contract
@@ -26,7 +27,7 @@ from search_migration.write_path import consumer, handover
 
 from ..support import invariants
 from ..support.cutover import TEST_POLICY
-from ..support.backfill import WEEK
+from ..support.backfill import WEEK, backfill_all
 from ..support.processes import DAGSTER
 from ..support.servers import REPO
 from ..support import writes
@@ -216,3 +217,26 @@ def no_advisory_locks(url: str) -> bool:
 # the search's own test and bench, not a fault drill's. A drill applies it as a deployment would: a
 # policy file (support.cutover.use_policy), recorded by every check and read by the cutover alike.
 DRILL_POLICY = {**TEST_POLICY, "ndcg_at_10": 0.0}
+
+
+def dual_and_caught_up(url: str, meili) -> None:
+    """Writes dual, every partition backfilled, catch-up at the head."""
+    with db.connect(url) as conn:
+        set_mode(conn, "dual")
+    backfill_all(url)
+    with db.connect(url) as conn:
+        consumer.catch_up(conn, meili, retry=FAST)
+
+
+def at_complete(url: str, meili) -> None:
+    """`dual_and_caught_up`, then the flags of `complete` (the gated path there is test_cutover's)."""
+    dual_and_caught_up(url, meili)
+    with db.connect(url) as conn:
+        flags.set_flags(conn, stages.BASE_FLAGS["complete"], by="drill", reason="drill: at complete")
+
+
+def seed_handed_over(database_url: str, meili, namespace: str, *, posts: int, topics: int, seed: int) -> None:
+    """The demo's pre-migration world on `meili` (a Meilisearch of the drill's own), handed over."""
+    demo_seed.seed(database_url, meili, posts=posts, topics=topics, seed=seed, namespace=namespace)
+    with db.connect(database_url) as conn:
+        handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="drill", reason="drill")

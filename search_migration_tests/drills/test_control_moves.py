@@ -21,11 +21,12 @@ import pytest
 from search_migration import db
 from search_migration.cutover import flags, stages
 from search_migration.definitions import defs
-from search_migration.local import demo_seed, services
+from search_migration.local import services
 from search_migration.source import contract
-from search_migration.write_path import consumer, handover, meili_index
+from search_migration.write_path import consumer, meili_index
 
 from ..support import invariants
+from .helpers import at_complete, seed_handed_over
 from ..support.backfill import backfill_all
 from ..support.cutover import TEST_POLICY, evaluations, failure_message, run_job, use_policy
 from ..support.processes import DAGSTER, postgres_dagster_home
@@ -34,14 +35,9 @@ from ..support.writes import FAST, new_posts, set_mode, topic
 
 
 def _at_complete_with_pg_only_writes(url: str, meili) -> None:
-    """Dual, backfilled and caught up; then the flags of `complete` (the gated path there is
-    test_cutover's) and posts that only PostgreSQL gets."""
+    """At `complete`, with posts that only PostgreSQL gets."""
+    at_complete(url, meili)
     with db.connect(url) as conn:
-        set_mode(conn, "dual")
-    backfill_all(url)
-    with db.connect(url) as conn:
-        consumer.catch_up(conn, meili, retry=FAST)
-        flags.set_flags(conn, stages.BASE_FLAGS["complete"], by="drill", reason="drill: at complete")
         new_posts(conn, 25, "pg-only", topic(conn))
         consumer.catch_up(conn, meili, retry=FAST)
 
@@ -54,9 +50,7 @@ def _meili_offset(url: str) -> tuple[int, int]:
 def test_an_interrupted_rollback_from_complete_never_flips_reads_to_a_stale_meilisearch(
         servers, database_url, namespace, own_meili, monkeypatch):
     own = meili_index.client(own_meili.meili_url, own_meili.meili_master_key)
-    demo_seed.seed(database_url, own, posts=400, topics=3, seed=11, namespace=namespace)
-    with db.connect(database_url) as conn:
-        handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="drill", reason="drill")
+    seed_handed_over(database_url, own, namespace, posts=400, topics=3, seed=11)
     for name, value in servers.env(DATABASE_URL=database_url, MEILI_URL=own_meili.meili_url,
                                    MEILI_MASTER_KEY=own_meili.meili_master_key).items():
         monkeypatch.setenv(name, value)

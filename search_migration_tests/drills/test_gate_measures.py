@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import json
-import uuid
-from urllib.parse import urlsplit
 
 import dagster as dg
 import psycopg
@@ -29,19 +27,12 @@ from search_migration.gates import shadow_report
 from search_migration.search import meili_search
 from search_migration.search.read_router import ReadRouter, sample_bucket
 from search_migration.source import contract
-from search_migration.write_path import consumer, meili_index
+from search_migration.write_path import meili_index
 
-from ..support.backfill import backfill_all
+from .helpers import dual_and_caught_up
+from ..support.servers import as_role, login_role
 from ..support.cutover import QUERIES, TEST_POLICY, use_policy
-from ..support.writes import FAST, set_mode, topic
-
-
-def _dual_and_caught_up(url: str, meili) -> None:
-    with db.connect(url) as conn:
-        set_mode(conn, "dual")
-    backfill_all(url)
-    with db.connect(url) as conn:
-        consumer.catch_up(conn, meili, retry=FAST)
+from ..support.writes import topic
 
 
 def _stage(url: str, stage: str, rate: int) -> None:
@@ -65,34 +56,23 @@ def _report(instance) -> tuple[dict, dict[str, dg.AssetCheckEvaluation]]:
 
 @pytest.fixture
 def app_role(seeded):
-    """The application's own login role (roles are the server's): what the read path needs, nothing more."""
-    name = f"sm_app_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(seeded, autocommit=True) as conn:
-        conn.execute(f'CREATE ROLE "{name}" LOGIN')
-        conn.execute(f'GRANT USAGE ON SCHEMA cn_search TO "{name}"')
-        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA cn_search TO "{name}"')
-        conn.execute(f'GRANT INSERT, UPDATE ON cn_search.shadow_read_logs, cn_search.read_request_counts TO "{name}"')
-        conn.execute(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA cn_search TO "{name}"')
-    yield name
-    with psycopg.connect(seeded, autocommit=True) as conn:
-        conn.execute(f'DROP OWNED BY "{name}" CASCADE')
-        conn.execute(f'DROP ROLE "{name}"')
-
-
-def _as_role(url: str, role: str) -> str:
-    parts = urlsplit(url)  # the embedded server trusts local connections
-    return parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}").geturl()
+    """The application's own login role: what the read path needs, nothing more."""
+    with login_role(seeded, "sm_app", "GRANT USAGE ON SCHEMA cn_search TO {role}",
+                    "GRANT SELECT ON ALL TABLES IN SCHEMA cn_search TO {role}",
+                    "GRANT INSERT, UPDATE ON cn_search.shadow_read_logs, cn_search.read_request_counts TO {role}",
+                    "GRANT USAGE ON ALL SEQUENCES IN SCHEMA cn_search TO {role}") as name:
+        yield name
 
 
 def test_a_failing_primary_postgresql_in_live_turns_error_rate_red(dagster_env, seeded, meili, app_role,
                                                                   monkeypatch, tmp_path):
     use_policy(monkeypatch, tmp_path, **TEST_POLICY)
-    _dual_and_caught_up(seeded, meili)
+    dual_and_caught_up(seeded, meili)
     _stage(seeded, "live", 100)  # PostgreSQL answers users; every read shadowed on Meilisearch
     with db.connect(seeded) as conn:
         where = topic(conn)
     asked = [(f"viewer-{i}", QUERIES[i % len(QUERIES)]) for i in range(40)]
-    with ReadRouter(_as_role(seeded, app_role), meili) as router:
+    with ReadRouter(as_role(seeded, app_role), meili) as router:
         for viewer, q in asked:
             assert router.search(where, q, viewer=viewer)["backend"] == "pg"
         router.drain()
@@ -122,7 +102,7 @@ def test_a_failing_primary_postgresql_in_live_turns_error_rate_red(dagster_env, 
 
 def test_pairs_empty_on_both_sides_never_pass_the_quality_gates(dagster_env, seeded, meili, monkeypatch, tmp_path):
     use_policy(monkeypatch, tmp_path, **TEST_POLICY)
-    _dual_and_caught_up(seeded, meili)
+    dual_and_caught_up(seeded, meili)
     with db.connect(seeded) as conn:
         topics = contract.topic_ids(conn)
         where = topics[0]

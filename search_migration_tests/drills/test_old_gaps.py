@@ -20,19 +20,15 @@ from search_migration.source import contract
 from search_migration.write_path import consumer
 
 from ..support import invariants
-from ..support.backfill import backfill_all
+from .helpers import at_complete
 from ..support.cutover import failure_message, run_job
-from ..support.writes import FAST, NOW, meili_ids, new_posts, note, set_mode, topic
+from ..support.writes import FAST, NOW, meili_ids, new_posts, note, topic
 
 
 def test_a_rollback_from_complete_passes_an_old_skipped_gap_while_another_transaction_is_open(
         dagster_env, seeded, meili):
+    at_complete(seeded, meili)
     with db.connect(seeded) as conn:
-        set_mode(conn, "dual")
-    backfill_all(seeded)
-    with db.connect(seeded) as conn:
-        consumer.catch_up(conn, meili, retry=FAST)
-        flags.set_flags(conn, stages.BASE_FLAGS["complete"], by="drill", reason="drill: at complete")
         where = topic(conn)
         before = new_posts(conn, 10, "before-gap", where)
 

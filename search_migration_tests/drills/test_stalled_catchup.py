@@ -14,19 +14,19 @@ import dagster as dg
 
 from search_migration import db
 from search_migration.definitions import defs
-from search_migration.local import demo_seed, services
+from search_migration.local import services
 from search_migration.source import contract
-from search_migration.write_path import consumer, handover, meili_index
+from search_migration.write_path import consumer, meili_index
 
+from .helpers import seed_handed_over
 from ..support.writes import FAST, meili_ids, new_posts, topic
 
 
 def test_a_stalled_catch_up_names_the_engine_the_seq_and_the_cause_in_one_line(
         servers, database_url, namespace, own_meili, monkeypatch):
     own = meili_index.client(own_meili.meili_url, own_meili.meili_master_key)
-    demo_seed.seed(database_url, own, posts=300, topics=2, seed=12, namespace=namespace)
+    seed_handed_over(database_url, own, namespace, posts=300, topics=2, seed=12)
     with db.connect(database_url) as conn:
-        handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="drill", reason="drill")
         consumer.catch_up(conn, own, retry=FAST)
         offset = contract.consumer_offset(conn, contract.CONSUMER)
         posts = new_posts(conn, 5, "stall", topic(conn))  # legacy: Meilisearch is the engine written

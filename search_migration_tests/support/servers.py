@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -69,3 +70,26 @@ def delete_topic_indexes(client, namespace: str, database_url: str | None = None
             pass  # no source tables: nothing of it was indexed
     for uid in sorted(uids):
         meili_index.delete_index(client, uid)
+
+
+@contextmanager
+def login_role(url: str, prefix: str, *grants: str):
+    """A login role of its own (roles are the server's, not a database's), given `grants` ("{role}" in
+    each is its quoted name), then dropped with whatever it owns."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{name}" LOGIN')
+        for grant in grants:
+            conn.execute(grant.format(role=f'"{name}"'))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{name}" CASCADE')
+            conn.execute(f'DROP ROLE "{name}"')
+
+
+def as_role(url: str, role: str) -> str:
+    """The same database as another role (the embedded server trusts local connections)."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}").geturl()
