@@ -147,21 +147,22 @@ def bring_meili_current(conn: psycopg.Connection, meili: meilisearch.Client, *, 
     if meili_at >= head:
         return meili_at
     deadline = time.monotonic() + busy_wait_s
-    while True:  # the write path's own runs are short: wait for one to let go, within a bound
+    while True:  # the write path's own runs and a product transaction still committing are short: wait, bounded
+        left = max(0.1, deadline - time.monotonic())
         try:
-            result = consumer.catch_up(conn, meili, to_seq=head)
-            break
+            result = consumer.catch_up(conn, meili, to_seq=head, lock_wait_s=left)
         except consumer.ConsumerBusy as exc:
-            if time.monotonic() >= deadline:
-                raise CutoverRefused(f"{exc} (waited {busy_wait_s:g}s): Meilisearch cannot be brought current now; "
-                                     "reads stay on PostgreSQL, nothing flipped: run the rollback again once it "
-                                     "finishes") from None
-            time.sleep(0.5)  # a bounded retry interval, not a synchronisation
-    meili_at = consumer.side_offsets(conn, contract.CONSUMER, ["meili"])["meili"]
-    if meili_at < head:
-        why = "; ".join(result.stalled.values()) or f"waiting on outbox seq {result.waiting_on_gap}"
-        raise CutoverRefused(f"Meilisearch reached seq {meili_at} of {head} ({why}); reads stay on PostgreSQL, "
-                             "writes are dual: run the rollback again")
+            raise CutoverRefused(f"{exc} (waited {busy_wait_s:g}s): Meilisearch cannot be brought current now; "
+                                 "reads stay on PostgreSQL, nothing flipped: run the rollback again once it "
+                                 "finishes") from None
+        meili_at = consumer.side_offsets(conn, contract.CONSUMER, ["meili"])["meili"]
+        if meili_at >= head:
+            break
+        if result.stalled or time.monotonic() >= deadline:
+            why = "; ".join(result.stalled.values()) or f"waiting on outbox seq {result.waiting_on_gap}"
+            raise CutoverRefused(f"Meilisearch reached seq {meili_at} of {head} ({why}); reads stay on PostgreSQL, "
+                                 "writes are dual: run the rollback again")
+        time.sleep(0.2)  # a lower seq still committing: a bounded retry interval, not a synchronisation
     return meili_at
 
 

@@ -315,10 +315,22 @@ class CatchUpResult:
 
 
 @contextmanager
-def consumer_lock(conn: psycopg.Connection, consumer: str):
+def consumer_lock(conn: psycopg.Connection, consumer: str, wait_s: float = 0):
+    """The consumer's lock: at once, or queued for up to `wait_s` (PostgreSQL grants a queued waiter the
+    lock when it is released, so a writer that loops cannot starve it)."""
     key = int.from_bytes(hashlib.sha256(f"outbox_consumer:{consumer}".encode()).digest()[:8], "big", signed=True)
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-        raise ConsumerBusy(f"another catch-up is running for consumer {consumer!r}")
+    busy = ConsumerBusy(f"another catch-up is running for consumer {consumer!r}")
+    if wait_s <= 0:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+            raise busy
+    else:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_s * 1000)}ms",))
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except psycopg.errors.LockNotAvailable:
+            raise busy from None
+        finally:
+            conn.execute("RESET lock_timeout")
     try:
         yield
     finally:
@@ -558,10 +570,11 @@ class Consumer:
             return "stop"
         return "next" if clean else "restart"
 
-    def run(self, to_seq: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> CatchUpResult:
+    def run(self, to_seq: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+            lock_wait_s: float = 0) -> CatchUpResult:
         conn = self.conn
         handover.require(conn, self.consumer)  # two writers of the product's indexes would race
-        with consumer_lock(conn, self.consumer):
+        with consumer_lock(conn, self.consumer, lock_wait_s):
             head = contract.outbox_head(conn)  # never past the head: a higher seq may not be visible yet
             target = head if to_seq is None else min(to_seq, head)
             offset = contract.consumer_offset(conn, self.consumer)
@@ -609,6 +622,6 @@ class Consumer:
 
 
 def catch_up(conn: psycopg.Connection, meili: meilisearch.Client, *, to_seq: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE, retry: Retry = Retry()) -> CatchUpResult:
+             batch_size: int = DEFAULT_BATCH_SIZE, retry: Retry = Retry(), lock_wait_s: float = 0) -> CatchUpResult:
     """Apply the outbox after the offset up to `to_seq` (default: the head now) to the mode's engines."""
-    return Consumer(conn, meili, retry=retry).run(to_seq, batch_size)
+    return Consumer(conn, meili, retry=retry).run(to_seq, batch_size, lock_wait_s)
