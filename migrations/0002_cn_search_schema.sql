@@ -1,5 +1,5 @@
 -- The search migration's own schema (cn_search).
-CREATE SCHEMA IF NOT EXISTS cn_search;
+-- cn_search itself is created by the migration runner (or by a DBA, see `db grants`).
 
 -- Runtime flags, read by the write path and the read router on every batch/request.
 CREATE TABLE cn_search.runtime_flags (

@@ -3,7 +3,7 @@
 
 -- btree_gin lets one GIN index carry the topic next to the tokens: a topic's matches are intersected
 -- inside the index instead of fetching every match of a frequent token from the heap.
-CREATE EXTENSION IF NOT EXISTS btree_gin;
+CREATE EXTENSION IF NOT EXISTS btree_gin WITH SCHEMA cn_search;
 
 CREATE INDEX IF NOT EXISTS post_search_documents_search_idx
     ON cn_search.post_search_documents USING gin (topic_id, search_tokens)

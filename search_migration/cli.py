@@ -29,6 +29,10 @@ from search_migration.local.demo_seed import SeedError
 from search_migration.local import services
 from search_migration.settings import ConfigError, Settings, redact_dsn
 from search_migration.errors import first_line
+from search_migration.schema import grants, ownership
+from search_migration.source import indexes as source_indexes
+from search_migration.source import shape
+from search_migration.write_path import handover
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
 # What the `local` extra brings (pyproject.toml); a deployment installs the package without it.
@@ -52,15 +56,22 @@ def _settings() -> Settings:
 
 
 def _connect(s: Settings) -> psycopg.Connection:
+    """A connection to the product's database, refused when cn_search there is not ours."""
     try:
-        return db.connect(s.database_url, connect_timeout=5)
+        conn = db.connect(s.database_url, connect_timeout=5)
     except psycopg.OperationalError:
         hint = " (run `search-migration services up`)" if s.embedded_pg else ""
         raise CliError(f"cannot connect to PostgreSQL at {redact_dsn(s.database_url)}{hint}") from None
+    try:
+        ownership.check(conn)
+    except ownership.ForeignSchema as exc:
+        conn.close()
+        raise CliError(str(exc)) from None
+    return conn
 
 
 def _meili(s: Settings):
-    return meili_index.client(s.meili_url, s.meili_master_key)
+    return meili_index.client(s.meili_url, s.meili_write_key)
 
 
 # --------------------------------------------------------------------------- commands
@@ -95,6 +106,7 @@ def cmd_db_migrate(args) -> None:
 
 
 def cmd_demo_seed(args) -> None:
+    """The product's pre-migration world on a database the demo created (or a blank one), never elsewhere."""
     _require_local_extra("demo seed")
     from tqdm import tqdm
 
@@ -104,27 +116,33 @@ def cmd_demo_seed(args) -> None:
     def progress(phase: str, done: int, total: int) -> None:
         if args.quiet:
             return
-        label = {"source": "source posts", "meili-send": "legacy docs sent", "meili-index": "legacy docs indexed"}
+        label = {"source": "events published", "legacy": "legacy reindex"}
         if phase not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[phase] = tqdm(total=total, desc=label[phase], unit="row", file=sys.stderr,
-                               dynamic_ncols=True, mininterval=0.5)
+            bars[phase] = tqdm(total=total, desc=label[phase], unit="event" if phase == "source" else "job",
+                               file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         bars[phase].update(done - bars[phase].n)
 
     started = time.monotonic()
-    with _connect(s) as conn:
-        if migrations.pending(s.database_url):
-            raise CliError("the schema is not migrated; run `search-migration db migrate` first")
-        try:
-            result = demo_seed.seed(conn, _meili(s), s.meili_index, posts=args.posts, topics=args.topics,
-                                    seed=args.seed, reset_first=args.reset, progress=progress)
-        finally:
-            for bar in bars.values():
-                bar.close()
-    print(f"seeded {args.posts} posts in {args.topics} topics (seed {args.seed}): "
-          f"{result.posts_written} written, {result.batches_skipped} batch(es) already present, "
-          f"{result.documents_indexed} legacy documents indexed, outbox head {result.outbox_head}, "
+    _connect(s).close()
+    try:
+        result = demo_seed.seed(s.database_url, _meili(s), posts=args.posts, topics=args.topics, seed=args.seed,
+                                namespace=getattr(args, "namespace", "") or "", reset_first=args.reset,
+                                progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    corpus = demo_seed.Corpus(args.posts, args.topics, args.seed, getattr(args, "namespace", "") or "")
+    head = f"index-v1 at seq {result.index_v1_offset}, outbox head {result.outbox_head}"
+    if result.complete_before:
+        print(f"demo corpus already seeded: {corpus.describe()}; {result.legacy_documents} legacy documents, "
+              f"{head}; nothing changed (fingerprint {result.fingerprint})")
+        return
+    print(f"seeded {corpus.describe()}" + (" after --reset" if result.reset else "") + ": "
+          f"{result.events_published} events published through the product's writer"
+          + (f" ({result.events_present} already stored)" if result.events_present else "") + ", "
+          f"{result.legacy_documents} legacy documents in per-topic indexes, {head}; stage legacy; "
           f"fingerprint {result.fingerprint}, {time.monotonic() - started:.1f}s")
 
 
@@ -146,7 +164,7 @@ def cmd_flags(args) -> None:
 def cmd_replay_failed(args) -> None:
     s = _settings()
     with _connect(s) as conn:
-        outcomes = dead_letters.replay(conn, _meili(s), s.meili_index, by=args.by, reason=args.reason,
+        outcomes = dead_letters.replay(conn, _meili(s), by=args.by, reason=args.reason,
                                        limit=args.limit, dry_run=args.dry_run)
     for outcome in outcomes:
         print(outcome.line(dry_run=args.dry_run))
@@ -172,21 +190,64 @@ def cmd_status(args) -> None:
     else:
         for line in status.render(report):
             print(line)
+    failed = status.failed_sections(report)
+    if failed:
+        print(f"error: status sections failed: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def cmd_db_source_indexes(args) -> None:
+    """Print the optional source indexes for a DBA; nothing is executed."""
+    print("-- Optional indexes on the product's tables (search_migration never creates them).")
+    print("-- Run each statement on its own (CONCURRENTLY cannot run inside a transaction).")
+    for statement in source_indexes.statements():
+        print(statement)
+
+
+def cmd_db_grants(args) -> None:
+    """Print the least-privilege grants for a DBA; nothing is executed."""
+    print(f"-- Least privilege for role {args.role!r}: run as the database owner. search_migration never runs this.")
+    for statement in grants.statements(args.role):
+        print(statement)
+
+
+def cmd_adopt(args) -> None:
+    """Take the write path over from the product's indexer at its offset (audited)."""
+    s = _settings()
+    with _connect(s) as conn:
+        if migrations.pending(s.database_url):
+            raise CliError("the schema is not migrated; run `search-migration db migrate` first")
+        done = handover.adopt(conn, from_consumer=args.from_consumer, by=args.by, reason=args.reason,
+                              dry_run=args.dry_run)
+    if done.already:
+        print(f"already adopted: {done.consumer} took over from {done.from_consumer} at seq {done.offset} "
+              f"(by {done.handed_by}); nothing changed")
+    elif args.dry_run:
+        print(f"would adopt: {done.consumer} starts at {done.from_consumer}'s offset {done.offset}; nothing changed")
+    else:
+        print(f"adopted: {done.consumer} starts at {done.from_consumer}'s offset {done.offset} (by {done.handed_by}); "
+              f"keep {done.from_consumer} stopped: `status` reports it if its offset moves")
 
 
 def _prepare_demo(s: Settings, posts: int, topics: int, seed: int) -> None:
-    """Services up, schema migrated, demo corpus seeded (kept when one is already settled)."""
+    """Services up, then the demo's pre-migration world: created and seeded, finished when a seed was
+    interrupted, or kept when one is complete (whatever its size). Refused on any database the demo
+    did not create."""
     for line in services.up(s):
         print(line)
-    applied = migrations.migrate(s.database_url)
-    print(f"migrations: {len(applied)} applied")
     with _connect(s) as conn:
-        events = conn.execute("SELECT count(*) FROM cn_relay.events").fetchone()[0]
-        settled = events and contract.consumer_offset(conn, contract.CONSUMER) == contract.outbox_head(conn)
-    if settled:
-        print(f"demo corpus: keeping the existing {events} posts (`demo seed --reset ...` replaces them)")
-    else:
-        cmd_demo_seed(argparse.Namespace(posts=posts, topics=topics, seed=seed, reset=False, quiet=False))
+        marker = demo_seed.read_marker(conn) if demo_seed.inspect(conn) == "demo" else None
+    recorded = demo_seed.Corpus(**marker["corpus"]) if marker and marker.get("corpus") else None
+    if recorded and marker.get("complete"):
+        applied = migrations.migrate(s.database_url)
+        print(f"demo corpus: keeping {recorded.describe()}" + (f"; {len(applied)} migration(s) applied" if applied
+              else "") + " (`search-migration demo seed --reset --posts N --topics T` replaces it)")
+        return
+    corpus = recorded or demo_seed.Corpus(posts, topics, seed)
+    if recorded:
+        print(f"demo corpus: finishing {recorded.describe()}, which an earlier seed left part way")
+    cmd_demo_seed(argparse.Namespace(posts=corpus.posts, topics=corpus.topics, seed=corpus.seed,
+                                     namespace=corpus.namespace, reset=False, quiet=False))
 
 
 def _dagster_env(s: Settings) -> dict[str, str]:
@@ -220,11 +281,14 @@ def _latest_gates(s: Settings) -> dict:
 
     try:
         env = s.environment()
-    except ConfigError as exc:  # Dagster's storage is not named: the other sections still report
-        return {"error": str(exc)}
+    except ConfigError:  # DAGSTER_PG_URL unset: the instance's dagster.yaml may not need it (it says so if it does)
+        env = {"DATABASE_URL": s.database_url, "MEILI_URL": s.meili_url}
     os.environ.update({**env, "DAGSTER_HOME": str(home)})
-    with dg.DagsterInstance.get() as instance:
-        found = latest_gates(instance, tuple(CHECK_ASSET))
+    try:
+        with dg.DagsterInstance.get() as instance:
+            found = latest_gates(instance, tuple(CHECK_ASSET))
+    except Exception as exc:  # noqa: BLE001 - a section that fails reports its error, the others still print
+        return {"error": f"cannot read the Dagster instance at {home}: {type(exc).__name__}: {first_line(exc, 200)}"}
     return {name: "never evaluated" if g is None else
             f"{'pass' if g.passed else 'FAIL'} at {g.evaluated_at.isoformat(timespec='seconds')}: {g.detail}"
             for name, g in found.items()}
@@ -270,6 +334,9 @@ def cmd_demo_run(args) -> None:
     with dg.DagsterInstance.get() as instance:
         try:
             demo_run.run(s, instance, lambda line: print(line, flush=True))
+        except demo_run.AlreadyDone as exc:
+            print(exc)
+            return
         except demo_run.DemoError as exc:
             raise CliError(str(exc)) from None
     with _connect(s) as conn:
@@ -291,8 +358,7 @@ def cmd_search(args) -> None:
     from search_migration.search.read_router import BadRequest, ReadRouter, SearchUnavailable
 
     s = _settings()
-    router = ReadRouter(s.database_url, meili_index.client(s.meili_url, s.meili_master_key, timeout=5),
-                        s.meili_index)
+    router = ReadRouter(s.database_url, meili_index.client(s.meili_url, s.meili_search_key, timeout=5))
     try:
         if args.command == "search":
             out = router.search(args.topic, args.q, limit=args.limit, cursor=args.cursor, backend=args.backend,
@@ -338,13 +404,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     db_cmds = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db_cmds.add_parser("migrate", help="apply pending migrations").set_defaults(func=cmd_db_migrate)
+    db_cmds.add_parser("source-indexes", help="print the optional source indexes as CREATE INDEX CONCURRENTLY "
+                       "statements for a DBA").set_defaults(func=cmd_db_source_indexes)
+
+    gr = db_cmds.add_parser("grants", help="print the least-privilege grants for our role, for a DBA")
+    gr.add_argument("--role", required=True, help="the PostgreSQL role search_migration connects as")
+    gr.set_defaults(func=cmd_db_grants)
+
+    ad = sub.add_parser("adopt", help="take the write path over from the product's indexer at its offset")
+    ad.add_argument("--from-consumer", required=True, help="the product's indexer consumer (index-v1)")
+    ad.add_argument("--by", required=True, help="who hands over")
+    ad.add_argument("--reason", required=True, help="why")
+    ad.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    ad.set_defaults(func=cmd_adopt)
 
     demo = sub.add_parser("demo", help="demo corpus").add_subparsers(dest="demo_command", required=True)
-    seed = demo.add_parser("seed", help="write the demo corpus and build the legacy index")
+    seed = demo.add_parser("seed", help="the product's pre-migration world (cn_relay written as the relay writes, "
+                           "per-topic legacy indexes by the emulated indexer) on a database the demo creates")
     seed.add_argument("--posts", type=int, required=True)
     seed.add_argument("--topics", type=int, required=True)
     seed.add_argument("--seed", type=int, default=42)
-    seed.add_argument("--reset", action="store_true", help="replace an existing corpus")
+    seed.add_argument("--reset", action="store_true",
+                      help="start the demo over: its topic indexes, cn_relay rows and cn_search state cleared, "
+                           "flags back to legacy (audited); only on a database the demo created")
+    seed.add_argument("--namespace", default="",
+                      help="prefix for the demo's topic ids, so that several demo databases can share a Meilisearch")
     seed.add_argument("--quiet", action="store_true", help="no progress bars")
     seed.set_defaults(func=cmd_demo_seed)
 
@@ -400,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except (CliError, ConfigError, services.ServiceError, migrations.MigrationError, SeedError,
-            flags.FlagError, dead_letters.ReplayError) as exc:
+            flags.FlagError, dead_letters.ReplayError, handover.HandoverError, shape.ShapeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except MeilisearchError as exc:

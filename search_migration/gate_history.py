@@ -26,7 +26,8 @@ def latest_gates(instance: dg.DagsterInstance, names: tuple[str, ...]) -> dict[s
         if evaluation is None:
             found[name] = None
             continue
+        recorded = (evaluation.metadata or {}).get("policy")
         found[name] = GateStatus(
             name, bool(evaluation.passed), dt.datetime.fromtimestamp(record.event.timestamp, dt.timezone.utc),
-            evaluation.description or "")
+            evaluation.description or "", getattr(recorded, "value", None))
     return found

@@ -46,8 +46,9 @@ class Settings:
     external_database_url: str | None = field(repr=False)
     external_meili_url: str | None
     external_meili_key: str | None = field(repr=False)
+    meili_write_key_env: str | None = field(repr=False)  # MEILI_WRITE_KEY: documents on topic_*, for the write path
+    meili_search_key_env: str | None = field(repr=False)  # MEILI_SEARCH_KEY: search only, for the read path
     external_dagster_pg_url: str | None = field(repr=False)
-    meili_index: str
     cache_dir: Path  # downloaded binaries; shareable between homes
 
     @classmethod
@@ -60,8 +61,9 @@ class Settings:
             external_database_url=env.get("DATABASE_URL") or None,
             external_meili_url=env.get("MEILI_URL") or None,
             external_meili_key=env.get("MEILI_MASTER_KEY") or None,
+            meili_write_key_env=env.get("MEILI_WRITE_KEY") or None,
+            meili_search_key_env=env.get("MEILI_SEARCH_KEY") or None,
             external_dagster_pg_url=env.get("DAGSTER_PG_URL") or None,
-            meili_index=env.get("MEILI_INDEX") or "posts",
             cache_dir=Path(env.get("SEARCH_MIGRATION_CACHE") or home / "bin"),
         )
 
@@ -116,6 +118,16 @@ class Settings:
                 f.write(secrets.token_urlsafe(32))
         return path.read_text().strip()
 
+    @property
+    def meili_write_key(self) -> str:
+        """The write path's key (least privilege: a documents key on topic_*), else the master key."""
+        return self.meili_write_key_env or self.meili_master_key
+
+    @property
+    def meili_search_key(self) -> str:
+        """The read path's key (least privilege: search only), else the master key."""
+        return self.meili_search_key_env or self.meili_master_key
+
     def environment(self) -> dict[str, str]:
         """Variables that point a child process (dagster dev, a run) at the same services."""
         return {
@@ -124,7 +136,6 @@ class Settings:
             "DAGSTER_PG_URL": self.dagster_pg_url,
             "MEILI_URL": self.meili_url,
             "MEILI_MASTER_KEY": self.meili_master_key,
-            "MEILI_INDEX": self.meili_index,
         }
 
 

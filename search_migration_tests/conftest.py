@@ -1,7 +1,7 @@
 """Real PostgreSQL and Meilisearch for every test: the embedded services, or DATABASE_URL/MEILI_URL.
 
-One pair of servers serves the session; each test gets its own database and its own index, so tests
-never see each other's rows. Servers this session started are stopped at the end. The UI tests share
+One pair of servers serves the session; each test gets its own database and its own topic namespace
+(the product keeps one Meilisearch index per topic), so tests never see each other's rows. Servers this session started are stopped at the end. The UI tests share
 one `search-migration dev` for the session, put back to the state it booted in before each of them.
 Fixtures only: what tests share besides fixtures is in `support/`.
 """
@@ -17,11 +17,13 @@ import pytest
 
 from search_migration import db
 from search_migration.local import demo_seed, services
+from search_migration.local.product_fixture import apply_product_schema
 from search_migration.schema.migrate import migrate
 from search_migration.settings import Settings
-from search_migration.write_path import meili_index
+from search_migration.source import contract
+from search_migration.write_path import handover, meili_index
 
-from .support.servers import CACHE, REPO, Servers, free_port
+from .support.servers import CACHE, REPO, Servers, delete_topic_indexes, free_port
 from .support.ui import DEV_POSTS, DEV_TOPICS, DevServer, MigrationState, asset_nodes, dagster_dev
 
 
@@ -56,27 +58,35 @@ def database_url(servers: Servers) -> str:
 
 @pytest.fixture
 def migrated_url(database_url: str) -> str:
+    """The product's (empty) pre-migration schema, then our migrations: what `db migrate` finds on a product."""
+    with db.connect(database_url) as conn:
+        apply_product_schema(conn)
     migrate(database_url)
     return database_url
 
 
 @pytest.fixture
-def seeded(migrated_url: str, meili, index_uid: str) -> str:
-    """A small legacy-stage corpus: Meilisearch current, consumer at the outbox head."""
-    with db.connect(migrated_url) as conn:
-        demo_seed.seed(conn, meili, index_uid, posts=600, topics=4, seed=5)
-    return migrated_url
-
-
-def _index_uid() -> str:
-    return f"test_{uuid.uuid4().hex[:12]}"
+def namespace(servers: Servers) -> str:
+    """This test's topics are `kukuri:<namespace>-...`, so their per-topic indexes are the test's own."""
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    yield ns
+    delete_topic_indexes(meili_index.client(servers.meili_url, servers.meili_key), ns)
 
 
 @pytest.fixture
-def index_uid(servers: Servers) -> str:
-    uid = _index_uid()
-    yield uid
-    meili_index.delete_index(meili_index.client(servers.meili_url, servers.meili_key), uid)
+def legacy(database_url: str, meili, namespace: str) -> str:
+    """A small pre-migration product: the demo corpus written as the product writes it and indexed by the
+    product's indexer (index-v1 at the outbox head), stage legacy, no handover yet."""
+    demo_seed.seed(database_url, meili, posts=600, topics=4, seed=5, namespace=namespace)
+    return database_url
+
+
+@pytest.fixture
+def seeded(legacy: str) -> str:
+    """`legacy`, with the write path taken over from index-v1 at its offset (what most tests exercise)."""
+    with db.connect(legacy) as conn:
+        handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="test", reason="tests take over the write path")
+    return legacy
 
 
 @pytest.fixture
@@ -112,11 +122,11 @@ def meili(servers: Servers):
 
 
 @pytest.fixture
-def dagster_env(request, monkeypatch, servers: Servers, index_uid: str):
+def dagster_env(request, monkeypatch, servers: Servers):
     """A test Dagster instance whose resources read the test's database (`seeded` when the test asks
     for it, else `migrated_url`) and index from the environment, as a deployment's EnvVars do."""
     url = request.getfixturevalue("seeded" if "seeded" in request.fixturenames else "migrated_url")
-    for name, value in servers.env(DATABASE_URL=url, MEILI_INDEX=index_uid).items():
+    for name, value in servers.env(DATABASE_URL=url).items():
         monkeypatch.setenv(name, value)
     with dg.instance_for_test() as instance:
         yield instance
@@ -126,16 +136,16 @@ def dagster_env(request, monkeypatch, servers: Servers, index_uid: str):
 def dagster_dev_session(servers: Servers, tmp_path_factory) -> DevServer:
     """One `search-migration dev` (seed, then `dagster dev` with its daemon) on a database and index of
     its own, booted once for every UI test; `dev` hands it to a test."""
-    url, uid = servers.create_database(), _index_uid()
+    url = servers.create_database()
     tmp = tmp_path_factory.mktemp("dagster_dev")
     try:
-        with dagster_dev(servers.env(DATABASE_URL=url, MEILI_INDEX=uid), tmp, DEV_POSTS, DEV_TOPICS) as (port, proc):
-            server = DevServer(port, proc, url, uid, tmp / "dev.log")
+        with dagster_dev(servers.env(DATABASE_URL=url), tmp, DEV_POSTS, DEV_TOPICS) as (port, proc):
+            server = DevServer(port, proc, url, tmp / "dev.log")
             server.wait_for(lambda: asset_nodes(port), 400, "the Dagster UI to list assets")
             server.booted = MigrationState.of(url)
             yield server
     finally:
-        meili_index.delete_index(meili_index.client(servers.meili_url, servers.meili_key), uid)
+        delete_topic_indexes(meili_index.client(servers.meili_url, servers.meili_key), "", database_url=url)
         servers.drop_database(url)
 
 

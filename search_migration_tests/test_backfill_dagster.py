@@ -8,7 +8,7 @@ import pytest
 from search_migration import backfill
 from search_migration import db
 from search_migration.backfill.partition_keys import topic_partition_key
-from search_migration.local.demo_corpus import topic_ids
+from search_migration.source import contract
 
 from .support.backfill import actual, expected
 from .support.ui import DEV_POSTS as POSTS, DEV_TOPICS as TOPICS
@@ -31,7 +31,10 @@ def test_a_ui_backfill_copies_the_demo_corpus_at_the_watermark(dev: DevServer):
     captured = launch_asset_run(port, "backfill_high_watermark")
     assert dev.wait_for(lambda: run_status(port, captured), 240, "the watermark run") == "SUCCESS"
 
-    for t in topic_ids(TOPICS):
+    with db.connect(database_url) as conn:
+        topics = contract.topic_ids(conn)  # the product's topics, as the demo wrote them
+    assert len(topics) == TOPICS and all(t.startswith("kukuri:") for t in topics)
+    for t in topics:
         added = dev.graphql("""mutation($r: RepositorySelector!, $key: String!) {
             addDynamicPartition(repositorySelector: $r, partitionsDefName: "topics", partitionKey: $key) {
               __typename } }""", {"r": REPO_SELECTOR, "key": topic_partition_key(t)})["addDynamicPartition"]
@@ -54,7 +57,7 @@ def test_a_ui_backfill_copies_the_demo_corpus_at_the_watermark(dev: DevServer):
     with db.connect(database_url) as conn:
         wm = backfill.latest_watermark(conn)
         want, got = expected(conn, wm.seq), actual(conn)
-        for t in topic_ids(TOPICS):  # per topic, by id and content hash
+        for t in topics:  # per topic, by id and content hash
             assert {r for r in got if r[0] == t} == {r for r in want if r[0] == t}, t
         assert got == want and len(want) > POSTS
         assert conn.execute("SELECT count(*) FROM cn_search.post_search_documents WHERE is_deleted").fetchone()[0] == 0

@@ -11,6 +11,8 @@ import psycopg
 from search_migration import db
 from search_migration.local import demo_seed
 from search_migration.definitions import defs
+from search_migration.source import contract
+from search_migration.write_path import handover, meili_index
 from search_migration.defs.ui import RUNBOOK_URL
 
 from .support.processes import DAGSTER, postgres_dagster_home
@@ -73,18 +75,21 @@ def test_every_job_sensor_and_schedule_has_a_description_tags_and_runbook():
 
 
 def test_dagster_definitions_validate(servers, database_url):
-    env = servers.env(DATABASE_URL=database_url, DAGSTER_PG_URL=database_url, MEILI_INDEX="posts")
+    env = servers.env(DATABASE_URL=database_url, DAGSTER_PG_URL=database_url)
     result = subprocess.run([*DAGSTER, "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "All code locations passed validation" in result.stderr + result.stdout
 
 
-def test_observation_run_on_postgres_instance(servers, migrated_url, meili, index_uid, tmp_path, monkeypatch):
-    with db.connect(migrated_url) as conn:
-        seeded = demo_seed.seed(conn, meili, index_uid, posts=2_000, topics=5, seed=3)
+def test_observation_run_on_postgres_instance(servers, database_url, own_meili, namespace, tmp_path, monkeypatch):
+    # A Meilisearch of the test's own: the legacy observation counts every `topic_*` index it holds
+    meili = meili_index.client(own_meili.meili_url, own_meili.meili_master_key)
+    seeded = demo_seed.seed(database_url, meili, posts=2_000, topics=5, seed=3, namespace=namespace)
+    with db.connect(database_url) as conn:  # our consumer starts where the product's indexer stands
+        handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="test", reason="observe after handover")
     home = postgres_dagster_home(tmp_path)
-    for name, value in servers.env(DATABASE_URL=migrated_url, DAGSTER_PG_URL=migrated_url,
-                                   MEILI_INDEX=index_uid).items():
+    for name, value in servers.env(DATABASE_URL=database_url, DAGSTER_PG_URL=database_url,
+                                   MEILI_URL=own_meili.meili_url, MEILI_MASTER_KEY=own_meili.meili_master_key).items():
         monkeypatch.setenv(name, value)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         result = defs.resolve_job_def("observe_sources_job").execute_in_process(instance=instance)
@@ -96,12 +101,11 @@ def test_observation_run_on_postgres_instance(servers, migrated_url, meili, inde
         }
         assert observations["cn_relay/events_outbox"]["outbox_head_seq"].value == seeded.outbox_head
         assert observations["cn_relay/events_outbox"]["consumer_lag"].value == 0
-        with db.connect(migrated_url) as conn:
-            live_rows = sum(n for _, n in conn.execute(
-                "SELECT et.topic_id, count(*) FROM cn_relay.event_topics et JOIN cn_relay.events e "
-                "USING (event_id) WHERE NOT e.is_deleted GROUP BY 1"))
+        with db.connect(database_url) as conn:  # the product's definition of searchable, per topic
+            live_rows = sum(contract.live_rows_per_topic(conn).values())
         assert observations["legacy/meili_index"]["documents"].value == live_rows
+        assert observations["legacy/meili_index"]["topic_indexes"].value == 5
     # the run really went to PostgreSQL storage, not a temporary SQLite
-    with psycopg.connect(migrated_url) as conn:
+    with psycopg.connect(database_url) as conn:
         runs = conn.execute("SELECT status FROM public.runs WHERE run_id = %s", (result.run_id,)).fetchall()
     assert runs == [("SUCCESS",)]

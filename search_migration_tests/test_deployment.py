@@ -26,13 +26,14 @@ import pytest
 
 from search_migration import db
 from search_migration.defs.resources import resources
-from search_migration.local import demo_seed
+from search_migration.local.product_fixture import build_product_world
+from search_migration.local.product_writer import ProductWriter, build_event, pubkey_of
 from search_migration.source import contract
-from search_migration.write_path import meili_index
 
 from .support.processes import poll, stop_group
 from .support.servers import REPO, free_port, with_dbname
 from .support.ui import REPO_SELECTOR, RUN_DONE, graphql
+from .support.writes import meili_ids
 
 DEPLOY = REPO / "deploy"
 MIGRATIONS = sorted(p.name for p in (REPO / "migrations").glob("*.sql"))
@@ -115,14 +116,16 @@ def test_without_the_local_extra_the_engine_loads_and_local_commands_say_what_is
 
 def test_optional_variables_have_the_readme_defaults_where_the_run_runs(monkeypatch):
     monkeypatch.setenv("MEILI_URL", "http://127.0.0.1:1")
-    for name in ("MEILI_MASTER_KEY", "MEILI_INDEX"):
+    for name in ("MEILI_MASTER_KEY", "MEILI_WRITE_KEY", "MEILI_SEARCH_KEY"):
         monkeypatch.delenv(name, raising=False)
     meili = resources({"DATABASE_URL": "postgresql://x", "MEILI_URL": "http://127.0.0.1:1"})["meili"]
     with dg.build_resources({"meili": meili}) as built:
-        assert (built.meili.index_uid, built.meili.master_key) == ("posts", "")  # a keyless Meilisearch
-    monkeypatch.setenv("MEILI_INDEX", "posts_v2")  # set after the definitions loaded: the run's value counts
+        assert (built.meili.write_key, built.meili.search_key) == ("", "")  # a keyless Meilisearch
+    # set after the definitions loaded: the run's values count; each part's key falls back to the master key
+    monkeypatch.setenv("MEILI_MASTER_KEY", "master")
+    monkeypatch.setenv("MEILI_SEARCH_KEY", "search-only")
     with dg.build_resources({"meili": meili}) as built:
-        assert built.meili.index_uid == "posts_v2"
+        assert (built.meili.write_key, built.meili.search_key) == ("master", "search-only")
 
 
 @pytest.fixture
@@ -136,15 +139,6 @@ def databases(servers):
     with psycopg.connect(servers.database_url, autocommit=True) as conn:
         for name in names:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def default_index(servers):
-    """MEILI_INDEX is unset in the deployment, so it writes the default index `posts`: start and end empty."""
-    client = meili_index.client(servers.meili_url, servers.meili_key)
-    meili_index.delete_index(client, meili_index.DEFAULT_INDEX_UID)
-    yield client
-    meili_index.delete_index(client, meili_index.DEFAULT_INDEX_UID)
 
 
 def process(stack: ExitStack, argv: list, env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -207,7 +201,7 @@ class Deployment:
         return found["runsOrError"]["results"] if found else []
 
 
-def test_split_deployment_from_the_wheel(venv, servers, databases, default_index, tmp_path):
+def test_split_deployment_from_the_wheel(venv, servers, databases, meili, namespace, tmp_path):
     product, dagster_db = databases
     outside = tmp_path / "operator"  # pytest's tmp: outside the repository
     home = tmp_path / "dagster_home"
@@ -222,14 +216,24 @@ def test_split_deployment_from_the_wheel(venv, servers, databases, default_index
         assert done.returncode == 0, (argv, done.stderr[-2000:])
         return done.stdout
 
+    with psycopg.connect(product, autocommit=True) as conn:  # the product as it runs before the migration
+        world = build_product_world(conn, meili, now=contract.now_unix(), namespace=namespace)
     assert cli("db", "migrate").startswith(f"applied {len(MIGRATIONS)} migration(s)")
     assert cli("db", "migrate").strip() == "database is up to date"
     flags = flags_now(cli)
     assert flags["search_write_mode"] == "meili_only" and flags["search_read_backend"] == "meili"
-    with db.connect(product) as conn:  # the product writes: posts and their outbox rows, for the sensor
-        demo_seed.write_source(conn, 40, 2, 7)
+    with db.connect(product) as conn:
+        offset = contract.consumer_offset(conn, contract.PRODUCT_INDEXER)
+    assert cli("adopt", "--from-consumer", contract.PRODUCT_INDEXER, "--by", "deploy-test",
+               "--reason", "the product's indexer is stopped").startswith("adopted:")
+    with db.connect(product) as conn:  # the product keeps writing: posts and their outbox rows, for the sensor
+        writer, tokyo = ProductWriter(conn), world.topics["tokyo"]
+        fresh = [build_event(pubkey=pubkey_of("deploy"), content=f"デプロイ後の投稿 {i}", topics=[tokyo])
+                 for i in range(5)]
+        for event in fresh:
+            writer.publish(event)
         head = contract.outbox_head(conn)
-    assert head > 0
+    assert head > offset > 0
 
     grpc_port, web_port = free_port(), free_port()
     workspace = tmp_path / "workspace.yaml"
@@ -271,11 +275,11 @@ def test_split_deployment_from_the_wheel(venv, servers, databases, default_index
         # the daemon's sensor sees the outbox ahead of the consumer and requests a catch-up run
         requested = poll(lambda: deployment.sensor_runs("high_watermark_sensor"), 180,
                          "high_watermark_sensor to request a catch-up run", interval=1)
-        assert {"key": "search_migration/range", "value": f"1-{head}"} in requested[0]["tags"], requested
+        assert {"key": "search_migration/range", "value": f"{offset + 1}-{head}"} in requested[0]["tags"], requested
         deployment.succeeded(requested[0]["runId"])
         with db.connect(product) as conn:
             assert contract.consumer_offset(conn, contract.CONSUMER) == head
-        assert default_index.index(meili_index.DEFAULT_INDEX_UID).get_stats().number_of_documents > 0
+        assert {e["id"] for e in fresh} <= meili_ids(meili, tokyo)  # written to the product's topic index
 
         # runs launched as the UI launches them, carried out by the code server
         catchup = deployment.launch("catchup_job")

@@ -16,14 +16,14 @@ def _backfill_everything(url: str) -> None:
     backfill_all(url, owner="drift-test")
 
 
-def test_drift_is_zero_when_engines_agree_and_finds_every_kind_of_difference(seeded, meili, index_uid):
+def test_drift_is_zero_when_engines_agree_and_finds_every_kind_of_difference(seeded, meili):
     _backfill_everything(seeded)
     with db.connect(seeded) as conn:
-        clean = drift.report(conn, meili, index_uid, sample_per_topic=1000)
+        clean = drift.report(conn, meili, sample_per_topic=1000)
         assert clean.drift == 0 and len(clean.topics) == 4 and all(t.sampled for t in clean.topics)
         # in-flight rows (beyond the consumer offset) are lag, not drift
         new_posts(conn, 5, "pending")
-        assert drift.report(conn, meili, index_uid, sample_per_topic=1000).drift == 0
+        assert drift.report(conn, meili, sample_per_topic=1000).drift == 0
 
         a, b, c = [t.topic_id for t in clean.topics[:3]]
         victim_pg = conn.execute("SELECT post_id FROM cn_search.post_search_documents WHERE topic_id = %s "
@@ -35,13 +35,13 @@ def test_drift_is_zero_when_engines_agree_and_finds_every_kind_of_difference(see
             "ORDER BY post_id LIMIT 1", (b,))] + [r[0] for r in conn.execute(
             "SELECT post_id FROM cn_search.post_search_documents WHERE topic_id = %s AND NOT is_deleted "
             "ORDER BY post_id LIMIT 1", (c,))]
-    index = meili.index(index_uid)
-    meili_index.wait(meili, index.update_documents([{"id": meili_index.doc_id(victim_edit, b),
-                                                     "content": "edited behind our back"}]).task_uid)
-    meili_index.wait(meili, index.delete_document(meili_index.doc_id(victim_gone, c)).task_uid)
+    # behind the migration's back: one topic index's document edited, another's deleted
+    meili_index.wait(meili, meili.index(meili_index.index_uid(b)).update_documents(
+        [{"event_id": victim_edit, "content": "edited behind our back"}]).task_uid)
+    meili_index.wait(meili, meili.index(meili_index.index_uid(c)).delete_document(victim_gone).task_uid)
 
     with db.connect(seeded) as conn:
-        found = {t.topic_id: t for t in drift.report(conn, meili, index_uid, sample_per_topic=1000).drifting_topics}
+        found = {t.topic_id: t for t in drift.report(conn, meili, sample_per_topic=1000).drifting_topics}
     assert set(found) == {a, b, c}
     assert found[a].missing_in_pg == [victim_pg] and found[a].pg_documents == found[a].meili_documents - 1
     assert found[b].content_mismatch == [victim_edit] and found[b].pg_documents == found[b].meili_documents

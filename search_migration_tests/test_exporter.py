@@ -20,17 +20,18 @@ def scrape(port: int) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z0-9_]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
 
 
-def test_metrics_read_durable_state(seeded, meili, index_uid):
+def test_metrics_read_durable_state(seeded, meili):
     with db.connect(seeded) as conn:
         flags.set_flags(conn, {"search_write_mode": "dual"}, by="test", reason="metrics test")
         rows = new_posts(conn, 3, "metrics")
-        conn.execute("UPDATE cn_relay.events SET created_at = -1 WHERE event_id = %s", (rows[1][0],))
+        # a row the product stored malformed (raw_json is not a signed event): a dead letter for every engine
+        conn.execute("UPDATE cn_relay.events SET raw_json = '\"garbled\"'::jsonb WHERE event_id = %s", (rows[1][0],))
         conn.execute("CREATE FUNCTION cn_search.refuse() RETURNS trigger LANGUAGE plpgsql AS "
                      "$$ BEGIN RAISE EXCEPTION 'injected'; END $$; CREATE TRIGGER refuse BEFORE INSERT "
                      "ON cn_search.post_search_documents FOR EACH ROW EXECUTE FUNCTION cn_search.refuse();")
-        assert consumer.catch_up(conn, meili, index_uid, retry=FAST).stalled
+        assert consumer.catch_up(conn, meili, retry=FAST).stalled
         conn.execute("DROP TRIGGER refuse ON cn_search.post_search_documents")
-        assert not consumer.catch_up(conn, meili, index_uid, retry=FAST).stalled
+        assert not consumer.catch_up(conn, meili, retry=FAST).stalled
         new_posts(conn, 4, "backlog")  # not caught up: the backlog
     port = free_port()
     server, thread = exporter.serve(lambda: db.connect(seeded), "127.0.0.1", port)
@@ -42,7 +43,7 @@ def test_metrics_read_durable_state(seeded, meili, index_uid):
     assert m['search_dual_write_errors_total{backend="source",operation="upsert"}'] == 1
     assert m['search_dual_write_retries_total{backend="pg",operation="upsert"}'] == 1
     assert m['search_dead_letters{backend="source",reason="malformed_payload"}'] == 1
-    assert m['outbox_backlog{consumer="search_indexer"}'] == 4
+    assert m['outbox_backlog{consumer="search-migration"}'] == 4
     assert m['search_migration_stage{stage="dual"}'] == 1 and m['search_migration_stage{stage="legacy"}'] == 0
     assert m['search_migration_flag{flag="search_write_mode",value="dual"}'] == 1
     assert {"backfill_processed_rows", "backfill_eta_seconds", "shadow_overlap_at_10", "shadow_latency_delta_ms"} <= set(m)

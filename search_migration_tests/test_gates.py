@@ -9,7 +9,8 @@ from search_migration.gates.shadow_report import ShadowReport
 
 
 def report(samples: int = 100, **kw) -> ShadowReport:
-    base = dict(window_hours=24, shadow_samples={"search": samples, "suggest": samples}, golden_queries=35,
+    base = dict(window_hours=24, shadow_samples={"search": samples, "suggest": samples}, compared_samples=samples,
+                golden_queries=35,
                 overlap_median=0.95, overlap_p10=0.8, ndcg_at_10=0.97, error_rate=0.0,
                 zero_result_rate={"pg": 0.0, "meili": 0.0},
                 latency_ms={"search/pg": {"p95": 40.0}, "suggest/pg": {"p95": 15.0}}, expected_sample_rate=5)
@@ -33,7 +34,7 @@ def test_each_threshold_fails_its_own_gate():
     worse = by_name(policy.quality(report(overlap_median=0.69, ndcg_at_10=0.9, error_rate=0.01)))
     assert not worse["overlap_at_10"].passed and worse["ndcg_at_10"].passed  # at least 0.90: 0.90 passes
     assert not worse["error_rate"].passed  # below 1 %: 1 % fails
-    custom = by_name(policy.quality(report(overlap_median=0.69), {"overlap_at_10": 0.5}))
+    custom = by_name(policy.quality(report(overlap_median=0.69), policy.Policy({**policy.DEFAULTS, "overlap_at_10": 0.5})))
     assert custom["overlap_at_10"].passed
 
 
@@ -49,6 +50,20 @@ def test_too_little_data_never_passes():
     lagging = by_name(policy.integrity(DriftReport(10, 0, True, []), 1000, DONE))
     assert not lagging["drift_zero"].passed and not lagging["catchup_lag"].passed  # < 1,000: 1,000 fails
     assert lagging["backfill_complete"].passed
+
+
+def test_empty_pairs_are_no_evidence_of_quality():
+    """30 real reads of which 10 were empty on both sides: 20 compared, under the 30 the policy needs."""
+    thin = by_name(policy.quality(report(samples=30, compared_samples=20, empty_pairs={"shadow": 10, "golden": 35})))
+    assert thin["shadow_sample_size"].passed and thin["error_rate"].passed
+    for name in ("overlap_at_10", "ndcg_at_10"):
+        assert not thin[name].passed
+        assert thin[name].detail == "insufficient sample: 20 compared (10 empty on both sides excluded) < 30"
+
+
+def test_the_error_rate_gate_names_the_engine_it_measures():
+    failing = by_name(policy.quality(report(error_rate=0.2, error_rates={"pg": 0.2, "meili": 0.0})))["error_rate"]
+    assert not failing.passed and failing.detail == "PostgreSQL error rate 0.2 >= 0.01"
 
 
 def test_backfill_is_complete_only_at_its_watermark():

@@ -11,11 +11,9 @@ from search_migration.local import services
 from search_migration.search.read_router import (BadRequest, ReadRouter, SearchUnavailable, _digest, decode_cursor,
                                           encode_cursor, sample_bucket)
 
-from .support.writes import TOPIC, seed_indexed
+from search_migration import db
 
-
-def _seed(url, meili_client, uid, posts=1_500):
-    seed_indexed(url, meili_client, uid, posts=posts, topics=3, seed=3)
+from .support.writes import seed_indexed, topic
 
 
 def _set_flags(url, **flags):
@@ -33,13 +31,21 @@ def _logs(url):
 
 
 @pytest.fixture
-def seeded(migrated_url, meili, index_uid):
-    _seed(migrated_url, meili, index_uid)
-    return migrated_url
+def seeded(database_url, meili, namespace):
+    """The demo corpus in the product's per-topic indexes and in PostgreSQL's documents."""
+    seed_indexed(database_url, meili, namespace, posts=1_500, topics=3, seed=3)
+    return database_url
 
 
-def test_routes_by_flags_or_override_and_both_engines_answer_alike(seeded, meili, index_uid):
-    with ReadRouter(seeded, meili, index_uid) as router:
+@pytest.fixture
+def TOPIC(seeded):
+    """The corpus's first topic: where the tests search."""
+    with db.connect(seeded) as conn:
+        return topic(conn)
+
+
+def test_routes_by_flags_or_override_and_both_engines_answer_alike(seeded, meili, TOPIC):
+    with ReadRouter(seeded, meili) as router:
         legacy = router.search(TOPIC, "ラーメン", limit=10)
         assert legacy["backend"] == "meili" and legacy["topic"] == TOPIC and legacy["query"] == "ラーメン"
         _set_flags(seeded, search_read_backend="pg", suggest_read_backend="pg")
@@ -55,8 +61,8 @@ def test_routes_by_flags_or_override_and_both_engines_answer_alike(seeded, meili
             router.search(TOPIC, "x", backend="elastic")
 
 
-def test_cursor_pages_through_every_result_once(seeded, meili, index_uid):
-    with ReadRouter(seeded, meili, index_uid) as router:
+def test_cursor_pages_through_every_result_once(seeded, meili, TOPIC):
+    with ReadRouter(seeded, meili) as router:
         for backend in ("pg", "meili"):
             seen, cursor, pages = [], None, 0
             while True:
@@ -79,8 +85,8 @@ def test_sampling_is_deterministic_per_viewer_and_query():
     assert len(buckets) > 80 and all(0 <= b < 100 for b in buckets)
 
 
-def test_rate_0_logs_nothing_rate_100_logs_one_row_per_request(seeded, meili, index_uid):
-    with ReadRouter(seeded, meili, index_uid) as router:
+def test_rate_0_logs_nothing_rate_100_logs_one_row_per_request(seeded, meili, TOPIC):
+    with ReadRouter(seeded, meili) as router:
         router.search(TOPIC, "ラーメン", viewer="alice")
         router.drain()
         assert _logs(seeded) == []
@@ -103,11 +109,11 @@ def test_rate_0_logs_nothing_rate_100_logs_one_row_per_request(seeded, meili, in
     assert by["suggest", alice][1] is None  # suggest spans topics
 
 
-def test_a_sample_rate_between_logs_exactly_the_sampled_viewers(seeded, meili, index_uid):
+def test_a_sample_rate_between_logs_exactly_the_sampled_viewers(seeded, meili, TOPIC):
     _set_flags(seeded, shadow_sample_rate=30)
     viewers = [f"viewer-{i}" for i in range(30)]
     expected = [v for v in viewers if sample_bucket(v, "東京") < 30]
-    with ReadRouter(seeded, meili, index_uid) as router:
+    with ReadRouter(seeded, meili) as router:
         for v in viewers:
             router.search(TOPIC, "東京", limit=5, viewer=v)
         router.drain()
@@ -119,11 +125,11 @@ def test_a_sample_rate_between_logs_exactly_the_sampled_viewers(seeded, meili, i
     assert len(_logs(seeded)) == 2 * first
 
 
-def test_a_dead_secondary_never_fails_the_primary(servers, seeded, own_meili, index_uid):
+def test_a_dead_secondary_never_fails_the_primary(servers, seeded, own_meili, TOPIC):
     own = meili_index.client(own_meili.meili_url, own_meili.meili_master_key, timeout=5)
     _set_flags(seeded, search_read_backend="pg", suggest_read_backend="pg", shadow_sample_rate=100)
     services.down(own_meili)  # the legacy engine is really gone
-    with ReadRouter(seeded, own, index_uid) as router:
+    with ReadRouter(seeded, own) as router:
         result = router.search(TOPIC, "ラーメン", viewer="carol")
         suggestions = router.suggest("ラー", viewer="carol")
         router.drain()
@@ -136,10 +142,10 @@ def test_a_dead_secondary_never_fails_the_primary(servers, seeded, own_meili, in
         assert "unreachable" in row[10]
 
 
-def test_meilisearch_down_as_primary_is_one_clear_error(servers, seeded, own_meili, index_uid):
+def test_meilisearch_down_as_primary_is_one_clear_error(servers, seeded, own_meili, TOPIC):
     own = meili_index.client(own_meili.meili_url, own_meili.meili_master_key, timeout=5)
     services.down(own_meili)
-    with ReadRouter(seeded, own, index_uid) as router:
+    with ReadRouter(seeded, own) as router:
         with pytest.raises(SearchUnavailable, match="^search unavailable: Meilisearch at .* is unreachable$"):
             router.search(TOPIC, "ラーメン")
         with pytest.raises(SearchUnavailable):

@@ -9,6 +9,8 @@ Meilisearch's segmentation, independently of ours. Tokenization does not depend 
 
 from __future__ import annotations
 
+import uuid
+
 import json
 import unicodedata
 from pathlib import Path
@@ -126,6 +128,14 @@ def meili_spans(index, kind: int, text: str, candidates) -> set[tuple[int, int]]
 def our_spans(text: str) -> list[tuple[int, int]]:
     return [(s, e) for lemma, kind, s, e in segment.tokens(text) if kind == "word" and lemma.strip()]
 
+
+
+@pytest.fixture
+def index_uid(meili):
+    """A scratch index of this test's own (not a product topic index), deleted afterwards."""
+    uid = f"segment_{uuid.uuid4().hex[:12]}"
+    yield uid
+    meili_index.delete_index(meili, uid)
 
 @pytest.fixture
 def probe_index(meili, index_uid):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 
 import psutil
@@ -11,7 +12,7 @@ from search_migration.local import services
 from search_migration.settings import Settings
 
 from .support.processes import run_cli
-from .support.servers import CACHE, free_port
+from .support.servers import CACHE, REPO, free_port
 
 
 def _env(home, pg_port: int, meili_port: int, **extra) -> dict[str, str]:
@@ -23,8 +24,18 @@ def _env(home, pg_port: int, meili_port: int, **extra) -> dict[str, str]:
     return env
 
 
-def test_up_twice_status_down_leaves_no_process(tmp_path):
-    env = _env(tmp_path / "home", free_port(), free_port())
+def test_up_twice_status_down_leaves_no_process():
+    # The home lives under .local like conftest's own_pg: as root the server runs as an unprivileged user,
+    # and pytest's tmp_path is private to root (another pytest session re-closes /tmp/pytest-of-root)
+    pg_port = free_port()
+    home = REPO / ".local" / f"test-services-lifecycle-{pg_port}"
+    try:
+        _lifecycle(_env(home, pg_port, free_port()))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _lifecycle(env: dict[str, str]) -> None:
     s = Settings.from_env(env)
     first = run_cli("services", "up", env=env)
     assert first.returncode == 0, first.stderr
@@ -75,8 +86,11 @@ def test_external_servers_start_nothing(tmp_path, servers):
     assert "postgres: external" in result.stdout and "meilisearch: external" in result.stdout
     state_file = tmp_path / "home" / "services" / "state.json"
     assert not state_file.exists() or json.loads(state_file.read_text()) == {}
-    spawned = [p for p in psutil.process_iter(["name"]) if p.pid not in before
-               and p.info["name"] in ("postgres", "meilisearch-1.21.0")]
+    # other test sessions on this machine start servers too: ours would name this home or these ports
+    ours = (str(tmp_path / "home"), env["SEARCH_MIGRATION_PG_PORT"], env["SEARCH_MIGRATION_MEILI_PORT"])
+    spawned = [p for p in psutil.process_iter(["name", "cmdline"]) if p.pid not in before
+               and p.info["name"] in ("postgres", "meilisearch-1.21.0")
+               and any(o in " ".join(p.info["cmdline"] or []) for o in ours)]
     assert spawned == []
     status = run_cli("services", "status", env=env)
     assert status.returncode == 0 and status.stdout.count("external") == 2

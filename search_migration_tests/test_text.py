@@ -51,4 +51,4 @@ def test_repeated_tokens_keep_every_position():
 
 
 def test_version_is_current():
-    assert NORMALIZER_VERSION == 2
+    assert NORMALIZER_VERSION == 3

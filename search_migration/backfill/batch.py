@@ -13,6 +13,7 @@ from search_migration.backfill.model import Watermark, Window
 from search_migration.backfill.pages import SOURCE_JOIN, SOURCE_ROW, SourceRow, Writer, document_writes
 from search_migration.backfill.result import PartitionResult
 from search_migration.backfill.watermark import require_watermark
+from search_migration.source import contract
 
 BATCH_PARTITIONS = 64  # partitions considered (and their job rows locked) per shared transaction
 
@@ -31,7 +32,7 @@ BATCH_STATE_SQL = f"""
 SELECT p.key, j.status, coalesce(j.heartbeat_at > now() - make_interval(secs => %(timeout)s), false),
        c.partition_key IS NOT NULL, j.rows_copied + j.rows_skipped, coalesce(j.rows_total, 0),
        (SELECT count(*) FROM cn_search.backfill_manifest m
-        WHERE m.topic_id = p.topic AND m.created_at >= p.w_start AND m.created_at < p.w_end)
+        WHERE m.topic_id = p.topic AND m.chunk_at >= p.w_start AND m.chunk_at < p.w_end)
 FROM {_BATCH}
 JOIN cn_search.backfill_jobs j ON j.partition_key = p.key
 LEFT JOIN cn_search.backfill_checkpoints c ON c.partition_key = p.key
@@ -42,9 +43,9 @@ FOR UPDATE OF j
 BATCH_READ_SQL = f"""
 SELECT p.key, {SOURCE_ROW}
 FROM {_BATCH}
-JOIN cn_search.backfill_manifest m ON m.topic_id = p.topic AND m.created_at >= p.w_start AND m.created_at < p.w_end
+JOIN cn_search.backfill_manifest m ON m.topic_id = p.topic AND m.chunk_at >= p.w_start AND m.chunk_at < p.w_end
 {SOURCE_JOIN}
-ORDER BY p.key, m.created_at, m.event_id
+ORDER BY p.key, m.chunk_at, m.event_id
 """
 
 # Every partition of the batch finished at once: its checkpoint, its page log row and its job.
@@ -124,16 +125,16 @@ def _copy_members(conn: psycopg.Connection, owner: str, writer: Writer, members:
                   started: float) -> dict[str, PartitionResult]:
     """Inside the batch's transaction: read every member's window, write, finish them all."""
     rows: dict[str, list[SourceRow]] = {m.key: [] for m in members}
-    for key, *row in conn.execute(BATCH_READ_SQL, window_params(members)).fetchall():
+    for key, *row in conn.execute(BATCH_READ_SQL, {**window_params(members), "now": contract.now_unix()}).fetchall():
         rows[key].append(SourceRow(*row))
     writes = [w for m in members for w in document_writes(conn, m.topic_id, rows[m.key])]
     written = writer(conn, writes) if writes else Counter()
     done = [len(rows[m.key]) for m in members]
     copied = [written[m.topic_id] for m in members]  # one partition per topic in a batch
-    last = [rows[m.key][-1] if rows[m.key] else SourceRow(0, "", 0, False, None) for m in members]
+    last = [rows[m.key][-1] if rows[m.key] else SourceRow(0, "", 0, False, None, 0, None, None, None, None) for m in members]
     conn.execute(BATCH_DONE_SQL, {
         "keys": [m.key for m in members], "done": done, "total": [m.rows_total for m in members],
-        "copied": copied, "ts": [r.created_at for r in last], "ids": [r.event_id for r in last],
+        "copied": copied, "ts": [r.chunk_at for r in last], "ids": [r.event_id for r in last],
         "token": uuid.uuid4(), "owner": owner, "seq": wm.seq})
     elapsed, total_rows = time.monotonic() - started, max(1, sum(done))
     return {m.key: PartitionResult(m.key, m.topic_id, m.window, m.rows_total, n, rows_copied=c,

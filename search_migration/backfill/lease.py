@@ -37,7 +37,7 @@ UPDATE cn_search.backfill_jobs SET
     attempts = attempts + 1, started_at = now(), finished_at = NULL, last_error = NULL,
     high_watermark = %(seq)s,
     rows_total = (SELECT count(*) FROM cn_search.backfill_manifest
-                  WHERE topic_id = %(topic)s AND created_at >= %(start)s AND created_at < %(end)s),
+                  WHERE topic_id = %(topic)s AND chunk_at >= %(start)s AND chunk_at < %(end)s),
     rows_copied = CASE WHEN %(reset)s THEN 0 ELSE rows_copied END,
     rows_skipped = CASE WHEN %(reset)s THEN 0 ELSE rows_skipped END
 WHERE partition_key = %(key)s

@@ -32,4 +32,5 @@ class Watermark:
     watermark_id: int
     seq: int
     manifest_rows: int
+    reopened: int = 0  # completed partitions this capture re-opened (their window gained rows)
 

@@ -10,6 +10,7 @@ import psycopg
 
 from search_migration.backfill.lease import Lease, fence
 from search_migration.backfill.model import Window
+from search_migration.source import contract
 from search_migration.write_path import pg_documents
 from search_migration.write_path.pg_documents import MAX_CONTENT_BYTES, DocWrite
 
@@ -17,29 +18,35 @@ Writer = Callable[[psycopg.Connection, list[DocWrite]], Counter]  # rows written
 
 
 class SourceRow(NamedTuple):
-    created_at: int
+    chunk_at: int  # the manifest's keyset position (created_at clamped into the partitioned span)
     event_id: str
     version_seq: int
     live: bool
     content: str | None
+    created_at: int
+    kind: int | None
+    expires_at: int | None
+    pubkey: str | None  # raw_json's pubkey and tags: the document's author, title tags and t tags
+    tags: list | None
 
 
-# A manifest row's version with the source's current content, and whether it is still live there.
-SOURCE_ROW = """m.created_at, m.event_id, m.version_seq,
-       coalesce(NOT e.is_deleted AND EXISTS (
+# A manifest row's version with the source's current content, and whether the product still indexes it
+# there (searchable, and still in the topic). Of raw_json only what the document needs beside the columns
+# (its pubkey and tags: cn-index's author, title/subject and t tags), not the whole event a second time.
+SOURCE_ROW = f"""m.chunk_at, m.event_id, m.version_seq,
+       coalesce({contract.SEARCHABLE} AND EXISTS (
            SELECT 1 FROM cn_relay.event_topics et WHERE et.event_id = m.event_id AND et.topic_id = m.topic_id),
            false) AS live,
-       e.content"""
-# created_at too: the time index keeps a window's lookups on neighbouring pages (measured a quarter faster)
-SOURCE_JOIN = "LEFT JOIN cn_relay.events e ON e.created_at = m.created_at AND e.event_id = m.event_id"
+       e.content, e.created_at, e.kind, e.expires_at, e.raw_json->>'pubkey', e.raw_json->'tags'"""
+SOURCE_JOIN = "LEFT JOIN cn_relay.events e ON e.event_id = m.event_id"
 
 PAGE_SQL = f"""
 SELECT {SOURCE_ROW}
 FROM cn_search.backfill_manifest m
 {SOURCE_JOIN}
-WHERE m.topic_id = %(topic)s AND m.created_at >= %(start)s AND m.created_at < %(end)s
-  AND (m.created_at, m.event_id) > (%(after_ts)s, %(after_id)s)
-ORDER BY m.created_at, m.event_id
+WHERE m.topic_id = %(topic)s AND m.chunk_at >= %(start)s AND m.chunk_at < %(end)s
+  AND (m.chunk_at, m.event_id) > (%(after_ts)s, %(after_id)s)
+ORDER BY m.chunk_at, m.event_id
 LIMIT %(limit)s
 """
 
@@ -49,7 +56,8 @@ def read_page(conn: psycopg.Connection, topic_id: str, window: Window, after: tu
     """The next keyset page of the window after `after`, in (created_at, event_id) order."""
     after_ts, after_id = after if after else (window.start - 1, "")
     rows = conn.execute(PAGE_SQL, {"topic": topic_id, "start": window.start, "end": window.end,
-                                   "after_ts": after_ts, "after_id": after_id, "limit": limit}).fetchall()
+                                   "after_ts": after_ts, "after_id": after_id, "limit": limit,
+                                   "now": contract.now_unix()}).fetchall()
     return [SourceRow(*r) for r in rows]
 
 
@@ -100,7 +108,10 @@ def document_writes(conn: psycopg.Connection, topic_id: str, rows: list[SourceRo
             conn.execute(TOO_LARGE_SQL, (r.version_seq, r.event_id, topic_id,
                                          f"content is over the {MAX_CONTENT_BYTES}-byte limit"))
             continue
-        writes.append(DocWrite(r.version_seq, r.event_id, topic_id, False, content, r.created_at))
+        raw = {"content": content, "created_at": r.created_at, "kind": r.kind, "pubkey": r.pubkey,
+               "tags": r.tags or []}  # the event as cn-index reads it: the same document as catch-up writes
+        writes.append(pg_documents.doc_write_for_event(r.version_seq, raw, topic_id, post_id=r.event_id,
+                                                       expires_at=r.expires_at))
     return writes
 
 
@@ -122,7 +133,7 @@ def write_locked(conn: psycopg.Connection, lease: Lease, rows: list[SourceRow], 
     writes = document_writes(conn, lease.topic_id, rows)
     copied = sum(writer(conn, writes).values()) if writes else 0
     skipped = len(rows) - copied
-    conn.execute(PAGE_DONE_SQL, {"key": lease.partition_key, "ts": rows[-1].created_at, "id": rows[-1].event_id,
+    conn.execute(PAGE_DONE_SQL, {"key": lease.partition_key, "ts": rows[-1].chunk_at, "id": rows[-1].event_id,
                                  "done": rows_done_before + len(rows), "token": lease.token, "rows": len(rows),
                                  "copied": copied, "skipped": skipped, "last": last})
     return PageResult(len(rows), copied, skipped)

@@ -149,7 +149,7 @@ class Backfiller:
         result.rows_copied += page.rows_copied
         result.rows_skipped += page.rows_skipped
         result.pages += 1
-        return (rows[-1].created_at, rows[-1].event_id), last
+        return (rows[-1].chunk_at, rows[-1].event_id), last
 
     def _record_failure(self, lease: Lease | None, taken: Lease, exc: Exception) -> None:
         """Mark the job failed with the error (class and first line; never row content) if still ours.

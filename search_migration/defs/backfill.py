@@ -39,18 +39,27 @@ class BackfillConfig(dg.Config):
 @dg.asset(group_name="backfill", kinds={"postgres"}, owners=OWNERS, tags=tags("dual", "backfill"),
           metadata=runbook("runbook-backfill"),
           description="The backfill's finish line: MAX(cn_relay.events_outbox.seq), captured once writes are dual, "
-                      "with a frozen manifest of every (topic, post) at or below it. The backfill copies up to it; "
+                      "with a frozen manifest of every searchable (topic, post) of the source tables at or below it. The backfill copies up to it; "
                       "catch-up covers everything after. Fails (changing nothing) while search_write_mode is "
                       "meili_only: run cutover_job to dual first.")
 def backfill_high_watermark(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
         try:
-            wm = backfill.capture_watermark(conn, by=f"dagster run {context.run_id}")
+            wm = backfill.capture_watermark(conn, by=f"dagster run {context.run_id}", **partitioned_span())
         except backfill.BackfillError as exc:
             raise dg.Failure(description=str(exc)) from None
-    context.log.info(f"high watermark {wm.seq}; manifest of {wm.manifest_rows} (topic, post) rows")
+    context.log.info(f"high watermark {wm.seq}; manifest of {wm.manifest_rows} (topic, post) rows; "
+                     f"{wm.reopened} completed partition(s) re-opened (their window gained rows): backfill them again")
     return dg.MaterializeResult(metadata={"high_watermark": wm.seq, "watermark_id": wm.watermark_id,
-                                          "manifest_rows": wm.manifest_rows})
+                                          "manifest_rows": wm.manifest_rows, "partitions_reopened": wm.reopened})
+
+
+def partitioned_span() -> dict[str, int]:
+    """The time the weekly partitions cover now: from the first week's start to the current week's end.
+    A post dated outside it (the product does not validate created_at) is chunked into the edge weeks."""
+    last = weeks_partitions.get_last_partition_window()
+    first = weeks_partitions.time_window_for_partition_key(weeks_partitions.get_first_partition_key())
+    return {"chunk_floor": int(first.start.timestamp()), "chunk_ceiling": int(last.end.timestamp())}
 
 
 def window_of(partition_key: str) -> tuple[str, backfill.Window]:

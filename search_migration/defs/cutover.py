@@ -8,6 +8,7 @@ from search_migration.cutover import moves
 from search_migration.cutover import flags
 from search_migration.cutover import stages
 from search_migration.gate_history import latest_gates
+from search_migration.gates import policy
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
 
@@ -17,36 +18,43 @@ class CutoverConfig(dg.Config):
     by: str
     reason: str
     dry_run: bool = False
-    max_gate_age_minutes: float = 60
-    soak_hours: float = 24
 
 
 def _move(context: dg.OpExecutionContext, config: CutoverConfig, postgres: PostgresResource, meili: MeiliResource,
           rollback_only: bool) -> None:
     with postgres.connect() as conn:
+        current_flags, rate = flags.read_all(conn), config.shadow_rate
+        if config.target_stage == "shadow" and rate is None and stages.current(current_flags) in ("live", "complete"):
+            rate = moves.shadow_rate_before_live(conn)
+            if rate is not None:
+                context.log.info(f"shadow_rate not given: back to {rate}%, the rate the migration had before live")
         try:
-            move = stages.plan(flags.read_all(conn), config.target_stage, config.shadow_rate)
+            move = stages.plan(current_flags, config.target_stage, rate)
         except stages.StageError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
         if rollback_only != move.rollback:
             job, other = ("rollback_job", "cutover_job") if rollback_only else ("cutover_job", "rollback_job")
             raise dg.Failure(f"{job} does not do this: {move.describe()}; use {other}", allow_retries=False)
+        gate_policy = policy.load()
+        context.log.info(f"gate policy {gate_policy.id}")
         gates = {**latest_gates(context.instance, move.gates),
-                 **moves.engine_gates(conn, postgres.database_url, config.soak_hours)}
-        problems = moves.blockers(move, gates, config.max_gate_age_minutes * 60)
+                 **moves.engine_gates(conn, postgres.database_url, gate_policy)}
+        problems = moves.blockers(move, gates, gate_policy)
         context.log.info(("DRY RUN: " if config.dry_run else "") + move.describe())
         for name in move.gates:
             gate = gates.get(name)
             context.log.info(f"gate {name}: " + ("never evaluated" if gate is None else
                                                  f"{'pass' if gate.passed else 'FAIL'} ({gate.detail})"))
+        if config.dry_run:  # a dry run reports the move and every gate; it fails nothing
+            verdict = ("would refuse: " + "; ".join(problems)) if problems else f"would {move.describe()}"
+            context.log.info(f"DRY RUN: {verdict}")
+            return
         if problems:
             raise dg.Failure(f"cutover to {config.target_stage} refused: " + "; ".join(problems),
                              metadata={"blockers": "\n".join(problems)}, allow_retries=False)
-        if config.dry_run:
-            return
         try:
             changed = moves.execute(conn, move, by=config.by, reason=config.reason, gates=gates,
-                                      meili=meili.client(), index_uid=meili.index_uid)
+                                      meili=meili.client())
         except (moves.CutoverRefused, flags.FlagError) as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
     context.log.info("flags changed: " + (", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()) or "none"))
@@ -66,7 +74,7 @@ def rollback_op(context: dg.OpExecutionContext, config: CutoverConfig, postgres:
 
 @dg.job(owners=OWNERS, tags=tags("any", "cutover"), metadata=runbook("runbook-cutover"),
         description="Move the migration ONE stage forward (legacy -> dual -> shadow 5/25/50 -> live -> complete). "
-                    "Refuses, changing nothing, unless every gate of the move passed within max_gate_age_minutes: "
+                    "Refuses, changing nothing, unless every gate of the move passed recently under the gate policy: "
                     "materialize search_drift_report and shadow_read_report first. Try dry_run: true. "
                     "Config: target_stage, shadow_rate, by, reason.")
 def cutover_job():

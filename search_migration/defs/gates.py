@@ -16,20 +16,31 @@ from .ui import OWNERS, number, runbook, tags
 D = policy.DEFAULTS
 # What each gate means to whoever reads a red check; its runbook entry (anchor gate-<name>) says what to do.
 CHECK_DESCRIPTIONS = {
-    "drift_zero": "Gate: no sampled document differs between Meilisearch and PostgreSQL (ids and content, both "
-                  "ways). Red: the indexes disagree; do not cut over.",
+    "drift_zero": "Gate: per topic index, PostgreSQL and Meilisearch each hold exactly what the source says is "
+                  "searchable (exact counts, sampled ids and content). Red: an engine lost, kept or changed a "
+                  "document; do not cut over. uid collisions and the product indexer's stale versions are listed "
+                  "beside it, not counted.",
     "catchup_lag": f"Gate: outbox backlog (head minus consumer offset) below {D['outbox_backlog']:,} rows. Red: "
                    "catch-up is behind or stalled.",
     "backfill_complete": "Gate: every manifest row up to the high watermark is copied. Red: backfill partitions "
                          "are missing or failed.",
     "shadow_sample_size": f"Gate: at least {D['min_sample']} shadow search reads in the window. Red: not enough "
                           "traffic measured yet; every quality gate fails with it.",
-    "overlap_at_10": f"Gate: median overlap@10 of PostgreSQL vs Meilisearch results at least {D['overlap_at_10']}.",
-    "ndcg_at_10": f"Gate: mean NDCG@10 of PostgreSQL, graded by the legacy ranking, at least {D['ndcg_at_10']}.",
+    "overlap_at_10": f"Gate: median overlap@10 of PostgreSQL vs Meilisearch results at least {D['overlap_at_10']}, "
+                     f"over at least {D['min_sample']} real shadow searches compared (pairs empty on both sides are "
+                     "excluded and counted apart: they measure nothing).",
+    "ndcg_at_10": f"Gate: mean NDCG@10 of PostgreSQL, graded by the legacy ranking, at least {D['ndcg_at_10']}, "
+                  "over the same compared searches (empty pairs excluded).",
     "search_p95": f"Gate: PostgreSQL search P95 at most {D['search_p95_ms']:g} ms.",
     "suggest_p95": f"Gate: PostgreSQL suggest P95 at most {D['suggest_p95_ms']:g} ms.",
-    "error_rate": f"Gate: PostgreSQL error rate on shadow reads below {D['error_rate']:.0%}.",
+    "error_rate": f"Gate: error rate below {D['error_rate']:.0%} of PostgreSQL, the engine that answers users in the "
+                  "stages this gate opens (live, complete): its failures as the shadow and as the primary (in live) "
+                  "are both counted.",
 }
+
+
+DRIFT_COLUMNS = ("missing_in_pg", "missing_in_meili", "extra_in_pg", "extra_in_meili", "content_mismatch",
+                 "legacy_defects")
 
 
 def _check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
@@ -37,23 +48,18 @@ def _check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
                               metadata=runbook(f"gate-{name}")) for name in names]
 
 
-class Thresholds(dg.Config):
-    """Gate thresholds; defaults are the product runbook's."""
+class Measurement(dg.Config):
+    """What the reports measure over; the thresholds are the gate policy's (gates/policy.py), never run config."""
 
-    overlap_at_10: float = policy.DEFAULTS["overlap_at_10"]
-    ndcg_at_10: float = policy.DEFAULTS["ndcg_at_10"]
-    search_p95_ms: float = policy.DEFAULTS["search_p95_ms"]
-    suggest_p95_ms: float = policy.DEFAULTS["suggest_p95_ms"]
-    error_rate: float = policy.DEFAULTS["error_rate"]
-    outbox_backlog: int = policy.DEFAULTS["outbox_backlog"]
-    min_sample: int = policy.DEFAULTS["min_sample"]
     window_hours: float = 24
     drift_sample_per_topic: int = 200
 
 
-def _check_results(results: list[policy.Gate]) -> list[dg.AssetCheckResult]:
+def _check_results(results: list[policy.Gate], policy_id: str) -> list[dg.AssetCheckResult]:
+    """The checks, each with the policy it was evaluated under (the cutover refuses any other)."""
     return [dg.AssetCheckResult(check_name=g.name, passed=g.passed, description=g.detail,
-                                metadata={"value": number(g.value), "threshold": number(g.threshold), "detail": g.detail})
+                                metadata={"value": number(g.value), "threshold": number(g.threshold), "detail": g.detail,
+                                          "policy": policy_id})
             for g in results]
 
 
@@ -61,33 +67,38 @@ def _check_results(results: list[policy.Gate]) -> list[dg.AssetCheckResult]:
     group_name="gates", kinds={"postgres", "meilisearch"}, deps=["post_search_documents"],
     check_specs=_check_specs("search_drift_report", DRIFT_CHECKS), owners=OWNERS, tags=tags("dual", "gates"),
     metadata=runbook("runbook-gates"),
-    description="Are the two indexes the same? Per topic: Meilisearch vs PostgreSQL documents (exact counts, "
-                "sampled ids and content both ways), outbox backlog and backfill completion. Materialize it before "
+    description="Do both engines hold what the source says is searchable? Per topic index (topic_<uid>): the "
+                "source's searchable rows vs PostgreSQL vs Meilisearch (exact counts, sampled ids and content), uid "
+                "collisions, outbox backlog and backfill completion. Materialize it before "
                 f"every cutover; its checks ({', '.join(DRIFT_CHECKS)}) gate dual -> shadow and every step after.",
 )
-def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
+def search_drift_report(config: Measurement, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
-        report = drift.report(conn, meili.client(), meili.index_uid, sample_per_topic=config.drift_sample_per_topic)
+        report = drift.report(conn, meili.client(), sample_per_topic=config.drift_sample_per_topic)
         backlog = contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)
         progress = backfill.progress(conn)
-    results = policy.integrity(report, backlog, progress, config.model_dump())
+    gate_policy = policy.load()
+    results = policy.integrity(report, backlog, progress, gate_policy)
     drifting = report.drifting_topics[:20]
     return dg.MaterializeResult(
         metadata={
             "drift": report.drift, "topics": len(report.topics), "drifting_topics": len(report.drifting_topics),
             "documents_compared": sum(t.sampled for t in report.topics), "outbox_backlog": backlog,
+            "source_documents": sum(t.source_documents for t in report.topics),
+            "pg_documents": sum(t.pg_documents for t in report.topics),
+            "meili_documents": sum(t.meili_documents for t in report.topics),
+            "uid_collisions": dg.MetadataValue.json(report.collisions),
+            "legacy_defects": report.legacy_defects,
             "pending_excluded": report.pending_excluded, "consumer_offset": report.consumer_offset,
             "backfill_rows_done": progress.rows_done, "backfill_rows_total": progress.rows_total,
             "drifting": dg.MetadataValue.table(
-                records=[dg.TableRecord({"topic": t.topic_id, "pg": t.pg_documents, "meili": t.meili_documents,
-                                         "missing_in_pg": len(t.missing_in_pg),
-                                         "missing_in_meili": len(t.missing_in_meili),
-                                         "content_mismatch": len(t.content_mismatch)}) for t in drifting],
-                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string")] + [
-                    dg.TableColumn(c, "int") for c in ("pg", "meili", "missing_in_pg", "missing_in_meili",
-                                                      "content_mismatch")])),
+                records=[dg.TableRecord({"topic": t.topic_id, "index": t.uid, "source": t.source_documents,
+                                         "pg": t.pg_documents, "meili": t.meili_documents,
+                                         **{c: len(getattr(t, c)) for c in DRIFT_COLUMNS}}) for t in drifting],
+                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("index", "string")] + [
+                    dg.TableColumn(c, "int") for c in ("source", "pg", "meili", *DRIFT_COLUMNS)])),
         },
-        check_results=_check_results(results),
+        check_results=_check_results(results, gate_policy.id),
     )
 
 
@@ -96,23 +107,32 @@ def search_drift_report(config: Thresholds, postgres: PostgresResource, meili: M
     check_specs=_check_specs("shadow_read_report", QUALITY_CHECKS), owners=OWNERS, tags=tags("shadow", "gates"),
     metadata=runbook("runbook-gates"),
     description="Is PostgreSQL search as good and as fast? Shadow reads of the last window plus the golden "
-                "queries replayed on both engines: overlap@10, NDCG@10, P50/P95/P99 per engine, error and "
-                "zero-result rates. Materialize it before each shadow ramp step and before live; its checks "
+                "queries (the operator's file, SEARCH_MIGRATION_GOLDEN_QUERIES; the packaged one is the demo's) on "
+                "topics the source has, replayed on both engines: overlap@10, NDCG@10 (pairs empty on both sides "
+                "excluded and counted), P50/P95/P99 per engine, each engine's error rate, zero-result rates. Materialize it before each shadow ramp step and before live; its checks "
                 f"({', '.join(QUALITY_CHECKS)}) gate those moves.",
 )
-def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
-    with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.client(), meili.index_uid) as router:
+def shadow_read_report(config: Measurement, postgres: PostgresResource, meili: MeiliResource) -> dg.MaterializeResult:
+    with postgres.connect() as conn, ReadRouter(postgres.database_url, meili.search_client()) as router:
         rate = int(flags.get(conn, "shadow_sample_rate"))
         report = shadow_report.build(conn, router, window_hours=config.window_hours, expected_sample_rate=rate)
-    results = policy.quality(report, config.model_dump())
+    gate_policy = policy.load()
+    results = policy.quality(report, gate_policy)
     latency = {f"{k.replace('/', '_')}_{q}_ms": v for k, qs in report.latency_ms.items() for q, v in qs.items()}
     return dg.MaterializeResult(
         metadata={
             "sample_size": report.sample_size, "shadow_search_samples": report.shadow_samples.get("search", 0),
             "shadow_suggest_samples": report.shadow_samples.get("suggest", 0),
-            "golden_queries": report.golden_queries, "overlap_at_10_median": number(report.overlap_median),
+            "compared_samples": report.compared_samples,
+            "empty_pairs_shadow": report.empty_pairs.get("shadow", 0),
+            "empty_pairs_golden": report.empty_pairs.get("golden", 0),
+            "golden_queries": report.golden_queries, "golden_queries_skipped": report.golden_skipped,
+            "golden_source": report.golden_source,
+            "overlap_at_10_median": number(report.overlap_median),
             "overlap_at_10_p10": number(report.overlap_p10), "ndcg_at_10": number(report.ndcg_at_10),
-            "error_rate": number(report.error_rate),
+            "error_rate": number(report.error_rate), "error_rate_engine": report.error_rate_engine,
+            **{f"error_rate_{e}": number(r) for e, r in report.error_rates.items()},
+            **{f"errors_{e}": n for e, n in report.errors.items()},
             "zero_result_rate_pg": number(report.zero_result_rate.get("pg")),
             "zero_result_rate_meili": number(report.zero_result_rate.get("meili")),
             "expected_sample_rate_percent": number(report.expected_sample_rate),
@@ -120,9 +140,11 @@ def shadow_read_report(config: Thresholds, postgres: PostgresResource, meili: Me
             **{k: number(v) for k, v in latency.items()},
             "golden": dg.MetadataValue.table(
                 records=[dg.TableRecord(r) for r in report.per_query],
-                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("query", "string"),
+                schema=dg.TableSchema(columns=[dg.TableColumn("topic", "string"), dg.TableColumn("index", "string"),
+                                               dg.TableColumn("query", "string"),
+                                               dg.TableColumn("result", "string"),
                                                dg.TableColumn("overlap@10", "float"), dg.TableColumn("ndcg@10", "float"),
                                                dg.TableColumn("pg_ms", "float"), dg.TableColumn("meili_ms", "float")])),
         },
-        check_results=_check_results(results),
+        check_results=_check_results(results, gate_policy.id),
     )

@@ -2,9 +2,11 @@
 
 Required variables (`DATABASE_URL`, `MEILI_URL`) are `dg.EnvVar`s, resolved where the run runs; a
 missing one is named in one line when the code location loads and fails the run at its start.
-Optional ones have the defaults README states: `MEILI_INDEX` (`posts`) and `MEILI_MASTER_KEY` (none:
-a Meilisearch without a key). Dagster 1.13's `EnvVar` has no default, so those are read by the
-resource itself when a run sets it up (their values never show in the UI's resource config).
+Optional ones are the Meilisearch keys, least privilege first: `MEILI_WRITE_KEY` (documents and
+index creation on `topic_*`: the write path, drift), `MEILI_SEARCH_KEY` (search only: the read path),
+each falling back to `MEILI_MASTER_KEY`, and none at all for a Meilisearch without a key. Dagster
+1.13's `EnvVar` has no default, so they are read by the resource itself when a run sets it up (their
+values never show in the UI's resource config).
 """
 
 from __future__ import annotations
@@ -35,24 +37,29 @@ class PostgresResource(dg.ConfigurableResource):
 
 
 class MeiliResource(dg.ConfigurableResource):
-    """The legacy Meilisearch index.
+    """The product's per-topic Meilisearch indexes.
 
-    `master_key` and `index_uid` left unset are read where the run runs, when the resource is set up:
-    MEILI_MASTER_KEY (none: a Meilisearch without a key) and MEILI_INDEX (`posts`). Read at load time
-    they would follow the code server's environment, not the run's."""
+    Keys left unset are read where the run runs, when the resource is set up (read at load time they
+    would follow the code server's environment, not the run's)."""
 
     url: str
-    master_key: Optional[str] = None
-    index_uid: Optional[str] = None
+    write_key: Optional[str] = None
+    search_key: Optional[str] = None
 
     def create_resource(self, context: dg.InitResourceContext) -> "MeiliResource":
-        if self.master_key is not None and self.index_uid is not None:
+        if self.write_key is not None and self.search_key is not None:
             return self
-        return MeiliResource(url=self.url, master_key=self.master_key or os.environ.get("MEILI_MASTER_KEY", ""),
-                             index_uid=self.index_uid or os.environ.get("MEILI_INDEX") or meili_index.DEFAULT_INDEX_UID)
+        master = os.environ.get("MEILI_MASTER_KEY", "")
+        return MeiliResource(url=self.url, write_key=self.write_key or os.environ.get("MEILI_WRITE_KEY") or master,
+                             search_key=self.search_key or os.environ.get("MEILI_SEARCH_KEY") or master)
 
     def client(self) -> meilisearch.Client:
-        return meili_index.client(self.url, self.master_key or "")
+        """The write path's client (documents and new indexes on topic_*; drift reads documents)."""
+        return meili_index.client(self.url, self.write_key or "")
+
+    def search_client(self) -> meilisearch.Client:
+        """The read path's client: a search-only key is enough."""
+        return meili_index.client(self.url, self.search_key or "")
 
 
 def missing_required(env: Mapping[str, str] = os.environ) -> list[str]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from search_migration.write_path import meili_index
+from search_migration.gates import drift
 from search_migration.source import contract
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
+
+LARGEST_SHOWN = 20
 
 # multi_observable_source_asset only because its AssetSpec takes owners (observable_source_asset does not).
 OUTBOX = dg.AssetSpec(
@@ -20,8 +22,9 @@ OUTBOX = dg.AssetSpec(
 LEGACY_INDEX = dg.AssetSpec(
     ["legacy", "meili_index"], group_name="source", owners=OWNERS, tags=tags("any", "source"),
     kinds={"meilisearch"}, metadata=runbook("runbook-source"),
-    description="The Meilisearch index that serves reads until stage live: documents per topic. A sudden drop "
-                "means the legacy index lost documents; compare with search_drift_report before any cutover.",
+    description="The product's per-topic Meilisearch indexes (topic_<sanitized topic id>) that serve reads until "
+                "stage live: documents per topic index. A sudden drop means the legacy indexes lost documents; "
+                "compare with search_drift_report before any cutover.",
 )
 
 
@@ -38,11 +41,20 @@ def events_outbox(postgres: PostgresResource):
 
 @dg.multi_observable_source_asset(specs=[LEGACY_INDEX], name="legacy_meili_index")
 def legacy_meili_index(meili: MeiliResource):
-    counts = meili_index.counts_per_topic(meili.client(), meili.index_uid)
+    # One `GET /stats` for every index; the product's are the `topic_*` ones, one per topic (uid collisions
+    # aside, which search_drift_report lists).
+    counts = drift.meili_counts(meili.client())
     total = sum(counts.values())
+    largest = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:LARGEST_SHOWN]
     yield dg.ObserveResult(
         asset_key=LEGACY_INDEX.key, data_version=dg.DataVersion(str(total)),
-        metadata={"documents": total, "topics": len(counts)},
+        metadata={
+            "documents": total, "topic_indexes": len(counts),
+            "empty_topic_indexes": sum(1 for n in counts.values() if not n),
+            "largest_topic_indexes": dg.MetadataValue.table(
+                records=[dg.TableRecord({"index": uid, "documents": n}) for uid, n in largest],
+                schema=dg.TableSchema(columns=[dg.TableColumn("index", "string"), dg.TableColumn("documents", "int")])),
+        },
     )
 
 

@@ -6,12 +6,14 @@ from typing import Optional
 import dagster as dg
 
 from search_migration.write_path import dead_letters
-from search_migration.write_path import consumer
+from search_migration.write_path import consumer, handover
 from search_migration.source import contract
 from search_migration.backfill.partition_keys import PartitionKeyError, topic_partition_key
 from .partitions import topics_partitions
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, runbook, tags
+
+from search_migration.errors import first_line
 
 MAX_RANGE = 200_000  # outbox rows per catch-up run: long enough to be efficient, short enough to retry
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -23,25 +25,39 @@ class CatchUpConfig(dg.Config):
     batch_size: int = consumer.DEFAULT_BATCH_SIZE
 
 
+CATCH_UP_RETRY = dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
 @dg.op(
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=CATCH_UP_RETRY,
     description="Apply outbox rows after the consumer offset to the engines the write mode names.",
 )
 def catch_up(context: dg.OpExecutionContext, config: CatchUpConfig, postgres: PostgresResource,
              meili: MeiliResource) -> dg.Output[int]:
-    with postgres.connect() as conn:
-        try:
-            result = consumer.catch_up(conn, meili.client(), meili.index_uid, to_seq=config.to_seq,
-                                              batch_size=config.batch_size)
-        except consumer.ConsumerBusy as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from None
+    # Dagster wraps a failure that asks for a retry, once the retries are spent, as "Exceeded max_retries
+    # of N": the last attempt fails without asking, so the run's failure is this op's own one line.
+    last_attempt = context.retry_number >= CATCH_UP_RETRY.max_retries
+    try:
+        with postgres.connect() as conn:
+            try:
+                result = consumer.catch_up(conn, meili.client(), to_seq=config.to_seq, batch_size=config.batch_size)
+            except (consumer.ConsumerBusy, handover.HandoverError) as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from None
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        if not last_attempt:
+            raise
+        raise dg.Failure(f"catch-up failed after {context.retry_number + 1} attempts: {type(exc).__name__}: "
+                         f"{first_line(exc)}", allow_retries=False) from exc
     metadata = {"start_offset": result.start_offset, "end_offset": result.end_offset, "target": result.target,
                 "rows_applied": result.rows_applied, "dead_lettered": result.dead_lettered, "lag": result.lag}
     context.log.info(f"catch-up {result.start_offset} -> {result.end_offset} of {result.target}: "
                      f"{result.rows_applied} applied, {result.dead_lettered} dead-lettered")
     if result.stalled:
-        sides = ", ".join(f"{side}: {error}" for side, error in result.stalled.items())
-        raise dg.Failure(f"catch-up stalled at seq {result.end_offset + 1} ({sides})", metadata=metadata)
+        line = result.stall_line()
+        context.log.error(line)
+        raise dg.Failure(line, metadata=metadata, allow_retries=not last_attempt)
     if result.waiting_on_gap is not None:
         context.log.warning(f"waiting for outbox seq {result.waiting_on_gap} to commit or time out")
     return dg.Output(result.end_offset, metadata=metadata)
@@ -68,7 +84,7 @@ def replay_failed(context: dg.OpExecutionContext, config: ReplayConfig, postgres
                   meili: MeiliResource) -> None:
     with postgres.connect() as conn:
         try:
-            outcomes = dead_letters.replay(conn, meili.client(), meili.index_uid, by=config.by, reason=config.reason,
+            outcomes = dead_letters.replay(conn, meili.client(), by=config.by, reason=config.reason,
                                            limit=config.limit, dry_run=config.dry_run)
         except dead_letters.ReplayError as exc:
             raise dg.Failure(str(exc), allow_retries=False) from None
@@ -96,6 +112,9 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
     if running:
         return dg.SkipReason(f"catch-up run {running[0].run_id[:8]} is still in flight")
     with postgres.connect() as conn:
+        if handover.latest(conn) is None:
+            return dg.SkipReason(f"the write path has not taken over from {contract.PRODUCT_INDEXER} yet "
+                                 "(`search-migration adopt`); the product's indexer keeps the indexes current")
         head = contract.outbox_head(conn)
         offset = contract.consumer_offset(conn, contract.CONSUMER)
     if head <= offset:

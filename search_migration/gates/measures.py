@@ -2,12 +2,21 @@
 
 NDCG uses ir-measures (pytrec_eval underneath). Without judgments from a golden set, relevance is
 graded by the legacy ranking: Meilisearch's first hit is worth 10, its tenth 1.
+
+Two empty result lists measure nothing: the gates never score such a pair (`both_empty`); the shadow
+report excludes it from overlap and NDCG and counts it separately. The functions below keep their
+benchmark semantics (an empty pair scores 1.0) for callers that compare whole query sets.
 """
 
 from __future__ import annotations
 
 import ir_measures
 from ir_measures import nDCG
+
+
+def both_empty(a: list[str] | None, b: list[str] | None) -> bool:
+    """Neither engine returned anything in its top 10: a pair the quality gates cannot score."""
+    return not (a or [])[:10] and not (b or [])[:10]
 
 
 def overlap_at_10(a: list[str], b: list[str]) -> float:

@@ -1,12 +1,20 @@
-"""The gates: thresholds from the product runbook applied to the reports. Too little data fails.
+"""The gate policy, as code: thresholds, minimum samples, soak and freshness in one reviewed place.
 
-Each gate is one asset check in Dagster and one line in `status`; the cutover job reads their
-latest results. A gate never passes on nothing: a missing measurement is a failure with a reason.
+Each gate is one asset check in Dagster and one line in `status`; the cutover job reads their latest
+results. A gate never passes on nothing: a missing measurement is a failure with a reason. The policy
+is not run config (anyone launching a run could lower it): it is this module's DEFAULT_POLICY, or a
+deployment's file named by SEARCH_MIGRATION_GATE_POLICY (JSON, the same keys), reviewed like code.
+Every check records the policy it was evaluated under (`Policy.id`), and the cutover refuses a check
+evaluated under any policy other than the one it runs under.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
+from typing import Mapping
 
 DEFAULTS = {
     "overlap_at_10": 0.70,  # median overlap@10, at least
@@ -16,7 +24,48 @@ DEFAULTS = {
     "error_rate": 0.01,  # below
     "outbox_backlog": 1000,  # below
     "min_sample": 30,  # shadow-read search samples a quality gate needs
+    "soak_hours": 24.0,  # live this long without a rollback before complete
+    "max_gate_age_minutes": 60.0,  # a gate older than this is stale for the cutover
 }
+POLICY_VERSION = 1
+
+
+class PolicyError(ValueError):
+    """The policy file is unreadable or not a policy; the message is one printable line."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    values: Mapping[str, float]
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
+
+    @property
+    def id(self) -> str:
+        """Version and digest: two policies with any value different have different ids."""
+        digest = hashlib.sha256(json.dumps(dict(sorted(self.values.items()))).encode()).hexdigest()[:12]
+        return f"v{POLICY_VERSION}-{digest}"
+
+
+DEFAULT_POLICY = Policy(DEFAULTS)
+
+
+def load(env: Mapping[str, str] = os.environ) -> Policy:
+    """The deployment's policy: SEARCH_MIGRATION_GATE_POLICY's file, else DEFAULT_POLICY."""
+    path = env.get("SEARCH_MIGRATION_GATE_POLICY")
+    if not path:
+        return DEFAULT_POLICY
+    try:
+        with open(path) as f:
+            given = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise PolicyError(f"SEARCH_MIGRATION_GATE_POLICY={path}: {type(exc).__name__}") from None
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if not isinstance(given, dict) or unknown:
+        raise PolicyError(f"SEARCH_MIGRATION_GATE_POLICY={path}: unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    return Policy({**DEFAULTS, **{k: float(v) for k, v in given.items()}})
+
 
 DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete")  # asset checks of search_drift_report
 QUALITY_CHECKS = ("shadow_sample_size", "overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "error_rate")
@@ -52,26 +101,40 @@ def _at_most(name, value, threshold, what, sample_ok=True, n=0, need=0, strict=F
     return Gate(name, ok, value, threshold, f"{what} {value:g} {sign} {threshold}")
 
 
-def quality(report, thresholds: dict | None = None) -> list[Gate]:
-    """Gates on a shadow_report.ShadowReport."""
-    t = {**DEFAULTS, **(thresholds or {})}
+ENGINE_NAMES = {"pg": "PostgreSQL", "meili": "Meilisearch"}
+
+
+def quality(report, policy: Policy | None = None) -> list[Gate]:
+    """Gates on a shadow_report.ShadowReport.
+
+    Overlap and NDCG are measured on real shadow searches both engines answered and that were not empty
+    on both sides: they need `min_sample` of those (an empty pair, a golden query or an error is no
+    evidence of quality). The error rate is that of the engine that answers users in the stages these
+    gates open (PostgreSQL: live, complete), whether it was primary or the shadow when it failed.
+    """
+    t = policy or load()
     n, need = report.sample_size, int(t["min_sample"])
     enough = n >= need
+    compared, empty = report.compared_samples, report.empty_pairs.get("shadow", 0)
+    scored_ok = enough and compared >= need
+    why = f"{compared} compared ({empty} empty on both sides excluded)" if enough else str(n)
     suggest_n = report.shadow_samples.get("suggest", 0)
+    engine = ENGINE_NAMES[report.error_rate_engine]
     return [
         Gate("shadow_sample_size", enough, n, need, f"{n} shadow search samples, need {need}"),
-        _at_least("overlap_at_10", report.overlap_median, t["overlap_at_10"], "median overlap@10", enough, n, need),
-        _at_least("ndcg_at_10", report.ndcg_at_10, t["ndcg_at_10"], "mean NDCG@10", enough, n, need),
+        _at_least("overlap_at_10", report.overlap_median, t["overlap_at_10"], "median overlap@10", scored_ok, why, need),
+        _at_least("ndcg_at_10", report.ndcg_at_10, t["ndcg_at_10"], "mean NDCG@10", scored_ok, why, need),
         _at_most("search_p95", report.p95("search"), t["search_p95_ms"], "PostgreSQL search P95 ms", enough, n, need),
         _at_most("suggest_p95", report.p95("suggest"), t["suggest_p95_ms"], "PostgreSQL suggest P95 ms",
                  suggest_n > 0, suggest_n, 1),
-        _at_most("error_rate", report.error_rate, t["error_rate"], "error rate", enough, n, need, strict=True),
+        _at_most("error_rate", report.error_rate, t["error_rate"], f"{engine} error rate", enough, n, need,
+                 strict=True),
     ]
 
 
-def integrity(drift_report, backlog: int, progress, thresholds: dict | None = None) -> list[Gate]:
+def integrity(drift_report, backlog: int, progress, policy: Policy | None = None) -> list[Gate]:
     """Gates on drift.DriftReport, the outbox backlog and backfill.Progress (complete to its watermark)."""
-    t = {**DEFAULTS, **(thresholds or {})}
+    t = policy or load()
     if progress.watermark is None:
         backfill_done, backfill_detail = False, "no high watermark captured yet"
     else:

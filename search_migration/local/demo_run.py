@@ -1,8 +1,12 @@
 """`search-migration demo run`: the whole migration, legacy -> live, through real Dagster runs.
 
 A driver, like the CLI: it launches the project's own jobs and asset materializations on the
-Dagster instance of dagster.yaml (so every run is visible in the UI afterwards), while a writer
-keeps adding posts the way the product does and synthetic readers send search traffic.
+Dagster instance of dagster.yaml (so every run is visible in the UI afterwards). It starts where an
+operator adopting the product starts: the product's indexer (`index-v1`, emulated by `demo seed`) is
+stopped — the demo simply does not run it any more — and the write path takes over at its offset
+(`adopt`, audited). Meanwhile a writer keeps publishing events the way the product's relay does
+(`ProductWriter`: notes, versions, deletions, expiring notes) and synthetic readers send search
+traffic, typos included.
 """
 
 from __future__ import annotations
@@ -14,23 +18,23 @@ from typing import Callable
 import dagster as dg
 
 from search_migration import db
-from search_migration.local import demo_corpus
-from search_migration.cutover import flags
-from search_migration.write_path import meili_index
-from search_migration.search import read_router
-from search_migration.source import contract
-from search_migration.cutover import stages
 from search_migration.backfill.partition_keys import topic_partition_key
+from search_migration.cutover import flags, stages
+from search_migration.local import demo_corpus
+from search_migration.local.product_writer import ProductWriter, Rejected
+from search_migration.search import read_router
 from search_migration.search.read_router import ReadRouter
 from search_migration.settings import Settings
+from search_migration.source import contract
+from search_migration.write_path import handover, meili_index
 
+# What the synthetic readers type: words of the corpus, Japanese and English, and typos of them
+# (Meilisearch forgives one typo from 5 letters, two from 9).
 QUERIES = ["ラーメン", "東京", "rust", "coffee", "カメラ", "検索", "写真", "release", "猫", "python", "#nostr",
-           "京都", "meetup", "データ", "ライブ"]
+           "京都", "meetup", "データベース", "ライブ配信", "全文検索", "温泉", "PostgreSQL", "weekend",
+           "pyhton", "relaese", "meetpu", "postgersql", "Meilisaerch", "festivl", "Kubernets"]
 SHADOW_SAMPLES = 60  # per ramp step: comfortably above the gates' minimum sample
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # the driver prints one line a step
-
-
-FAILURE = "dagster._core.definitions.events.Failure"  # the class name Dagster prefixes a Failure's message with
 # Dagster's documented run tags for a single run over a range of partitions
 PARTITION_RANGE_START, PARTITION_RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
@@ -39,8 +43,34 @@ class DemoError(Exception):
     pass
 
 
+class AlreadyDone(Exception):
+    """The migration is past where `demo run` starts; the message says where it is and what to do next."""
+
+
+def _failure_message(error) -> str:
+    """A step failure's own message, without the exception class Dagster prefixes it with."""
+    message = error.message.strip()
+    prefix = f"{error.cls_name}: " if getattr(error, "cls_name", None) else None
+    if prefix and prefix in message.split("\n", 1)[0]:
+        message = message.split(prefix, 1)[1]
+    return message.splitlines()[0] if message else "see the run in the UI"
+
+
+def where_to_go(stage: str, last_move: str | None) -> str:
+    """What to say to someone who starts `demo run` on a migration that is not at `legacy`."""
+    since = f" ({last_move})" if last_move else ""
+    start_over = ("`search-migration demo seed --reset --posts N --topics T` starts the demo over from legacy "
+                  "(then `search-migration demo run`)")
+    if stage in ("live", "complete"):
+        return (f"the migration is already at {stage}{since}: nothing to run. Next: `search-migration status` "
+                "shows the gates, `scripts/dev` shows every run in the Dagster UI, `rollback_job` there moves back "
+                f"(live -> shadow), or {start_over}")
+    return (f"the migration is at {stage}{since}, part way through: continue it from the Dagster UI "
+            f"(`scripts/dev`: catchup_job, the reports, cutover_job), or {start_over}")
+
+
 class Writer(threading.Thread):
-    """New posts, one product transaction each (event, topic rows, outbox rows), at a steady rate."""
+    """New events, one product ingest transaction each, at a steady rate (the product's relay)."""
 
     def __init__(self, url: str, topics: list[str], per_second: float):
         super().__init__(daemon=True, name="demo-writer")
@@ -52,18 +82,14 @@ class Writer(threading.Thread):
     def run(self) -> None:
         try:
             with db.connect(self.url) as conn:
-                for post in demo_corpus.live_traffic(self.topics, seed=int(time.time())):
+                writer = ProductWriter(conn)
+                for item in demo_corpus.live_traffic(self.topics, seed=time.time_ns()):
                     if self.stop_event.wait(self.interval):
                         return
-                    with conn.transaction():
-                        conn.execute("INSERT INTO cn_relay.events (event_id, pubkey, kind, content, created_at) "
-                                     "VALUES (%s, %s, 1, %s, %s) ON CONFLICT DO NOTHING",
-                                     (post.event_id, post.pubkey, post.content, post.created_at))
-                        for t in post.topics:
-                            conn.execute("INSERT INTO cn_relay.event_topics VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                                         (post.event_id, t))
-                            conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                                         "VALUES ('upsert', %s, %s, 'created')", (post.event_id, t))
+                    try:
+                        writer.publish(item.event, now=item.now)
+                    except Rejected:
+                        continue  # the relay refused it (as it would refuse a client): nothing written
                     self.written += 1
         except Exception as exc:  # surfaced by the driver
             self.error = exc
@@ -82,8 +108,8 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
         result = defs.resolve_job_def(name).execute_in_process(
             instance=instance, run_config={"ops": {op: {"config": config}}, **QUIET}, raise_on_error=False)
         if not result.success:
-            errors = [e.step_failure_data.error.message.strip().removeprefix(f"{FAILURE}: ")
-                      for e in result.all_events if e.is_step_failure]
+            errors = [_failure_message(e.step_failure_data.error) for e in result.all_events
+                      if e.is_step_failure and e.step_failure_data.error is not None]
             raise DemoError(f"{name} failed (run {result.run_id[:8]}): {(errors or ['see the run in the UI'])[0]}")
 
     def materialize(key: str, **kwargs) -> dg.ExecuteInProcessResult:
@@ -111,8 +137,7 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
                  f"outbox head {contract.outbox_head(conn)}")
 
     def traffic(rate: int) -> None:
-        with db.connect(s.database_url) as conn, ReadRouter(s.database_url, meili, s.meili_index) as router:
-            topics = contract.topic_ids(conn)
+        with db.connect(s.database_url) as conn, ReadRouter(s.database_url, meili) as router:
             before = conn.execute("SELECT count(*) FROM cn_search.shadow_read_logs").fetchone()[0]
             sent = 0
             for i in range(20_000):
@@ -131,13 +156,26 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
     with db.connect(s.database_url) as conn:
         stage = stages.current(flags.read_all(conn))
         topics = contract.topic_ids(conn)
+        last = conn.execute("SELECT changed_at, changed_by FROM cn_search.runtime_flag_audit "
+                            "WHERE stage_to IS NOT NULL ORDER BY audit_id DESC LIMIT 1").fetchone()
     if stage != "legacy":
-        raise DemoError(f"demo run starts at stage legacy, the database is at {stage}; "
-                        "`search-migration demo seed --reset --posts N --topics T` starts over")
+        move = f"since {last[0].isoformat(timespec='seconds')} by {last[1]}" if last else None
+        if stage in ("live", "complete"):
+            raise AlreadyDone(where_to_go(stage, move))
+        raise DemoError(where_to_go(stage, move))
+    if not topics:
+        raise DemoError("the demo database holds no topics; `search-migration demo seed --posts N --topics T` first")
     meili = meili_index.client(s.meili_url, s.meili_master_key)
+
+    # The product's indexer is stopped (the demo stops running its emulation), then we take its place.
+    with db.connect(s.database_url) as conn:
+        done = handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="demo run",
+                              reason="demo: the product's indexer is stopped; the write path takes over")
+    step(f"stage legacy: {len(topics)} topics; the product's indexer {done.from_consumer} is stopped at seq "
+         f"{done.offset}; adopt: {done.consumer} starts there" + (" (adopted before)" if done.already else ""))
     writer = Writer(s.database_url, topics, per_second=5)
     writer.start()
-    step(f"stage legacy: {len(topics)} topics; a writer adds 5 posts/s through the outbox")
+    step("a writer publishes 5 events/s the way the product's relay does")
     try:
         cutover("dual")
         materialize("backfill_high_watermark")
@@ -161,4 +199,4 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
         writer.join(timeout=10)
     if writer.error:
         raise DemoError(f"the demo writer failed: {writer.error}")
-    step(f"done: stage live; the writer added {writer.written} posts during the migration")
+    step(f"done: stage live; the writer published {writer.written} events during the migration")

@@ -16,6 +16,7 @@ from search_migration.ops import counters
 from search_migration.source import contract
 from search_migration.cutover import stages
 from search_migration.errors import first_line
+from search_migration.write_path import handover
 
 Section = Callable[[psycopg.Connection], dict]
 SECTIONS: dict[str, Section] = {}
@@ -36,6 +37,19 @@ def _stage(conn: psycopg.Connection) -> dict:
     return {"stage": stages.current(values), **values,
             "last_move": f"{last[2]} -> {last[3]} by {last[1]} at {last[0].isoformat(timespec='seconds')}"
             if last else None}
+
+
+@section("handover")
+def _handover(conn: psycopg.Connection) -> dict:
+    done = handover.latest(conn)
+    if done is None:
+        return {"adopted": False, "next": f"stop {contract.PRODUCT_INDEXER}, then `search-migration adopt "
+                                          f"--from-consumer {contract.PRODUCT_INDEXER} --by WHO --reason WHY`"}
+    moved = handover.indexer_moved(conn)
+    return {"adopted": True, "from": done.from_consumer, "at_seq": done.offset, "by": done.handed_by,
+            "product_indexer_moved": moved,
+            **({"warning": f"{done.from_consumer} moved {moved} rows after the handover: the product's indexer "
+                           "is still running beside the write path; stop it"} if moved else {})}
 
 
 @section("outbox")
@@ -65,6 +79,11 @@ def _dead_letters(conn: psycopg.Connection) -> dict:
 @section("backfill")
 def _backfill(conn: psycopg.Connection) -> dict:
     return backfill.progress(conn).as_dict()
+
+
+def failed_sections(report: dict[str, dict]) -> list[str]:
+    """Sections that could not be computed (status then exits non-zero)."""
+    return [name for name, data in report.items() if isinstance(data, dict) and "error" in data]
 
 
 def compute(conn: psycopg.Connection) -> dict[str, dict]:

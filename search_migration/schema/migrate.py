@@ -1,5 +1,8 @@
 """Apply the ordered SQL files in `migrations/` exactly once, under a PostgreSQL advisory lock.
 
+They create and change `cn_search` only, and only after checking that `cn_relay` has the product's
+shape and that `cn_search` is ours (or absent, or empty): nothing of the product is changed.
+
 The files ship inside the package as `search_migration.migrations` (pyproject.toml maps the top-level
 `migrations/` folder onto it) and are read through importlib.resources, so an installed wheel migrates
 exactly as a checkout does.
@@ -20,6 +23,8 @@ from importlib.resources.abc import Traversable
 import psycopg
 
 from search_migration.errors import first_line
+from search_migration.schema import ownership
+from search_migration.source import shape
 
 # A plain directory (pathlib.Path) in practice: the package is a regular one, in a wheel or editable.
 MIGRATIONS_DIR: Traversable = resources.files("search_migration.migrations")
@@ -27,8 +32,9 @@ MIGRATIONS_DIR: Traversable = resources.files("search_migration.migrations")
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"search_migration.schema.migrate").digest()[:8], "big", signed=True)
 FILENAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
+# Our history lives in our schema: nothing of ours is written anywhere else (cn_relay is the product's).
 TRACKING_DDL = """
-CREATE TABLE IF NOT EXISTS public.search_migration_schema_versions (
+CREATE TABLE IF NOT EXISTS cn_search.schema_versions (
     filename   text        PRIMARY KEY,
     checksum   text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
@@ -73,9 +79,20 @@ def migrate(conninfo: str, directory: Traversable = MIGRATIONS_DIR) -> list[str]
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
-            conn.execute(TRACKING_DDL)
-            applied = dict(conn.execute(
-                "SELECT filename, checksum FROM public.search_migration_schema_versions").fetchall())
+            try:
+                ownership.check(conn)
+                shape.verify(conn)
+            except (ownership.ForeignSchema, shape.ShapeError) as exc:
+                raise MigrationError(str(exc)) from None
+            try:
+                with conn.transaction():
+                    if ownership.state(conn) == "absent":  # IF NOT EXISTS would still need CREATE on the database
+                        conn.execute("CREATE SCHEMA cn_search")
+                    conn.execute(TRACKING_DDL)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise MigrationError(f"cannot create cn_search ({first_line(exc)}): ask a DBA to run the SQL "
+                                     "`search-migration db grants --role ROLE` prints") from None
+            applied = dict(conn.execute("SELECT filename, checksum FROM cn_search.schema_versions").fetchall())
             on_disk = {m.filename for m in migrations}
             for filename in sorted(set(applied) - on_disk):
                 raise MigrationError(f"{filename} was applied but is missing from {directory.name}/")
@@ -91,7 +108,7 @@ def migrate(conninfo: str, directory: Traversable = MIGRATIONS_DIR) -> list[str]
                     with conn.transaction():
                         conn.execute(m.sql)
                         conn.execute(
-                            "INSERT INTO public.search_migration_schema_versions (filename, checksum) "
+                            "INSERT INTO cn_search.schema_versions (filename, checksum) "
                             "VALUES (%s, %s)", (m.filename, m.checksum))
                 except psycopg.Error as exc:
                     raise MigrationError(f"{m.filename} failed: {first_line(exc)}") from exc
@@ -104,8 +121,8 @@ def migrate(conninfo: str, directory: Traversable = MIGRATIONS_DIR) -> list[str]
 def pending(conninfo: str, directory: Traversable = MIGRATIONS_DIR) -> list[str]:
     """Filenames not yet applied, without taking the lock (for status output)."""
     with psycopg.connect(conninfo) as conn:
-        exists = conn.execute("SELECT to_regclass('public.search_migration_schema_versions')").fetchone()[0]
+        exists = conn.execute("SELECT to_regclass('cn_search.schema_versions')").fetchone()[0]
         applied = set()
         if exists:
-            applied = {r[0] for r in conn.execute("SELECT filename FROM public.search_migration_schema_versions")}
+            applied = {r[0] for r in conn.execute("SELECT filename FROM cn_search.schema_versions")}
     return [m.filename for m in discover(directory) if m.filename not in applied]

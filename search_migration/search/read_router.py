@@ -5,8 +5,9 @@ The primary backend comes from `search_read_backend` / `suggest_read_backend` in
 `shadow_sample_rate` (0-100), so the same viewer asking the same thing is always in or always out.
 The secondary engine starts before the primary and runs on a worker thread: it never delays the
 primary's answer and its failure is only recorded. Each shadowed request writes one
-cn_search.shadow_read_logs row with both id lists, overlap@10 and both latencies; viewers and queries
-are stored as hashes only.
+cn_search.shadow_read_logs row with both id lists, overlap@10 and both latencies, or the error of the
+engine that failed: a failing primary is logged as well as a failing shadow (the user got that error;
+the error-rate gate measures the engine that answers users). Viewers and queries are stored as hashes only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from psycopg_pool import ConnectionPool
 
 from search_migration.search import meili_search
 from search_migration.search import pg_search
-from search_migration.gates.measures import overlap_at_10
+from search_migration.gates.measures import both_empty, overlap_at_10
 from search_migration.search.text import normalize
 from search_migration.errors import first_line
 
@@ -39,8 +40,8 @@ FLAG_SQL = ("SELECT flag_name, flag_value FROM cn_search.runtime_flags "
 LOG_SQL = """
 INSERT INTO cn_search.shadow_read_logs
     (endpoint, topic_id, viewer_hash, query_hash, primary_backend, primary_ids, secondary_ids,
-     overlap_at_10, primary_latency_ms, secondary_latency_ms, secondary_error)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+     overlap_at_10, primary_latency_ms, secondary_latency_ms, secondary_error, primary_error)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
@@ -58,6 +59,14 @@ class SearchUnavailable(Exception):
 
 class BadRequest(Exception):
     """The request itself is wrong (a malformed cursor, an unknown backend)."""
+
+
+class PrimaryFailed(Exception):
+    """What the shadow worker learns of a primary that failed: its error line and how long it took."""
+
+    def __init__(self, error: str, latency_ms: float):
+        super().__init__(error)
+        self.error, self.latency_ms = error, latency_ms
 
 
 MAX_QUERY_CHARS = 1_000  # longer is not a search-box query; both engines would only waste time on it
@@ -108,9 +117,8 @@ def sample_bucket(viewer: str | None, query: str) -> int:
 class ReadRouter:
     """Thread-safe; one per process. `close()` waits for shadow reads still being logged."""
 
-    def __init__(self, database_url: str, meili: meilisearch.Client, index_uid: str, pool_size: int = 4):
+    def __init__(self, database_url: str, meili: meilisearch.Client, pool_size: int = 4):
         self.meili = meili
-        self.index_uid = index_uid
         self.pool = ConnectionPool(database_url, min_size=1, max_size=pool_size, open=True,
                                    kwargs={"autocommit": True, "connect_timeout": 5})
         self._shadow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadow-read")
@@ -130,7 +138,7 @@ class ReadRouter:
             raise BadRequest("limit must be between 1 and 1000")
         engines = {
             "pg": lambda: self._with_conn(lambda c: pg_search.search(c, topic, q, limit, offset)),
-            "meili": lambda: meili_search.search(self.meili, self.index_uid, topic, q, limit, offset),
+            "meili": lambda: meili_search.search(self.meili, topic, q, limit, offset),
         }
         chosen, page = self._route("search", engines, backend, viewer, q, topic, lambda p: p.items)
         return {"topic": topic, "query": q, "items": page.items,
@@ -144,7 +152,7 @@ class ReadRouter:
             raise BadRequest("limit must be between 1 and 100")
         engines = {
             "pg": lambda: self._with_conn(lambda c: pg_search.suggest(c, q, limit)),
-            "meili": lambda: meili_search.suggest(self.meili, self.index_uid, q, limit),
+            "meili": lambda: meili_search.suggest(self.meili, q, limit),
         }
         chosen, items = self._route("suggest", engines, backend, viewer, q, None, lambda items: items)
         return {"query": q, "items": items, "backend": chosen}
@@ -204,7 +212,7 @@ class ReadRouter:
         try:
             result = self._call(backend, engines[backend])
         except BaseException as exc:
-            primary_done.set_exception(exc)
+            primary_done.set_exception(PrimaryFailed(first_line(exc), _ms(started)))
             raise
         primary_done.set_result(([i["event_id"] for i in items_of(result)], _ms(started)))
         return backend, result
@@ -254,16 +262,20 @@ class ReadRouter:
         except Exception as exc:  # a failing secondary is data, not an outage
             error = first_line(exc)
         secondary_ms = _ms(started)
+        primary_error = None
         try:
             primary_ids, primary_ms = primary_done.result()
-        except BaseException:
-            return  # nothing to compare against
+        except PrimaryFailed as failed:  # the user got this error: it is the primary engine's, on record
+            primary_ids, primary_ms, primary_error = None, failed.latency_ms, failed.error
+        except BaseException as exc:
+            primary_ids, primary_ms, primary_error = None, 0.0, first_line(exc)
+        # an empty pair measures nothing: no overlap is recorded for it (the gates count it separately)
+        compared = primary_ids is not None and secondary_ids is not None and not both_empty(primary_ids, secondary_ids)
         try:
             self._with_conn(lambda c: c.execute(LOG_SQL, (
                 endpoint, topic, _digest("viewer", viewer or ""), _digest("query", normalize(q)), primary,
-                primary_ids, secondary_ids,
-                overlap_at_10(primary_ids, secondary_ids) if secondary_ids is not None else None,
-                primary_ms, None if error else secondary_ms, error)))
+                primary_ids, secondary_ids, overlap_at_10(primary_ids, secondary_ids) if compared else None,
+                primary_ms, None if error else secondary_ms, error, primary_error)))
         except Exception:
             pass  # shadow logging is best effort; the primary already answered
 

@@ -96,35 +96,76 @@ def _script(c: str) -> str | None:
 
 def _groups(text: str):
     """charabia's script groups: a script change starts a group; script-less characters stay put."""
-    start, current = 0, None
-    for i, c in enumerate(text):
-        s = _script(c)
-        if s is not None and s != current:
-            if current is not None:
-                yield text[start:i]
-                start = i
-            current = s
-    if text:
-        yield text[start:]
+    for m in _GROUP_RE.finditer(text.translate(_COARSE)):
+        yield text[m.start():m.end()]
 
 
 def _detect(group: str) -> tuple[str | None, str | None]:
     """(script, language) of a group as charabia asks whatlang: main script by count; CJK language."""
-    counts: dict[str, int] = {}
-    for c in group:
-        if ord(c) > 0x7E or c.isalpha():  # whatlang skips ASCII digits, spaces and punctuation
-            s = _fine_script(c)
-            if s is not None:
-                counts[s] = counts.get(s, 0) + 1
-    if not counts:
-        return None, None
-    main = max(counts, key=counts.get)
-    if main in _KANA:
-        return CJ, "jpn"
-    if main == "Mandarin":
-        kana = counts.get("Hiragana", 0) + counts.get("Katakana", 0)
-        return CJ, ("jpn" if kana / (kana + counts["Mandarin"]) > 0.05 else "cmn")
-    return main, None
+    fine = group.translate(_FINE)
+    return _detect_fine(fine, 0, len(fine))
+
+
+# Each character's script as one letter (str.translate tables filled on first sight of a character), so
+# groups and detection run in C instead of a Python loop per character.
+_SCRIPT_NAMES = sorted({r[2] for r in _SCRIPT_RANGES})
+_LETTER = {name: chr(0x41 + i) for i, name in enumerate(_SCRIPT_NAMES)}
+_NAME = {v: k for k, v in _LETTER.items()}
+_CJ_LETTER = "#"
+_NAME[_CJ_LETTER] = CJ
+_KANA_LETTERS = (_LETTER["Hiragana"], _LETTER["Katakana"])
+_HAN_LETTER = _LETTER["Mandarin"]
+
+
+class _ScriptTable(dict):
+    def __init__(self, coarse: bool):
+        super().__init__()
+        self.coarse = coarse
+
+    def __missing__(self, code: int) -> str:
+        s = _fine_script(chr(code))
+        if s is None:
+            letter = "."
+        elif self.coarse and (s in _KANA or s == "Mandarin"):
+            letter = _CJ_LETTER
+        else:
+            letter = _LETTER[s]
+        self[code] = letter
+        return letter
+
+
+_FINE, _COARSE = _ScriptTable(False), _ScriptTable(True)
+_GROUP_RE = re.compile(r"\.*([^.])(?:\1|\.)*|\.+")
+
+
+def _detect_fine(fine: str, a: int, b: int) -> tuple[str | None, str | None]:
+    """_detect on the fine script letters fine[a:b] of a group."""
+    kana = fine.count(_KANA_LETTERS[0], a, b) + fine.count(_KANA_LETTERS[1], a, b)
+    han = fine.count(_HAN_LETTER, a, b)
+    if kana or han:  # a group holds one coarse script: CJK here
+        return CJ, ("jpn" if not han or kana / (kana + han) > 0.05 else "cmn")
+    for i in range(a, b):
+        if fine[i] != ".":
+            return _NAME[fine[i]], None
+    return None, None
+
+
+def _analyzed_groups(text: str):
+    """(group, script, language) of each of charabia's script groups of `text`, in order."""
+    fine = text.translate(_FINE)
+    for m in _GROUP_RE.finditer(fine.translate(_FINE_TO_COARSE)):
+        a, b = m.span()
+        letter = m.group(1)
+        if letter is None:
+            yield text[a:b], None, None
+        elif letter == _CJ_LETTER:
+            yield (text[a:b], *_detect_fine(fine, a, b))
+        else:
+            yield text[a:b], _NAME[letter], None
+
+
+_FINE_TO_COARSE = str.maketrans({_LETTER["Hiragana"]: _CJ_LETTER, _LETTER["Katakana"]: _CJ_LETTER,
+                                 _LETTER["Mandarin"]: _CJ_LETTER})
 
 
 def cjk_language(text: str) -> str:
@@ -170,6 +211,19 @@ def _separator_re() -> re.Pattern:
     chars = "".join(chr(o) for o in range(0x110000) if not 0xD800 <= o <= 0xDFFF and _is_separator_char(chr(o)))
     alternatives = "|".join(map(re.escape, _MULTI_SEPARATORS))
     return re.compile(f"({alternatives}|[{re.escape(chars)}])")
+
+
+@functools.cache
+def _ascii_separator_re() -> re.Pattern:
+    """_separator_re for ASCII text: the same rule, a small character class (most groups are ASCII)."""
+    chars = "".join(chr(o) for o in range(128) if _is_separator_char(chr(o)))
+    alternatives = "|".join(map(re.escape, [m for m in _MULTI_SEPARATORS if m.isascii()]))
+    return re.compile(f"({alternatives}|[{re.escape(chars)}])")
+
+
+def _split(group: str) -> list[str]:
+    """Pieces and separators alternating (odd items are separators), as `_separator_re().split`."""
+    return (_ascii_separator_re() if group.isascii() else _separator_re()).split(group)
 
 
 def _split_separators(group: str):
@@ -286,6 +340,7 @@ def _nfkd(s: str) -> str:
     return s if s.isascii() else "".join(unicodedata.normalize("NFKD", c) for c in s)
 
 
+@functools.lru_cache(maxsize=65_536)
 def _normalize(piece: str, script: str | None, language: str | None) -> tuple[str, str]:
     """(lemma, kind) where kind is "word", "soft" or "hard", as charabia's normalizers leave it."""
     if piece.isascii() and piece.isalnum():  # the common case: a plain ASCII word
@@ -306,48 +361,94 @@ def _normalize(piece: str, script: str | None, language: str | None) -> tuple[st
     return lemma, "word"
 
 
+@functools.lru_cache(maxsize=65_536)
+def _piece(piece: str, script: str | None, language: str | None, is_sep: bool) -> tuple:
+    """(lemma, kind, start, end) of one piece between separators (or of one separator), offsets in the
+    piece: segmenting and normalizing it depends on nothing else, so repeated pieces cost a lookup."""
+    if is_sep or _is_number(piece):
+        parts = [piece]
+    elif script == CJ and language == "jpn":
+        parts = _japanese(piece)
+    elif script == CJ:
+        parts = _chinese(piece)
+    else:
+        parts = [piece]
+    out = []
+    at = 0
+    for part in parts:
+        found = piece.find(part, at)
+        at = found if found >= 0 else at
+        out.append((*_normalize(part, script, language), at, at + len(part)))
+        at += len(part)
+    return tuple(out)
+
+
 def tokens(text: str):
     """Every (lemma, kind, start, end) charabia yields for `text`, separators included; start/end are
     character offsets into `text` (for highlighting and for checking against Meilisearch's matches)."""
     offset = 0
-    for group in _groups(text):
-        script, language = _detect(group)
-        for piece, is_sep in _split_separators(group):
-            if is_sep or _is_number(piece):
-                parts = [piece]
-            elif script == CJ and language == "jpn":
-                parts = _japanese(piece)
-            elif script == CJ:
-                parts = _chinese(piece)
-            else:
-                parts = [piece]
-            at = offset
-            for part in parts:
-                at = text.index(part, at)
-                yield (*_normalize(part, script, language), at, at + len(part))
-                at += len(part)
-            offset += len(piece)
+    for group, script, language in _analyzed_groups(text):
+        for i, piece in enumerate(_split(group)):
+            if piece:
+                for lemma, kind, a, b in _piece(piece, script, language, i % 2 == 1):
+                    yield lemma, kind, offset + a, offset + b
+                offset += len(piece)
+
+
+_WORD, _SOFT, _HARD_KIND = 0, 1, 2
+
+
+@functools.lru_cache(maxsize=65_536)
+def _piece_words(piece: str, script: str | None, language: str | None, is_sep: bool) -> tuple:
+    """_piece as `_words0` consumes it: (word, kind code), the word stripped and "" when milli drops
+    it (too long); empty lemmas left out (they move nothing)."""
+    out = []
+    for lemma, kind, _, _ in _piece(piece, script, language, is_sep):
+        if kind == "word":
+            if lemma:
+                word = lemma.strip()
+                out.append((word if word and len(word.encode()) <= MAX_WORD_BYTES else "", _WORD))
+        else:
+            out.append(("", _HARD_KIND if kind == "hard" else _SOFT))
+    return tuple(out)
+
+
+def _words0(text: str) -> list[tuple[str, int]]:
+    """words(text) from position 0 (the hot path of every document: no generator, cached pieces)."""
+    out: list[tuple[str, int]] = []
+    position, prev = 0, None
+    for group, script, language in _analyzed_groups(text):
+        for i, piece in enumerate(_split(group)):
+            if not piece:
+                continue
+            for word, kind in _piece_words(piece, script, language, i % 2 == 1):
+                if kind == _WORD:
+                    if prev is not None:
+                        position += MAX_DISTANCE if prev == _HARD_KIND else 1
+                    prev = _WORD
+                    if position >= MAX_POSITION:
+                        return out
+                    if word:
+                        out.append((word, position))
+                elif prev is not None and (kind == _HARD_KIND or prev != _HARD_KIND):
+                    prev = kind
+    return out
+
+
+SHORT = 96  # values up to this many characters (authors, tags, short titles and posts) are cached: they repeat
+
+
+@functools.lru_cache(maxsize=16_384)
+def _words0_short(text: str) -> tuple[tuple[str, int], ...]:
+    return tuple(_words0(text))
 
 
 def words(text: str, start: int = 0) -> list[tuple[str, int]]:
     """(word, position) as Meilisearch indexes one string value: +1 per soft, +8 per hard separator."""
-    out: list[tuple[str, int]] = []
-    position, prev = start, None
-    for lemma, kind, _, _ in tokens(text):
-        if kind == "word":
-            if not lemma:
-                continue
-            if prev is not None:
-                position += MAX_DISTANCE if prev == "hard" else 1
-            prev = "word"
-            if position >= MAX_POSITION:
-                break
-            word = lemma.strip()
-            if word and len(word.encode()) <= MAX_WORD_BYTES:
-                out.append((word, position))
-        elif prev is not None and (kind == "hard" or prev != "hard"):
-            prev = kind
-    return out
+    got = _words0_short(text) if len(text) <= SHORT else _words0(text)
+    if not start:
+        return list(got)
+    return [(w, p + start) for w, p in got if p + start < MAX_POSITION]
 
 
 def field_words(value) -> list[tuple[str, int]]:
@@ -371,4 +472,4 @@ def field_words(value) -> list[tuple[str, int]]:
 
 def query_words(q: str, limit: int = QUERY_WORDS_LIMIT) -> list[str]:
     """The words Meilisearch searches for `q`: the same tokenizer (and language detection), first 10."""
-    return [lemma for lemma, kind, _, _ in tokens(q) if kind == "word" and lemma][:limit]
+    return [word for word, _ in words(q)][:limit]  # the documents' own path: a query word is a document word

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-NORMALIZER_VERSION = 2  # v2: Vietnamese Latin folded, marks only on letters, CJK #tags/@mentions kept whole
+NORMALIZER_VERSION = 3  # v3: Meilisearch 1.21 words (segment.py) of the five attributes, milli.py; v2: Vietnamese Latin folded, marks only on letters, CJK #tags/@mentions kept whole
 KEEP = {"#", "@", "_"}
 MAX_POSITION = 16383  # PostgreSQL's tsvector position limit
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 
-CONSUMER = "search_indexer"  # the product's search consumer: legacy indexer, then our write path
+CONSUMER = "search-migration"  # our write path's row in cn_relay.consumer_offsets
+PRODUCT_INDEXER = "index-v1"  # the product's own search indexer (cn-index), whose place we take
 
-LIVE_COUNTS_SQL = """
+# What the product indexes (cn-index `handle_upsert`): the event exists, is not deleted, is current, is not
+# ephemeral and has not expired. `e` is cn_relay.events; `%(now)s` unix seconds.
+SEARCHABLE = ("NOT e.is_deleted AND e.is_current AND NOT e.is_ephemeral "
+              "AND (e.expires_at IS NULL OR e.expires_at > %(now)s)")
+
+LIVE_COUNTS_SQL = f"""
 SELECT et.topic_id, count(*)
 FROM cn_relay.event_topics et
 JOIN cn_relay.events e ON e.event_id = et.event_id
-WHERE NOT e.is_deleted
+WHERE {SEARCHABLE}
 GROUP BY et.topic_id
 """
 
@@ -24,9 +32,18 @@ def consumer_offset(conn: psycopg.Connection, consumer: str) -> int:
     return row[0] if row else 0
 
 
-def live_rows_per_topic(conn: psycopg.Connection) -> dict[str, int]:
-    """Live (post, topic) rows per topic: what a correct search index holds."""
-    return dict(conn.execute(LIVE_COUNTS_SQL).fetchall())
+def now_unix() -> int:
+    return int(time.time())
+
+
+def set_consumer_offset(conn: psycopg.Connection, consumer: str, seq: int) -> None:
+    """Our one write to the product's tables, through the function least privilege allows (our row only)."""
+    conn.execute("SELECT cn_search.set_consumer_offset(%s, %s)", (consumer, seq))
+
+
+def live_rows_per_topic(conn: psycopg.Connection, now: int | None = None) -> dict[str, int]:
+    """Searchable (post, topic) rows per topic: what a correct search index holds."""
+    return dict(conn.execute(LIVE_COUNTS_SQL, {"now": now_unix() if now is None else now}).fetchall())
 
 
 TOPICS_SQL = """

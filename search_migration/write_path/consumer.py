@@ -27,7 +27,7 @@ from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationErro
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from search_migration.cutover import flags
-from search_migration.write_path import meili_index
+from search_migration.write_path import expiry, handover, legacy_documents, meili_index
 from search_migration.ops import counters
 from search_migration.write_path import pg_documents
 from search_migration.source import contract
@@ -40,16 +40,33 @@ CONSUMER = contract.CONSUMER
 EVENT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_TOPIC_ID = 255
 MAX_CONTENT_BYTES = pg_documents.MAX_CONTENT_BYTES
-GAP_TIMEOUT_S = 15.0
 DEFAULT_BATCH_SIZE = 20_000  # bench/catchup_throughput.py: 100k rows dual 1,700 rows/s at 1,000, 9,200 at 20,000
 
+# Each outbox row with the event it names, as the product's indexer reads it (cn-index `handle_upsert`).
 FETCH_SQL = """
-SELECT o.seq, o.op, o.event_id, o.topic_id, e.event_id IS NOT NULL, e.content, e.created_at, e.is_deleted
+SELECT o.seq, o.op, o.event_id, o.topic_id, o.effective_key, o.reason,
+       e.event_id IS NOT NULL, e.kind, e.created_at, e.content, e.raw_json,
+       e.is_deleted, e.is_current, e.is_ephemeral, e.expires_at
 FROM cn_relay.events_outbox o
 LEFT JOIN cn_relay.events e ON e.event_id = o.event_id
 WHERE o.seq > %s AND o.seq <= %s
 ORDER BY o.seq
 LIMIT %s
+"""
+
+# Older versions of a replaceable/addressable event, which an upsert carrying its effective key removes
+# from every topic they are in. The product's indexer removes them from the upsert's topic only, so an
+# older version stays searchable in a topic the new one left: a product defect we report (drift lists
+# it as a legacy defect) and do not copy. Two probes, one per key column, so each can hash.
+STALE_SQL = """
+WITH k AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS k(seq, key, current_id))
+SELECT k.seq, e.event_id, t.topic_id FROM k
+JOIN cn_relay.events e ON e.replaceable_key = k.key AND e.event_id <> k.current_id AND NOT e.is_current
+JOIN cn_relay.event_topics t ON t.event_id = e.event_id
+UNION
+SELECT k.seq, e.event_id, t.topic_id FROM k
+JOIN cn_relay.events e ON e.addressable_key = k.key AND e.event_id <> k.current_id AND NOT e.is_current
+JOIN cn_relay.event_topics t ON t.event_id = e.event_id
 """
 
 
@@ -81,16 +98,25 @@ class Retry:
 
 @dataclass
 class Item:
-    """One outbox row with the source state it points at."""
+    """One outbox row with the source state it points at, and what it means for the indexes."""
 
     seq: int
     op: str
     event_id: str
     topic_id: str
+    effective_key: str | None
+    reason: str | None
     event_exists: bool
-    content: str | None
+    kind: int | None
     created_at: int | None
+    content: str | None
+    raw_json: dict | None
     event_deleted: bool | None
+    is_current: bool | None
+    is_ephemeral: bool | None
+    expires_at: int | None
+    now: int = 0  # when it was read: "not expired" is judged at that moment, as the product does
+    stale: list[tuple[str, str]] = field(default_factory=list)  # (event, topic) of older versions it removes
 
     def problem(self) -> tuple[str, str] | None:
         """(reason_class, error) when the row itself is unusable for every engine."""
@@ -101,25 +127,53 @@ class Item:
         topic = self.topic_id or ""
         if not topic.strip() or len(topic) > MAX_TOPIC_ID or any(ord(c) < 32 for c in topic):
             return "malformed_payload", "topic_id is empty, too long or has control characters"
-        if self.op == "upsert":
-            if not self.event_exists:
-                return "missing_source_event", "the outbox names an event that cn_relay.events does not hold"
-            if self.created_at is None or self.created_at <= 0:
-                return "malformed_payload", "event created_at is not a positive unix time"
+        if self.op == "upsert" and self.searchable:
+            if not isinstance(self.raw_json, dict) or not isinstance(self.raw_json.get("content"), str):
+                return "malformed_payload", "the event's raw_json is not a signed event"
             size = len((self.content or "").encode())
-            if size > MAX_CONTENT_BYTES and not self.event_deleted:
+            if size > MAX_CONTENT_BYTES:
                 return "content_too_large", f"content is {size} bytes, over the {MAX_CONTENT_BYTES}-byte limit"
         return None
 
     @property
-    def deletes(self) -> bool:
-        """A delete row, or an upsert of an event deleted since: never resurrect."""
-        return self.op == "delete" or bool(self.event_deleted)
+    def searchable(self) -> bool:
+        """The product's rule: exists, not deleted, current, not ephemeral, not expired."""
+        return bool(self.event_exists and not self.event_deleted and self.is_current and not self.is_ephemeral
+                    and (self.expires_at is None or self.expires_at > self.now))
 
-    def doc_write(self) -> DocWrite:
+    @property
+    def deletes(self) -> bool:
+        """A delete row, or an upsert of an event that is no longer searchable: never resurrect."""
+        return self.op == "delete" or not self.searchable
+
+    @property
+    def delete_reason(self) -> str:
+        if self.op == "delete":
+            return self.reason or "delete"
+        if not self.event_exists:
+            return "missing"
+        if self.event_deleted:
+            return "deleted"
+        if not self.is_current:
+            return "superseded"
+        if self.is_ephemeral:
+            return "ephemeral"
+        return "expired"
+
+    def doc_writes(self) -> list[DocWrite]:
+        """This row's PostgreSQL writes: the document (or its tombstone), and the older versions it removes."""
         if self.deletes:
-            return DocWrite(self.seq, self.event_id, self.topic_id, True, "", self.created_at or 0)
-        return DocWrite(self.seq, self.event_id, self.topic_id, False, self.content or "", self.created_at)
+            main = DocWrite(self.seq, self.event_id, self.topic_id, True, "", self.created_at or 0,
+                            kind=self.kind, delete_reason=self.delete_reason)
+        else:
+            # the attributes cn-index gives Meilisearch (title/subject tags, author, every t tag), from raw_json
+            main = pg_documents.doc_write_for_event(self.seq, self.raw_json, self.topic_id, post_id=self.event_id,
+                                                    expires_at=self.expires_at)
+        return [main] + [DocWrite(self.seq, old, topic, True, "", 0, delete_reason="superseded")
+                         for old, topic in self.stale]
+
+    def meili_document(self) -> dict:
+        return legacy_documents.document({"raw_json": self.raw_json}, self.topic_id)
 
 
 # --------------------------------------------------------------------------- engines
@@ -133,7 +187,7 @@ class PgSide:
 
     def apply(self, items: list[Item]) -> None:
         try:
-            pg_documents.apply(self.conn, [i.doc_write() for i in items])
+            pg_documents.apply(self.conn, [w for i in items for w in i.doc_writes()])
         except psycopg.Error as exc:
             # data exceptions (22), constraint violations (23) and program limits (54: a tsvector over
             # 1 MB) fail again on the same row; anything else (connection trouble, triggers, locks, a
@@ -155,13 +209,14 @@ def _pg_error(exc: psycopg.Error) -> str:
 
 
 class MeiliSide:
+    """The product's per-topic indexes, written as its indexer writes them (uids, documents, settings)."""
+
     name = "meili"
 
-    def __init__(self, client: meilisearch.Client, index_uid: str, task_timeout_s: float = 120):
+    def __init__(self, client: meilisearch.Client, task_timeout_s: float = 120):
         self.client = client
-        self.index_uid = index_uid
         self.task_timeout_s = task_timeout_s
-        self._ready = False
+        self._known: set[str] = set()  # topic indexes known to exist
 
     def _call(self, fn):
         try:
@@ -187,23 +242,38 @@ class MeiliSide:
             raise TransientError(message)
         self._call(wait)
 
+    def _index(self, topic_id: str, tasks: list[int]) -> str:
+        """The topic's index, created with the product's settings on first write (never reconfigured)."""
+        uid = meili_index.index_uid(topic_id)
+        if uid not in self._known:
+            _, created = self._call(lambda: meili_index.ensure_topic_index(self.client, topic_id))
+            tasks += created
+            self._known.add(uid)
+        return uid
+
     def submit(self, items: list[Item]) -> list[int]:
-        """Enqueue each document's final state in this batch; Meilisearch indexes while we go on."""
-        if not self._ready:  # a missing index is created with its settings, never dead-lettered
-            self._call(lambda: meili_index.ensure_index(self.client, self.index_uid, only_if_missing=True))
-            self._ready = True
-        final: dict[str, Item] = {}
-        for item in items:  # the last row per document is its state after this batch
-            final[meili_index.doc_id(item.event_id, item.topic_id)] = item
-        upserts = [meili_index.document(i.event_id, i.topic_id, i.content or "", i.created_at)
-                   for i in final.values() if not i.deletes]
-        deletes = [doc_id for doc_id, i in final.items() if i.deletes]
-        index = self.client.index(self.index_uid)
-        tasks = []
-        if upserts:
-            tasks.append(self._call(lambda: index.add_documents(upserts, meili_index.PRIMARY_KEY)).task_uid)
-        if deletes:
-            tasks.append(self._call(lambda: index.delete_documents(deletes)).task_uid)
+        """Enqueue each document's final state in this batch, per topic index; Meilisearch indexes
+        while we go on. Deletes and upserts keep their order per document: the last row wins."""
+        final: dict[tuple[str, str], tuple[str, Item | None]] = {}  # (uid, event id) -> (topic, upsert or None)
+        tasks: list[int] = []
+        for item in items:
+            uid = self._index(item.topic_id, tasks)
+            final[(uid, item.event_id)] = (item.topic_id, None if item.deletes else item)
+            for old, topic in item.stale:
+                final[(self._index(topic, tasks), old)] = (topic, None)
+        upserts: dict[str, list[dict]] = {}
+        deletes: dict[str, list[str]] = {}
+        for (uid, event_id), (_, item) in final.items():
+            if item is None:
+                deletes.setdefault(uid, []).append(event_id)
+            else:
+                upserts.setdefault(uid, []).append(item.meili_document())
+        for uid in sorted(set(upserts) | set(deletes)):
+            index = self.client.index(uid)
+            if uid in deletes:
+                tasks.append(self._call(lambda: index.delete_documents(deletes[uid])).task_uid)
+            if uid in upserts:
+                tasks.append(self._call(lambda: index.add_documents(upserts[uid], meili_index.PRIMARY_KEY)).task_uid)
         return tasks
 
     def wait(self, task_uids: list[int]) -> None:
@@ -227,18 +297,40 @@ class CatchUpResult:
     dead_lettered: int = 0
     batches: int = 0
     stalled: dict[str, str] = field(default_factory=dict)  # side → error
+    stalled_at: dict[str, int] = field(default_factory=dict)  # side → the seq it could not apply
     waiting_on_gap: int | None = None
+    expired: dict[str, int] = field(default_factory=dict)  # side → documents the expiry sweep removed
 
     @property
     def lag(self) -> int:
         return self.target - self.end_offset
 
+    def stall_line(self) -> str:
+        """Which engine stalled at which seq and why, in one line (the first line an operator reads)."""
+        names = {"pg": "PostgreSQL", "meili": "Meilisearch"}
+        parts = [f"{names.get(side, side)} stalled at outbox seq {self.stalled_at.get(side, self.end_offset + 1)}: "
+                 f"{' '.join(str(error).split())}" for side, error in sorted(self.stalled.items())]
+        return f"catch-up stalled: {'; '.join(parts)} (consumer {self.consumer} offset {self.end_offset}, " \
+               f"target {self.target})"
+
 
 @contextmanager
-def consumer_lock(conn: psycopg.Connection, consumer: str):
+def consumer_lock(conn: psycopg.Connection, consumer: str, wait_s: float = 0):
+    """The consumer's lock: at once, or queued for up to `wait_s` (PostgreSQL grants a queued waiter the
+    lock when it is released, so a writer that loops cannot starve it)."""
     key = int.from_bytes(hashlib.sha256(f"outbox_consumer:{consumer}".encode()).digest()[:8], "big", signed=True)
-    if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
-        raise ConsumerBusy(f"another catch-up is running for consumer {consumer!r}")
+    busy = ConsumerBusy(f"another catch-up is running for consumer {consumer!r}")
+    if wait_s <= 0:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+            raise busy
+    else:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_s * 1000)}ms",))
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        except psycopg.errors.LockNotAvailable:
+            raise busy from None
+        finally:
+            conn.execute("RESET lock_timeout")
     try:
         yield
     finally:
@@ -289,29 +381,64 @@ def _set_offsets(conn, consumer: str, offsets: dict[str, int]) -> int:
             "ON CONFLICT (consumer, backend) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
             (consumer, side, seq))
     overall = min(offsets.values())
-    conn.execute(
-        "INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) VALUES (%s, %s) "
-        "ON CONFLICT (consumer) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()",
-        (consumer, overall))
+    contract.set_consumer_offset(conn, consumer, overall)
     return overall
 
 
-def _visible_prefix(conn, consumer: str, low: int, rows: list[Item], gap_timeout_s: float) -> tuple[list[Item], int | None]:
-    """Rows up to the first young gap in seq: a lower seq may still be committing."""
+# A gap already seen: was it skipped (through at least `through`), and is any transaction that was in
+# progress when it was first seen still in progress?
+GAP_STATE_SQL = """
+SELECT skipped_at IS NOT NULL AND through_seq >= %s,
+       EXISTS (SELECT 1 FROM unnest(waiting_on) AS w(x) WHERE pg_xact_status(w.x) = 'in progress')
+FROM cn_search.outbox_gaps WHERE consumer = %s AND seq = %s
+"""
+# First sight: every transaction with an xid in progress now may hold the missing seq.
+GAP_NEW_SQL = """
+INSERT INTO cn_search.outbox_gaps (consumer, seq, through_seq, waiting_on)
+SELECT %s, %s, %s, coalesce(array_agg(x), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+RETURNING cardinality(waiting_on) > 0
+"""
+
+
+def _visible_prefix(conn, consumer: str, low: int, rows: list[Item]) -> tuple[list[Item], int | None]:
+    """Rows up to the first gap in seq that may still fill: a lower seq held by a transaction still in
+    progress (a slow product transaction commits later, however long it takes) is waited for; one whose
+    transaction can no longer commit is skipped and recorded. This assumes what the product does: the
+    transaction that takes an outbox seq already has an xid (it wrote the event first)."""
     expected = low + 1
     for n, item in enumerate(rows):
         if item.seq != expected:
-            old = conn.execute(
-                "INSERT INTO cn_search.outbox_gaps (consumer, seq) VALUES (%s, %s) "
-                "ON CONFLICT (consumer, seq) DO UPDATE SET seq = EXCLUDED.seq "
-                "RETURNING now() - first_seen_at > make_interval(secs => %s)",
-                (consumer, expected, gap_timeout_s)).fetchone()[0]
-            if not old:
-                return rows[:n], expected
-            log.warning("outbox seq %s..%s never committed; treating as rolled back", expected, item.seq - 1)
-            conn.execute("DELETE FROM cn_search.outbox_gaps WHERE consumer = %s AND seq = %s", (consumer, expected))
+            state = conn.execute(GAP_STATE_SQL, (item.seq - 1, consumer, expected)).fetchone()
+            skipped, waiting = state if state else (False, conn.execute(
+                GAP_NEW_SQL, (consumer, expected, item.seq - 1)).fetchone()[0])
+            if not skipped:
+                if waiting:
+                    return rows[:n], expected
+                # every transaction that could hold the seq has ended: committed ones are visible now
+                if conn.execute("SELECT EXISTS (SELECT 1 FROM cn_relay.events_outbox WHERE seq >= %s AND seq < %s)",
+                                (expected, item.seq)).fetchone()[0]:
+                    return rows[:n], expected  # committed meanwhile: the next fetch reads it
+                conn.execute("UPDATE cn_search.outbox_gaps SET skipped_at = now(), through_seq = %s "
+                             "WHERE consumer = %s AND seq = %s", (item.seq - 1, consumer, expected))
+                log.warning("outbox seq %s..%s can never commit (its transaction ended); skipped", expected,
+                            item.seq - 1)
         expected = item.seq + 1
     return rows, None
+
+
+def find_stale(conn: psycopg.Connection, rows: list[Item]) -> None:
+    """Attach to each upsert with an effective key the older versions it removes.
+
+    Searchable or not: a new version deleted (or superseded again) before catch-up reads its upsert is
+    applied as a delete, and the version it replaced must leave the indexes all the same. A version
+    that is not current never becomes current again, so removing it is always right."""
+    keyed = [i for i in rows if i.op == "upsert" and i.effective_key]
+    if not keyed:
+        return
+    by_seq = {i.seq: i for i in keyed}
+    for seq, event_id, topic_id in conn.execute(STALE_SQL, ([i.seq for i in keyed], [i.effective_key for i in keyed],
+                                                            [i.event_id for i in keyed])):
+        by_seq[seq].stale.append((event_id, topic_id))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -339,15 +466,14 @@ class Consumer:
     written to PostgreSQL. Batch k+1 is committed only after batch k, and is dropped (to be fetched
     and applied again) if batch k needed any fallback, so engines always converge in seq order."""
 
-    def __init__(self, conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *,
-                 consumer: str = CONSUMER, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S):
+    def __init__(self, conn: psycopg.Connection, meili: meilisearch.Client, *,
+                 consumer: str = CONSUMER, retry: Retry = Retry()):
         if not conn.autocommit:
             raise ValueError("the outbox consumer needs an autocommit connection (search_migration.db.connect)")
         self.conn = conn
         self.consumer = consumer
         self.retry = retry
-        self.gap_timeout_s = gap_timeout_s
-        self.engines = {"pg": PgSide(conn), "meili": MeiliSide(meili, index_uid)}
+        self.engines = {"pg": PgSide(conn), "meili": MeiliSide(meili)}
 
     def _apply_side(self, side: str, items: list[Item]) -> tuple[int, list[tuple[Item, str]], str | None]:
         """Apply to one engine synchronously: (applied up to seq, rejected items, stall error).
@@ -379,8 +505,10 @@ class Consumer:
         low = min(start.values())
         if low >= target:
             return None
-        rows = [Item(*r) for r in self.conn.execute(FETCH_SQL, (low, target, batch_size)).fetchall()]
-        rows, gap = _visible_prefix(self.conn, self.consumer, low, rows, self.gap_timeout_s)
+        now = contract.now_unix()
+        rows = [Item(*r, now=now) for r in self.conn.execute(FETCH_SQL, (low, target, batch_size)).fetchall()]
+        rows, gap = _visible_prefix(self.conn, self.consumer, low, rows)
+        find_stale(self.conn, rows)
         if not rows:
             return _Batch(sides, start, low, gap, [], [])
         batch = _Batch(sides, start, rows[-1].seq, gap, [], [])
@@ -429,9 +557,10 @@ class Consumer:
                     _clear_stall(conn, self.consumer, side, offsets[side])
                 else:
                     offsets[side] = max(batch.start[side], applied)
-                    _record_stall(conn, self.consumer, side,
-                                  next(i for i in batch.good if i.seq > offsets[side]), stall)
+                    stalled_item = next(i for i in batch.good if i.seq > offsets[side])
+                    _record_stall(conn, self.consumer, side, stalled_item, stall)
                     result.stalled[side] = stall
+                    result.stalled_at[side] = stalled_item.seq
             result.end_offset = _set_offsets(conn, self.consumer, offsets)
         result.batches += 1
         result.rows_applied += sum(1 for i in batch.good if i.seq <= result.end_offset)
@@ -441,9 +570,11 @@ class Consumer:
             return "stop"
         return "next" if clean else "restart"
 
-    def run(self, to_seq: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> CatchUpResult:
+    def run(self, to_seq: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+            lock_wait_s: float = 0) -> CatchUpResult:
         conn = self.conn
-        with consumer_lock(conn, self.consumer):
+        handover.require(conn, self.consumer)  # two writers of the product's indexes would race
+        with consumer_lock(conn, self.consumer, lock_wait_s):
             head = contract.outbox_head(conn)  # never past the head: a higher seq may not be visible yet
             target = head if to_seq is None else min(to_seq, head)
             offset = contract.consumer_offset(conn, self.consumer)
@@ -476,10 +607,21 @@ class Consumer:
                 if batch is None:
                     break
                 inflight = batch
+            if not result.stalled:
+                result.expired = self._sweep(sides)
             return result
 
+    def _sweep(self, sides: list[str]) -> dict[str, int]:
+        """The expiry sweep, under the consumer's lock; a failing engine leaves its cursor for next time."""
+        try:
+            return expiry.sweep(self.conn, self.engines["meili"].client, sides, consumer=self.consumer)
+        except (psycopg.Error, MeilisearchApiError, MeilisearchCommunicationError, MeilisearchTimeoutError,
+                RuntimeError) as exc:
+            log.warning("expiry sweep deferred: %s", type(exc).__name__)
+            return {}
 
-def catch_up(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *, to_seq: int | None = None,
-             batch_size: int = DEFAULT_BATCH_SIZE, retry: Retry = Retry(), gap_timeout_s: float = GAP_TIMEOUT_S) -> CatchUpResult:
+
+def catch_up(conn: psycopg.Connection, meili: meilisearch.Client, *, to_seq: int | None = None,
+             batch_size: int = DEFAULT_BATCH_SIZE, retry: Retry = Retry(), lock_wait_s: float = 0) -> CatchUpResult:
     """Apply the outbox after the offset up to `to_seq` (default: the head now) to the mode's engines."""
-    return Consumer(conn, meili, index_uid, retry=retry, gap_timeout_s=gap_timeout_s).run(to_seq, batch_size)
+    return Consumer(conn, meili, retry=retry).run(to_seq, batch_size, lock_wait_s)

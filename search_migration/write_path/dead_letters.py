@@ -14,7 +14,9 @@ import meilisearch
 import psycopg
 
 from search_migration.cutover import flags
-from search_migration.write_path.consumer import CONSUMER, FETCH_SQL, Consumer, DeterministicError, Item, Retry, TransientError
+from search_migration.source import contract
+from search_migration.write_path.consumer import (CONSUMER, FETCH_SQL, Consumer, DeterministicError, Item, Retry,
+                                                   TransientError, find_stale)
 
 OPEN_SQL = """
 SELECT dead_letter_id, backend, op, seq, event_id, topic_id, reason_class
@@ -52,7 +54,7 @@ class ReplayOutcome:
                 f"reason={self.reason_class} -> {action}{tail}")
 
 
-def replay(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, *, by: str, reason: str,
+def replay(conn: psycopg.Connection, meili: meilisearch.Client, *, by: str, reason: str,
            limit: int | None = None, dry_run: bool = False, consumer: str = CONSUMER,
            retry: Retry = Retry(attempts=3)) -> list[ReplayOutcome]:
     """Replay up to `limit` open dead letters, oldest first; `dry_run` only says what would happen."""
@@ -62,7 +64,7 @@ def replay(conn: psycopg.Connection, meili: meilisearch.Client, index_uid: str, 
         raise ReplayError("--reason is required: why these are replayed")
     if limit is not None and limit < 1:
         raise ReplayError("--limit must be at least 1")
-    worker = Consumer(conn, meili, index_uid, consumer=consumer, retry=retry)
+    worker = Consumer(conn, meili, consumer=consumer, retry=retry)
     outcomes = []
     for dl_id, backend, op, seq, event_id, topic_id, reason_class in conn.execute(
             OPEN_SQL, (limit if limit is not None else 2**62,)).fetchall():
@@ -84,7 +86,8 @@ def _apply(conn: psycopg.Connection, worker: Consumer, backend: str, seq: int) -
     row = conn.execute(FETCH_SQL, (seq - 1, seq, 1)).fetchone()
     if row is None or row[0] != seq:
         return "failed", "the outbox row is gone"
-    item = Item(*row)
+    item = Item(*row, now=contract.now_unix())
+    find_stale(conn, [item])
     problem = item.problem()
     if problem:
         return "failed", problem[1]

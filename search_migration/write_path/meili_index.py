@@ -1,48 +1,22 @@
-"""The legacy Meilisearch index: its settings, its document shape and its census.
+"""The product's per-topic Meilisearch indexes: the client, index creation as the product does it, census.
 
-One document per post per topic, the same grain as `cn_search.post_search_documents`, so a
-delete for one topic touches one document and the two indexes compare row for row.
+The product (cn-index) keeps one index per topic, uid `topic_<sanitized topic id>` (legacy_documents),
+created on first write with its settings; an index that exists is never reconfigured here: its
+settings are the product's, and changing them would re-rank and reindex a production index.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import meilisearch
 from meilisearch.errors import MeilisearchApiError
 
-DEFAULT_INDEX_UID = "posts"
-PRIMARY_KEY = "id"
+from search_migration.write_path import legacy_documents
+from search_migration.write_path.legacy_documents import PRIMARY_KEY, index_uid
 
-INDEX_SETTINGS = {
-    "searchableAttributes": ["content"],
-    "filterableAttributes": ["topic_id", "event_id"],
-    "sortableAttributes": ["created_at"],
-    "displayedAttributes": ["id", "event_id", "topic_id", "content", "created_at"],
-    # Japanese-first text: segment with the Japanese tokenizer instead of guessing per document.
-    "localizedAttributes": [{"attributePatterns": ["content"], "locales": ["jpn", "eng"]}],
-    "faceting": {"maxValuesPerFacet": 100_000},
-    "pagination": {"maxTotalHits": 10_000},
-    # Meilisearch's default rules, then an explicit tie-break: without it equal documents come back in
-    # arrival order, which PostgreSQL cannot know (posts indexed live arrive in no id order).
-    "rankingRules": ["words", "typo", "proximity", "attribute", "sort", "exactness", "event_id:asc"],
-}
-
-
-def doc_id(event_id: str, topic_id: str) -> str:
-    """A Meilisearch-safe id for (post, topic): topic ids may hold characters ids cannot."""
-    return f"{event_id}_{hashlib.blake2b(topic_id.encode(), digest_size=8).hexdigest()}"
-
-
-def document(event_id: str, topic_id: str, content: str, created_at: int) -> dict:
-    return {
-        "id": doc_id(event_id, topic_id),
-        "event_id": event_id,
-        "topic_id": topic_id,
-        "content": content,
-        "created_at": created_at,
-    }
+__all__ = ["PRIMARY_KEY", "client", "count", "delete_index", "ensure_topic_index", "filter_string", "index_uid",
+           "topic_indexes", "wait", "wait_tasks"]
 
 
 def filter_string(value: str) -> str:
@@ -50,48 +24,61 @@ def filter_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def client(url: str, master_key: str, timeout: float = 30) -> meilisearch.Client:
-    return meilisearch.Client(url, master_key or None, timeout=timeout)
+def client(url: str, key: str, timeout: float = 30) -> meilisearch.Client:
+    return meilisearch.Client(url, key or None, timeout=timeout)
 
 
 def wait(c: meilisearch.Client, task_uid: int, timeout_s: float = 600) -> dict:
     """Wait for one task and fail loudly if Meilisearch rejected it."""
-    task = c.wait_for_task(task_uid, timeout_in_ms=int(timeout_s * 1000), interval_in_ms=100)
+    task = c.wait_for_task(task_uid, timeout_in_ms=int(timeout_s * 1000), interval_in_ms=50)
     if task.status != "succeeded":
-        error = (task.error or {}).get("message", task.status)
+        error = (task.error or {}).get("code", task.status)
         raise RuntimeError(f"Meilisearch task {task_uid} {task.status}: {error}")
     return task
 
 
-def ensure_index(c: meilisearch.Client, uid: str = DEFAULT_INDEX_UID, only_if_missing: bool = False) -> None:
-    """Create the index if needed and apply the settings (idempotent: unchanged settings are a no-op)."""
+def ensure_topic_index(c: meilisearch.Client, topic_id: str) -> tuple[str, list[int]]:
+    """The topic's index uid, created with the product's settings when missing (cn-index
+    `ensure_topic_index`); an existing index is left exactly as it is. Returns the uid and the tasks
+    it enqueued (none when the index existed)."""
+    uid = index_uid(topic_id)
     try:
         c.get_index(uid)
-        if only_if_missing:
-            return
+        return uid, []
     except MeilisearchApiError as exc:
         if exc.code != "index_not_found":
             raise
-        wait(c, c.create_index(uid, {"primaryKey": PRIMARY_KEY}).task_uid)
-    wait(c, c.index(uid).update_settings(INDEX_SETTINGS).task_uid)
+    created = c.create_index(uid, {"primaryKey": PRIMARY_KEY}).task_uid
+    settings = c.index(uid).update_settings(legacy_documents.INDEX_SETTINGS).task_uid
+    return uid, [created, settings]
 
 
-def delete_index(c: meilisearch.Client, uid: str = DEFAULT_INDEX_UID) -> None:
+def topic_indexes(c: meilisearch.Client) -> list[str]:
+    """Every `topic_*` index uid Meilisearch holds."""
+    uids, offset = [], 0
+    while True:
+        page = c.get_indexes({"limit": 1000, "offset": offset})
+        uids += [i.uid for i in page["results"] if i.uid.startswith("topic_")]
+        offset += len(page["results"])
+        if offset >= page["total"] or not page["results"]:
+            return sorted(uids)
+
+
+def count(c: meilisearch.Client, uid: str) -> int:
+    """Documents in one index (0 when it does not exist)."""
+    try:
+        return c.index(uid).get_stats().number_of_documents
+    except MeilisearchApiError as exc:
+        if exc.code == "index_not_found":
+            return 0
+        raise
+
+
+def delete_index(c: meilisearch.Client, uid: str) -> None:
     """Delete the index; an index that does not exist is already deleted."""
     task = c.wait_for_task(c.delete_index(uid).task_uid, timeout_in_ms=600_000, interval_in_ms=50)
     if task.status != "succeeded" and (task.error or {}).get("code") != "index_not_found":
-        raise RuntimeError(f"Meilisearch task {task.uid} {task.status}: {(task.error or {}).get('message')}")
-
-
-def counts_per_topic(c: meilisearch.Client, uid: str = DEFAULT_INDEX_UID) -> dict[str, int]:
-    """Documents per topic from one facet query (no document is read)."""
-    try:
-        result = c.index(uid).search("", {"facets": ["topic_id"], "limit": 0})
-    except MeilisearchApiError as exc:
-        if exc.code == "index_not_found":
-            return {}
-        raise
-    return dict(result.get("facetDistribution", {}).get("topic_id", {}))
+        raise RuntimeError(f"Meilisearch task {task.uid} {task.status}: {(task.error or {}).get('code')}")
 
 
 def wait_tasks(c: meilisearch.Client, uids: list[int], timeout_s: float = 3600, on_progress=None) -> int:
@@ -102,7 +89,7 @@ def wait_tasks(c: meilisearch.Client, uids: list[int], timeout_s: float = 3600, 
         failed = [t for t in tasks if t.status in ("failed", "canceled")]
         if failed:
             raise RuntimeError(f"Meilisearch task {failed[0].uid} {failed[0].status}: "
-                               f"{(failed[0].error or {}).get('message', '?')}")
+                               f"{(failed[0].error or {}).get('code', '?')}")
         indexed = sum((t.details or {}).get("indexedDocuments") or 0 for t in tasks if t.status == "succeeded")
         if on_progress:
             on_progress(indexed)

@@ -3,8 +3,8 @@
 Fault: SQL metacharacters, 100k-character strings, empty and whitespace-only strings, NUL bytes and
 lone surrogates as search/suggest queries and topic ids (read router, both backends, and the CLI);
 invalid flag values (`flags set`); unknown stages and bad shadow rates (cutover_job).
-Protection: the router's input validation (one-line BadRequest), parameterized SQL and escaped
-Meilisearch filters, flags.validate, stages.plan. Never a crash trace, never an injection, nothing changed.
+Protection: the router's input validation (one-line BadRequest), parameterized SQL, the product's
+per-topic Meilisearch indexes addressed by a sanitized uid (no filter spliced), flags.validate, stages.plan. Never a crash trace, never an injection, nothing changed.
 Properties (hypothesis, derandomized): normalize never crashes, is idempotent and deterministic, and a
 post is found by a query made of its own words (the query's tsquery matches the post's tsvector in a
 real PostgreSQL).
@@ -21,13 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from search_migration import db
-from search_migration.search import pg_search
 from search_migration.search.read_router import BadRequest, ReadRouter
-from search_migration.search.text import normalize, token_positions, tsvector_literal
+from search_migration.search import milli, segment
+from search_migration.search.text import normalize
+from search_migration.write_path.pg_documents import DocWrite
 
-from ..support.cutover import run_job
 from ..support.processes import run_cli
-from ..support.writes import TECH_TOPIC as TOPIC, seed_indexed
+from ..support.writes import seed_indexed, topic
+from ..support.cutover import run_job
 
 # One fixed, database-free profile: the same examples on every machine, in seconds.
 PROPERTIES = settings(derandomize=True, database=None, max_examples=300, deadline=None,
@@ -37,7 +38,7 @@ WORDY = st.lists(st.sampled_from(["東京", "ラーメン", "#nostr", "@alice", 
                                   "x#東京", "🍜", "e\u0301", "\u200b", "2026", "한국어", "שלום", "dev_team"]), max_size=8)
 
 HOSTILE = {
-    "filter": 'x" OR topic_id != "y',  # spliced unescaped into a Meilisearch filter, it matches every topic
+    "filter": 'x" OR topic_id != "y',  # spliced into a filter or an index uid, it would match every topic
     "sql": "' OR '1'='1'; DROP TABLE cn_relay.events; --",
     "meta": "' ; -- % _ \\",
     "like": "%_%",
@@ -61,21 +62,16 @@ def test_normalize_never_crashes_is_idempotent_and_deterministic(text):
     assert normalize(once) == once
     assert normalize(text) == once
     assert once == " ".join(once.split()) and "\x00" not in once
-    tsvector_literal(token_positions(once))  # never raises
+    milli.tsvector_literal(milli.document_words([once]))  # never raises
 
 
 def _found_by_own_words(conn, text: str) -> None:
-    normalized = normalize(text)
-    doc = tsvector_literal(token_positions(normalized))
-    for word in normalized.split():  # each of its words alone, then all of them as one query
-        terms = pg_search.parse_query(word)
-        if terms:
-            assert conn.execute("SELECT %s::tsvector @@ %s::tsquery", (doc, pg_search.bucket_tsquery(terms))
-                                ).fetchone()[0], (text, word)
-    terms = pg_search.parse_query(text)
-    if terms:
-        assert conn.execute("SELECT %s::tsvector @@ %s::tsquery", (doc, pg_search.bucket_tsquery(terms))
-                            ).fetchone()[0], text
+    """The post as the write path indexes it (its five attributes, Meilisearch's words) holds every word
+    Meilisearch would search for when the post's own text is the query, and PostgreSQL parses it."""
+    doc = milli.document_words(DocWrite(1, "0" * 64, "kukuri:hostile", False, text, 0).attributes())
+    conn.execute("SELECT %s::tsvector", (milli.tsvector_literal(doc),))  # never raises
+    for word in segment.query_words(text):
+        assert word in doc, (text, word)
 
 
 @PROPERTIES
@@ -96,9 +92,17 @@ def test_a_post_of_real_words_is_found_by_each_of_them(servers, words):
 
 
 @pytest.fixture
-def corpus(servers, migrated_url, meili, index_uid):
-    seed_indexed(migrated_url, meili, index_uid, posts=1_000, topics=2, seed=9)
-    return migrated_url
+def corpus(database_url, meili, namespace):
+    """The product's corpus in index-v1's per-topic indexes, handed over, and in PostgreSQL's documents."""
+    seed_indexed(database_url, meili, namespace, posts=1_000, topics=2, seed=9)
+    return database_url
+
+
+@pytest.fixture
+def corpus_topic(corpus) -> str:
+    """The corpus's busiest topic: its own index in Meilisearch, its documents in PostgreSQL."""
+    with db.connect(corpus) as conn:
+        return topic(conn)
 
 
 def _fingerprint(url: str) -> tuple:
@@ -109,9 +113,10 @@ def _fingerprint(url: str) -> tuple:
             " (SELECT count(*) FROM cn_search.runtime_flag_audit)").fetchone()
 
 
-def test_router_answers_or_refuses_hostile_queries_and_topics_on_both_backends(corpus, meili, index_uid):
+def test_router_answers_or_refuses_hostile_queries_and_topics_on_both_backends(corpus, corpus_topic, meili):
+    TOPIC = corpus_topic
     before = _fingerprint(corpus)
-    with ReadRouter(corpus, meili, index_uid) as router:
+    with ReadRouter(corpus, meili) as router:
         for backend in ("meili", "pg"):
             for name, value in HOSTILE.items():
                 calls = {"q": lambda: router.search(TOPIC, value, backend=backend),
@@ -125,19 +130,23 @@ def test_router_answers_or_refuses_hostile_queries_and_topics_on_both_backends(c
                         assert str(exc) and "\n" not in str(exc) and len(str(exc)) < 200
                         continue
                     assert name not in REFUSED, (backend, name, where)
-                    if where == "topic":  # a topic that is not a topic finds nothing: the filter was not escaped
+                    if where == "topic":  # a topic that is not a topic finds nothing (no index, no rows)
                         assert out["items"] == [], (backend, name, out)
                     elif where == "q":
                         assert all(i["topic_id"] == TOPIC for i in out["items"]), (backend, name)
-                    if name in ("sql", "meta", "like", "empty", "blank"):  # no words: no results
+                    if name in ("meta", "like", "empty", "blank"):  # no words: no results
                         assert out["items"] == [], (backend, name, where, out)
+                    # "sql" has words (or, 1, drop, table, events): the product's Meilisearch query drops
+                    # words until something matches (matchingStrategy last), so it may find posts of the
+                    # topic, and only of the topic; the injection itself changes nothing (fingerprint below)
         found = router.search(TOPIC, "東京", backend="pg")["items"]
     assert found, "the corpus still answers"
     assert _fingerprint(corpus) == before
 
 
-def test_cli_search_refuses_or_answers_hostile_input_in_one_line(servers, corpus, index_uid):
-    env = servers.env(DATABASE_URL=corpus, MEILI_INDEX=index_uid)
+def test_cli_search_refuses_or_answers_hostile_input_in_one_line(servers, corpus, corpus_topic):
+    TOPIC = corpus_topic
+    env = servers.env(DATABASE_URL=corpus)
     cases = [("search", "--topic", TOPIC, "--q", HOSTILE["sql"], "--backend", "pg"),
              ("search", "--topic", HOSTILE["filter"], "--q", "東京"),
              ("suggest", "--q", HOSTILE["meta"], "--backend", "pg"),

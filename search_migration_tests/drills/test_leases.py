@@ -15,8 +15,8 @@ import signal
 from search_migration import db
 
 from ..support.processes import poll
-from ..support.writes import product_writes
-from .helpers import assert_invariant, backfill_everything, catch_up_all, checkpointed, dual_partition, materialize
+from .helpers import (assert_invariant, backfill_everything, catch_up_all, checkpointed, dual_partition, materialize,
+                      product_writes)
 
 
 def job(conn, key: str):
@@ -30,9 +30,9 @@ def page_tokens(conn, key: str) -> list[tuple]:
                         "WHERE partition_key = %s GROUP BY 1 ORDER BY 2", (key,)).fetchall()
 
 
-def test_a_zombie_run_writes_nothing_after_a_takeover(servers, migrated_url, meili, index_uid, tmp_path):
-    url = migrated_url
-    env, topic, window, key, rows = dual_partition(servers, url, meili, index_uid, tmp_path)
+def test_a_zombie_run_writes_nothing_after_a_takeover(servers, database_url, meili, namespace, tmp_path):
+    url = database_url
+    env, topic, window, key, rows = dual_partition(servers, url, meili, namespace, tmp_path)
     zombie = materialize(env, key, {"page_size": 2, "max_rows_per_second": 4, "lease_timeout_seconds": 3},
                          tmp_path / "zombie.log")
     with db.connect(url) as conn:
@@ -50,7 +50,7 @@ def test_a_zombie_run_writes_nothing_after_a_takeover(servers, migrated_url, mei
                                       "WHERE partition_key = %s", (key,)).fetchone()[0], 60, "the lease to expire")
             zombie_token = job(conn, key)[4]
             product_writes(conn, "zombie", edits=5, deletes=5, removals=3, topic=topic, window=window)
-            catch_up_all(url, meili, index_uid)
+            catch_up_all(url, meili)
             owner = materialize(env, key, {"page_size": 2, "lease_timeout_seconds": 3}, tmp_path / "owner.log")
             assert owner.wait(timeout=300) == 0, (tmp_path / "owner.log").read_text()[-3000:]
             before = (job(conn, key), page_tokens(conn, key),
@@ -66,13 +66,13 @@ def test_a_zombie_run_writes_nothing_after_a_takeover(servers, migrated_url, mei
         assert (status, attempts, done) == ("succeeded", 2, total) and token != zombie_token
         assert [t[0] for t in after[1]] == [zombie_token, token]
     backfill_everything(url)
-    catch_up_all(url, meili, index_uid)
-    assert_invariant(url, "4 zombie lease holder", meili, index_uid)
+    catch_up_all(url, meili)
+    assert_invariant(url, "4 zombie lease holder", meili)
 
 
-def test_two_runs_of_one_partition_at_once_only_one_works(servers, migrated_url, meili, index_uid, tmp_path):
-    url = migrated_url
-    env, topic, window, key, rows = dual_partition(servers, url, meili, index_uid, tmp_path)
+def test_two_runs_of_one_partition_at_once_only_one_works(servers, database_url, meili, namespace, tmp_path):
+    url = database_url
+    env, topic, window, key, rows = dual_partition(servers, url, meili, namespace, tmp_path)
     config = {"page_size": 2, "max_rows_per_second": 3, "lease_timeout_seconds": 60}
     runs = [materialize(env, key, config, tmp_path / f"run{i}.log") for i in range(2)]
     codes = [r.wait(timeout=600) for r in runs]
@@ -86,5 +86,5 @@ def test_two_runs_of_one_partition_at_once_only_one_works(servers, migrated_url,
         pages = page_tokens(conn, key)
         assert [p[0] for p in pages] == [token] and pages[0][3] == rows == total
     backfill_everything(url)
-    catch_up_all(url, meili, index_uid)
-    assert_invariant(url, "5 two runs at once", meili, index_uid)
+    catch_up_all(url, meili)
+    assert_invariant(url, "5 two runs at once", meili)

@@ -8,9 +8,7 @@ the outage is recorded as a shadow error, not returned to them.
 
 from __future__ import annotations
 
-from search_migration import backfill
 from search_migration import db
-from search_migration.local import demo_seed
 from search_migration.cutover import flags
 from search_migration.write_path import meili_index
 from search_migration.write_path import consumer
@@ -19,23 +17,18 @@ from search_migration.local import services
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
 
-from ..support.cutover import QUERIES
 from ..support.processes import child, poll
-from ..support.writes import FAST, new_posts, product_writes, set_mode
-from .helpers import assert_invariant, backfill_everything, catch_up_all
+from ..support.writes import FAST, new_posts
+from .helpers import assert_invariant, backfill_everything, catch_up_all, product_writes, seed_dual
+from ..support.cutover import QUERIES
 
-UID = "posts"
 
-
-def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, own_meili, tmp_path):
-    url = migrated_url
+def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(database_url, own_meili, namespace, tmp_path):
+    url = database_url
     own = meili_index.client(own_meili.meili_url, own_meili.meili_master_key)
-    with db.connect(url) as conn:
-        demo_seed.seed(conn, own, UID, posts=600, topics=4, seed=9)
-        set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
+    seed_dual(url, own, namespace, posts=600, topics=4, seed=9)  # index-v1's per-topic indexes, handed over
     backfill_everything(url)
-    catch_up_all(url, own, UID)
+    catch_up_all(url, own)
     with db.connect(url) as conn:
         # live with every read shadowed: PostgreSQL answers, Meilisearch is the shadow
         flags.set_flags(conn, {"search_read_backend": "pg", "suggest_read_backend": "pg", "shadow_sample_rate": "100"},
@@ -50,7 +43,7 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
         "import sys; from search_migration import db; from search_migration.write_path import meili_index, consumer as oc\n"
         f"conn = db.connect({url!r})\n"
         f"r = oc.catch_up(conn, meili_index.client({own_meili.meili_url!r}, {own_meili.meili_master_key!r}), "
-        f"{UID!r}, batch_size=50, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n"
+        f"batch_size=50, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n"
         "sys.exit(3 if r.stalled else 0)\n", tmp_path / "consumer.log")
     with db.connect(url) as conn:
         poll(lambda: contract.consumer_offset(conn, contract.CONSUMER) > start + 100 or proc.poll() is not None,
@@ -62,13 +55,13 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
         assert start < sides["meili"] < head and sides["meili"] == contract.consumer_offset(conn, contract.CONSUMER)
         assert sides["pg"] >= sides["meili"]  # the overall offset is the lagging side's: Meilisearch's
         for _ in range(3):  # the sensor keeps requesting catch-up runs while Meilisearch is down
-            again = consumer.catch_up(conn, own, UID, batch_size=50, retry=FAST)
+            again = consumer.catch_up(conn, own, batch_size=50, retry=FAST)
             assert "meili" in again.stalled
 
         # reads during the outage: every answer is PostgreSQL's, none fails; the shadow side records errors
         asked = [(topics[i % len(topics)], q) for i, q in enumerate(QUERIES)]
         logged_before = conn.execute("SELECT count(*) FROM cn_search.shadow_read_logs").fetchone()[0]
-        with ReadRouter(url, own, UID) as router:
+        with ReadRouter(url, own) as router:
             for n, (topic, q) in enumerate(asked):
                 got = router.search(topic, q, viewer=f"v{n}")
                 want = pg_search.search(conn, topic, q, 20, 0)
@@ -79,10 +72,10 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(migrated_url, o
         assert errors[0] - logged_before == 2 * len(asked) and errors[1] == 2 * len(asked)
 
     services.up(own_meili)  # Meilisearch comes back with its data; catch-up replays what it missed
-    catch_up_all(url, own, UID)
-    assert_invariant(url, "3 Meilisearch outage", own, UID)
+    catch_up_all(url, own)
+    assert_invariant(url, "3 Meilisearch outage", own)
     with db.connect(url) as conn:
-        with ReadRouter(url, own, UID) as router:
+        with ReadRouter(url, own) as router:
             router.search(topics[0], QUERIES[0], viewer="after")
             router.drain()
         last = conn.execute("SELECT secondary_error FROM cn_search.shadow_read_logs ORDER BY log_id DESC LIMIT 1").fetchone()

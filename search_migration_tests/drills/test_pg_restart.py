@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from search_migration import backfill
 from search_migration import db
-from search_migration.local import demo_seed
 from search_migration.local import services
 from search_migration.source import contract
 from search_migration.backfill import Window
-from search_migration.schema.migrate import migrate
 
 from ..support.backfill import WEEK
 from ..support.processes import child, poll
-from ..support.writes import new_posts, product_writes, set_mode
-from .helpers import assert_invariant, backfill_everything, busiest_week, catch_up_all, partition_key
+from ..support.writes import new_posts
+from .helpers import (assert_invariant, backfill_everything, busiest_week, catch_up_all, partition_key, product_writes,
+                      seed_dual)
 
 
 def restart(s) -> None:
@@ -32,13 +31,10 @@ def scalar(url: str, sql: str, params=()):
         return conn.execute(sql, params).fetchone()[0]
 
 
-def test_postgres_restarted_during_backfill_and_catchup(own_pg, meili, index_uid, tmp_path):
-    url = own_pg.embedded_pg_url()
-    migrate(url)
+def test_postgres_restarted_during_backfill_and_catchup(own_pg, meili, namespace, tmp_path):
+    url = own_pg.embedded_pg_url()  # the server's blank database: the demo writes the product's schema there
+    seed_dual(url, meili, namespace)
     with db.connect(url) as conn:
-        demo_seed.seed(conn, meili, index_uid, posts=2000, topics=2, seed=42)
-        set_mode(conn, "dual")
-        backfill.capture_watermark(conn, by="drill")
         topic, start, rows = busiest_week(conn)
     window, key = Window(start, start + WEEK), partition_key(topic, start)
 
@@ -57,15 +53,15 @@ def test_postgres_restarted_during_backfill_and_catchup(own_pg, meili, index_uid
     assert 0 < done_at_restart < rows, "the restart must land mid-partition"
     with db.connect(url) as conn:
         product_writes(conn, "pg-restart-backfill", edits=6, deletes=6, removals=4, topic=topic, window=window)
-    catch_up_all(url, meili, index_uid)
+    catch_up_all(url, meili)
     poll(lambda: scalar(url, "SELECT heartbeat_at < now() - interval '3 seconds' FROM cn_search.backfill_jobs "
                              "WHERE partition_key = %s", (key,)), 60, "the dead run's lease to expire")
     rerun = backfill.run_partition(url, key, topic, window, owner="rerun",
                                    options=backfill.PartitionOptions(page_size=4, lease_timeout_s=3))
     assert rerun.resumed_after_rows == done_at_restart and rerun.rows_done == rows
     backfill_everything(url)
-    catch_up_all(url, meili, index_uid)
-    assert_invariant(url, "2a PostgreSQL restart during backfill", meili, index_uid)
+    catch_up_all(url, meili)
+    assert_invariant(url, "2a PostgreSQL restart during backfill", meili)
 
     # --- a dual-write catch-up in a child process; the server restarts mid-range
     with db.connect(url) as conn:
@@ -76,13 +72,13 @@ def test_postgres_restarted_during_backfill_and_catchup(own_pg, meili, index_uid
     consumer = child(
         "from search_migration import db; from search_migration.write_path import meili_index, consumer as oc\n"
         f"oc.catch_up(db.connect({url!r}), meili_index.client({meili.config.url!r}, {meili.config.api_key!r}), "
-        f"{index_uid!r}, batch_size=25, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n",
+        f"batch_size=25, retry=oc.Retry(attempts=3, initial_s=0.05, max_s=0.2))\n",
         tmp_path / "consumer.log")
-    offset_sql = "SELECT coalesce(max(last_seq), 0) FROM cn_relay.consumer_offsets"
+    offset_sql = f"SELECT last_seq FROM cn_relay.consumer_offsets WHERE consumer = '{contract.CONSUMER}'"
     poll(lambda: scalar(url, offset_sql) > start_offset + 100 or consumer.poll() is not None, 300, "catch-up progress")
     assert consumer.poll() is None, (tmp_path / "consumer.log").read_text()[-3000:]
     restart(own_pg)
     assert consumer.wait(timeout=120) != 0
     assert start_offset < scalar(url, offset_sql) < head, "the restart must land mid-range"
-    catch_up_all(url, meili, index_uid)
-    assert_invariant(url, "2b PostgreSQL restart during catch-up", meili, index_uid)
+    catch_up_all(url, meili)
+    assert_invariant(url, "2b PostgreSQL restart during catch-up", meili)

@@ -1,34 +1,44 @@
 """The migration's invariant, checked exhaustively (not sampled) after a drill or before a cutover.
 
-Once the consumer has caught up to `upto`: every (post, topic) the outbox names is in PostgreSQL
-exactly once, at the version of its newest outbox row, with the source's content when live; no
-deleted or removed post is live; and, when asked, Meilisearch holds exactly the live set. A pair
-whose newest row sits in an open dead letter is quarantined (accounted for, replayable), not lost.
+Once the consumer has caught up to `upto`: every (post, topic) the product holds searchable (the
+product's own rule: current, not deleted, not ephemeral, not expired, still in the topic) is live in
+PostgreSQL exactly once, at the version of its newest outbox row (0 when retention pruned its history),
+with the source's content; nothing else is live; and, when asked, each topic's Meilisearch index holds
+exactly the topic's searchable set. A pair whose newest row sits in an open dead letter is quarantined
+(accounted for, replayable), not lost.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import meilisearch
 import psycopg
 
-# One row per (post, topic) the outbox names up to `upto`, both sides side by side.
-PAIRS_SQL = """
+from search_migration.source import contract
+from search_migration.write_path import meili_index
+
+# One row per (post, topic) the source holds, the outbox names or PostgreSQL has, both sides side by side.
+PAIRS_SQL = f"""
 WITH latest AS (
     SELECT event_id, topic_id, max(seq) AS seq
     FROM cn_relay.events_outbox
     WHERE op IN ('upsert', 'delete') AND seq <= %(upto)s
     GROUP BY event_id, topic_id
+), pairs AS (
+    SELECT event_id, topic_id FROM latest
+    UNION SELECT event_id, topic_id FROM cn_relay.event_topics
 ), expected AS (
-    SELECT l.event_id, l.topic_id, l.seq,
-           (e.event_id IS NOT NULL AND NOT e.is_deleted AND et.event_id IS NOT NULL) AS live,
+    SELECT p.event_id, p.topic_id, coalesce(l.seq, 0) AS seq,
+           coalesce(et.event_id IS NOT NULL AND {contract.SEARCHABLE}, false) AS live,
            CASE WHEN e.is_deleted THEN NULL ELSE md5(e.content) END AS content_md5
-    FROM latest l
-    LEFT JOIN cn_relay.events e ON e.event_id = l.event_id
-    LEFT JOIN cn_relay.event_topics et ON et.event_id = l.event_id AND et.topic_id = l.topic_id
+    FROM pairs p
+    LEFT JOIN latest l ON l.event_id = p.event_id AND l.topic_id = p.topic_id
+    LEFT JOIN cn_relay.events e ON e.event_id = p.event_id
+    LEFT JOIN cn_relay.event_topics et ON et.event_id = p.event_id AND et.topic_id = p.topic_id
 )
 SELECT x.event_id, x.topic_id, x.seq, coalesce(x.live, false), x.content_md5,
        d.post_id IS NOT NULL, d.source_seq, d.is_deleted, md5(d.content),
@@ -44,13 +54,13 @@ FULL JOIN cn_search.post_search_documents d ON d.post_id = x.event_id AND d.topi
 @dataclass
 class Invariant:
     upto: int
-    checked: int = 0                 # (post, topic) pairs the outbox names
-    live: int = 0                    # of which live in the source
+    checked: int = 0                 # (post, topic) pairs the source or the outbox names
+    live: int = 0                    # of which searchable in the source
     lost: int = 0                    # live in the source, not live in PostgreSQL
     duplicated: int = 0              # more than one document for a pair (either engine)
     resurrected: int = 0             # live in PostgreSQL although deleted or removed in the source
     wrong_version: int = 0           # PostgreSQL's version or content differs from the newest outbox row
-    unexplained: int = 0             # a PostgreSQL document for a pair the outbox never named
+    unexplained: int = 0             # a live PostgreSQL document for a pair the source never held
     quarantined: int = 0             # newest row in an open dead letter: accounted for, not lost
     meili_checked: bool = False
     meili_missing: int = 0
@@ -81,12 +91,17 @@ def _md5(text: str | None) -> str | None:
     return None if text is None else hashlib.md5(text.encode()).hexdigest()
 
 
-def meili_documents(meili: meilisearch.Client, index_uid: str, page: int = 10_000) -> list[dict]:
-    """Every document of the index (event_id, topic_id, content), paged."""
-    index, docs, offset = meili.index(index_uid), [], 0
+def meili_documents(meili: meilisearch.Client, uid: str, page: int = 10_000) -> list[dict]:
+    """Every document of one topic index (event_id, topic_id, content), paged; none when it is missing."""
+    index, docs, offset = meili.index(uid), [], 0
     while True:
-        batch = index.get_documents({"fields": ["event_id", "topic_id", "content"], "limit": page,
-                                     "offset": offset}).results
+        try:
+            batch = index.get_documents({"fields": ["event_id", "topic_id", "content"], "limit": page,
+                                         "offset": offset}).results
+        except meilisearch.errors.MeilisearchApiError as exc:
+            if exc.code == "index_not_found":
+                return docs
+            raise
         docs.extend(dict(d) for d in batch)
         if len(batch) < page:
             return docs
@@ -94,17 +109,20 @@ def meili_documents(meili: meilisearch.Client, index_uid: str, page: int = 10_00
 
 
 def check(conn: psycopg.Connection, upto: int, meili: meilisearch.Client | None = None,
-          index_uid: str | None = None) -> Invariant:
+          now: int | None = None) -> Invariant:
     """Compare both engines with the source at `upto` (the outbox seq every engine has applied)."""
+    now = int(time.time()) if now is None else now
     inv = Invariant(upto)
     expected_live: dict[tuple[str, str], str | None] = {}
     meili_quarantine: set[tuple[str, str]] = set()
+    topics: set[str] = set()
     for (post, topic, seq, live, src_md5, has_doc, doc_seq, doc_deleted, doc_md5,
-         pg_dead, meili_dead) in conn.execute(PAIRS_SQL, {"upto": upto}):
-        if seq is None:  # a document the outbox never named
+         pg_dead, meili_dead) in conn.execute(PAIRS_SQL, {"upto": upto, "now": now}):
+        if seq is None:  # a document for a pair the source never held
             if has_doc and not doc_deleted:
                 inv._bad("unexplained", post, topic)
             continue
+        topics.add(topic)
         inv.checked += 1
         inv.live += live
         if meili_dead:
@@ -118,11 +136,11 @@ def check(conn: psycopg.Connection, upto: int, meili: meilisearch.Client | None 
             inv._bad("lost", post, topic)
         elif not live and has_doc and not doc_deleted:
             inv._bad("resurrected", post, topic)
-        elif has_doc and (doc_seq != seq or (live and doc_md5 != src_md5)):
+        elif live and (doc_seq != seq or doc_md5 != src_md5):
             inv._bad("wrong_version", post, topic)
     if meili is not None:
         inv.meili_checked = True
-        docs = meili_documents(meili, index_uid)
+        docs = [d for uid in sorted({meili_index.index_uid(t) for t in topics}) for d in meili_documents(meili, uid)]
         counts = Counter((d["event_id"], d["topic_id"]) for d in docs)
         for (post, topic), n in counts.items():
             if n > 1:

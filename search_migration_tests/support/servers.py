@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import socket
 import uuid
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 import psycopg
 
 from search_migration.settings import Settings
+from search_migration.write_path import meili_index
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".local" / "bin"
@@ -53,3 +55,41 @@ class Servers:
         name = urlsplit(url).path.lstrip("/")
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def delete_topic_indexes(client, namespace: str, database_url: str | None = None) -> None:
+    """Remove a test's per-topic Meilisearch indexes: those of its namespace, or of the topics its
+    database holds (the shared Meilisearch outlives every test)."""
+    uids = {u for u in meili_index.topic_indexes(client) if namespace and u.startswith(f"topic_kukuri_{namespace}")}
+    if database_url:
+        try:
+            with psycopg.connect(database_url) as conn:
+                uids |= {meili_index.index_uid(t) for (t,) in conn.execute(
+                    "SELECT DISTINCT topic_id FROM cn_relay.event_topics")}
+        except psycopg.Error:
+            pass  # no source tables: nothing of it was indexed
+    for uid in sorted(uids):
+        meili_index.delete_index(client, uid)
+
+
+@contextmanager
+def login_role(url: str, prefix: str, *grants: str):
+    """A login role of its own (roles are the server's, not a database's), given `grants` ("{role}" in
+    each is its quoted name), then dropped with whatever it owns."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{name}" LOGIN')
+        for grant in grants:
+            conn.execute(grant.format(role=f'"{name}"'))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{name}" CASCADE')
+            conn.execute(f'DROP ROLE "{name}"')
+
+
+def as_role(url: str, role: str) -> str:
+    """The same database as another role (the embedded server trusts local connections)."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}").geturl()

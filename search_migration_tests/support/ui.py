@@ -66,11 +66,10 @@ class MigrationState:
 
 @dataclass
 class DevServer:
-    """A running `search-migration dev`: its UI port and process group, the database and index it serves."""
+    """A running `search-migration dev`: its UI port and process group, the database it serves."""
     port: int
     proc: subprocess.Popen = field(repr=False)
     database_url: str = field(repr=False)
-    index_uid: str
     log: Path
     booted: MigrationState | None = None
 

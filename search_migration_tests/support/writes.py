@@ -1,114 +1,150 @@
-"""The product's writes (an event, its topic rows and outbox rows in one transaction), write modes, and
-the seeded corpora tests start from."""
+"""The product's writes through its own writer (cn-relay's ingest: an event, its topic rows and one outbox
+row per topic in one transaction, then a notify), write modes, and the seeded corpora tests start from."""
 
 from __future__ import annotations
 
-import hashlib
+import json
 import random
+import time
 
 import psycopg
 
 from search_migration import db
-from search_migration.backfill import Window
 from search_migration.cutover import flags
-from search_migration.local import demo_seed
+from search_migration.local import demo_corpus, demo_seed
+from search_migration.local.product_fixture import apply_product_schema
+from search_migration.local.product_writer import ProductWriter, build_event, pubkey_of
+from search_migration.schema.migrate import migrate
 from search_migration.source import contract
+from search_migration.write_path import handover, meili_index
 from search_migration.write_path.consumer import Retry
 from search_migration.write_path.pg_documents import DocWrite, apply
 
 FAST = Retry(attempts=2, initial_s=0.01, max_s=0.05)  # retries that fail fast: a stall shows at once
-TOPIC = "t0000-ramen"  # the demo corpus's first topic: where new_posts writes
-TECH_TOPIC = "t0001-tech"  # its second
+NOW = demo_corpus.T_END + 86_400  # new test posts: a day after the demo's history, still in the past
+
+SEARCHABLE_ROWS_SQL = f"""
+SELECT e.event_id, et.topic_id, e.content, e.created_at, e.kind, e.expires_at
+FROM cn_relay.event_topics et JOIN cn_relay.events e ON e.event_id = et.event_id
+WHERE {contract.SEARCHABLE}
+"""
 
 
 def set_mode(conn: psycopg.Connection, mode: str, *, by: str = "test", reason: str = "test sets the write mode") -> None:
     flags.set_flags(conn, {"search_write_mode": mode}, by=by, reason=reason)
 
 
-def seed_source(url: str, posts: int = 2000, topics: int = 4) -> None:
-    """The demo corpus in the source tables only (no Meilisearch, consumer not advanced)."""
+def topic(conn: psycopg.Connection, n: int = 0) -> str:
+    """The seeded corpus's n-th topic (in id order): where a test writes."""
+    return contract.topic_ids(conn)[n]
+
+
+def seed_source(url: str, posts: int = 2000, topics: int = 4, namespace: str = "src") -> None:
+    """The demo corpus in the source tables only (the product's schema, our migrations, the events as
+    the relay stores them; no Meilisearch), handed over so catch-up and backfill may run."""
     with db.connect(url) as conn:
-        demo_seed.write_source(conn, posts, topics, 7)
+        apply_product_schema(conn)
+        migrate(url)
+        writer = ProductWriter(conn)
+        conn.execute("SET synchronous_commit = off")
+        for item in demo_corpus.corpus(posts, topics, 7, namespace):
+            writer.publish(item.event, now=item.now)
+        conn.execute("RESET synchronous_commit")
+        conn.execute("INSERT INTO cn_relay.consumer_offsets (consumer, last_seq) "
+                     "SELECT 'index-v1', coalesce(max(seq), 0) FROM cn_relay.events_outbox")
+        handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="test", reason="source-only corpus")
 
 
-def seed_indexed(url: str, meili, uid: str, *, posts: int, topics: int, seed: int) -> None:
-    """The demo corpus in Meilisearch and every live (post, topic) in PostgreSQL's documents too."""
+def seed_indexed(url: str, meili, namespace: str, *, posts: int, topics: int, seed: int) -> None:
+    """The demo corpus in the product's Meilisearch indexes, handed over, and every searchable
+    (post, topic) in PostgreSQL's documents too."""
+    demo_seed.seed(url, meili, posts=posts, topics=topics, seed=seed, namespace=namespace)
     with db.connect(url) as conn:
-        demo_seed.seed(conn, meili, uid, posts=posts, topics=topics, seed=seed)
-        rows = conn.execute(demo_seed.LIVE_ROWS_SQL).fetchall()
-        apply(conn, [DocWrite(1, e, t, False, c, ts) for e, t, c, ts in rows])
+        handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="test", reason="indexed corpus")
+        rows = conn.execute(SEARCHABLE_ROWS_SQL, {"now": contract.now_unix()}).fetchall()
+        apply(conn, [DocWrite(1, e, t, False, c, ts, kind=k, expires_at=x) for e, t, c, ts, k, x in rows])
 
 
-def new_posts(conn: psycopg.Connection, n: int, tag: str, topic: str = TOPIC) -> list[tuple[str, int]]:
-    """Write posts the way the product does: event, topic row and outbox row in one transaction."""
-    ids = [hashlib.sha256(f"{tag}:{i}".encode()).hexdigest() for i in range(n)]
-    with conn.transaction(), conn.cursor() as cur:
-        with cur.copy("COPY cn_relay.events (event_id, pubkey, kind, content, created_at) FROM STDIN") as cp:
-            for i, event_id in enumerate(ids):
-                cp.write_row((event_id, "p" * 64, 1, f"新しい投稿 {tag} number {i} ラーメン", 1_780_000_000 + i))
-        with cur.copy("COPY cn_relay.event_topics (event_id, topic_id) FROM STDIN") as cp:
-            for event_id in ids:
-                cp.write_row((event_id, topic))
-        with cur.copy("COPY cn_relay.events_outbox (op, event_id, topic_id, reason) FROM STDIN") as cp:
-            for event_id in ids:
-                cp.write_row(("upsert", event_id, topic, "created"))
-    seqs = dict(conn.execute("SELECT event_id, seq FROM cn_relay.events_outbox WHERE event_id = ANY(%s)", (ids,)))
-    return [(event_id, seqs[event_id]) for event_id in ids]
+def note(tag: str, i: int, topics: list[str], *, created_at: int | None = None, content: str | None = None) -> dict:
+    """A kind 1 note, signed (as far as tests care) by a persona of the tag."""
+    return build_event(pubkey=pubkey_of(f"test:{tag}"), topics=topics, created_at=created_at or NOW + i,
+                       content=content if content is not None else f"新しい投稿 {tag} number {i} ラーメン")
 
 
-def meili_ids(client, uid: str) -> set[str]:
-    """Every document id in the index."""
-    docs = client.index(uid).get_documents({"fields": ["id"], "limit": 1_000_000}).results
-    return {d.id for d in docs}
+def new_posts(conn: psycopg.Connection, n: int, tag: str, topic_id: str | None = None) -> list[tuple[str, int]]:
+    """`n` notes in one topic (the corpus's first by default), each published as the product publishes;
+    returns (event id, outbox seq) per post."""
+    topic_id = topic_id or topic(conn)
+    writer, out = ProductWriter(conn), []
+    for i in range(n):
+        event = note(tag, i, [topic_id])
+        seqs = writer.publish(event, now=NOW + i)
+        out.append((event["id"], seqs[0]))
+    return out
+
+
+def meili_ids(client, topic_id: str) -> set[str]:
+    """Every event id in the topic's index."""
+    try:
+        docs = client.index(meili_index.index_uid(topic_id)).get_documents({"fields": ["event_id"], "limit": 1_000_000}).results
+    except Exception as exc:  # a topic never written has no index
+        if getattr(exc, "code", None) == "index_not_found":
+            return set()
+        raise
+    return {d.event_id for d in docs}
+
+
+def _live(conn: psycopg.Connection, topics: list[str], window, versioned: bool) -> list[tuple]:
+    """Searchable events of `topics` (created in `window`), versioned ones only when asked."""
+    rows = conn.execute(
+        f"SELECT DISTINCT e.event_id, e.pubkey, e.kind, e.created_at, e.raw_json FROM cn_relay.events e "
+        f"JOIN cn_relay.event_topics et ON et.event_id = e.event_id "
+        f"WHERE {contract.SEARCHABLE} AND et.topic_id = ANY(%(topics)s) AND e.created_at >= %(start)s "
+        f"AND e.created_at < %(end)s AND e.kind <> 5 "
+        + ("AND (e.replaceable_key IS NOT NULL OR e.addressable_key IS NOT NULL) " if versioned else "")
+        + "ORDER BY 1", {"now": contract.now_unix(), "topics": topics, "start": window.start if window else -2**62,
+                         "end": window.end if window else 2**62}).fetchall()
+    return rows
 
 
 def product_writes(conn: psycopg.Connection, tag: str, *, inserts: int = 0, edits: int = 0, deletes: int = 0,
-                   removals: int = 0, topic: str | None = None, window: Window | None = None,
-                   seed: int = 0) -> dict[str, list[str]]:
-    """Inserts, edits, deletes and topic removals the way the product writes them (event + outbox in one
-    transaction each); edits/deletes/removals pick live posts (of `topic`, created in `window`, when given).
-    Returns the event ids per kind."""
+                   removals: int = 0, topic: str | None = None, window=None, seed: int = 0) -> dict[str, list[str]]:
+    """The product's kinds of change, each published as the relay publishes it: inserts (notes in one or
+    two topics), edits (a newer version of a replaceable/addressable event), deletes (the author's NIP-09
+    deletion) and removals (a newer version that leaves one of its topics). Edits and removals pick
+    versioned events (of `topic`, created in `window`, when given), as many as there are. Returns the
+    event ids per kind (for edits and removals, the superseded versions)."""
     rng = random.Random(f"{tag}:{seed}")
     topics = [topic] if topic else contract.topic_ids(conn)
+    writer = ProductWriter(conn)
     done: dict[str, list[str]] = {"insert": [], "edit": [], "delete": [], "removal": []}
+    clock = max(NOW, int(time.time()) - 3600)
     for i in range(inserts):
-        event_id = hashlib.sha256(f"drill:{tag}:{i}".encode()).hexdigest()
         chosen = rng.sample(topics, min(len(topics), rng.choice((1, 1, 2))))
-        created = conn.execute("SELECT created_at FROM cn_relay.events ORDER BY random() LIMIT 1").fetchone()[0]
-        with conn.transaction():
-            conn.execute("INSERT INTO cn_relay.events (event_id, pubkey, kind, content, created_at) "
-                         "VALUES (%s, %s, 1, %s, %s)", (event_id, "d" * 64, f"ドリル {tag} {i} 新しい投稿", created))
-            for t in chosen:
-                conn.execute("INSERT INTO cn_relay.event_topics VALUES (%s, %s)", (event_id, t))
-                conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                             "VALUES ('upsert', %s, %s, 'created')", (event_id, t))
-        done["insert"].append(event_id)
-    live = [r[0] for r in conn.execute(
-        "SELECT DISTINCT e.event_id FROM cn_relay.events e JOIN cn_relay.event_topics et USING (event_id) "
-        "WHERE NOT e.is_deleted AND et.topic_id = ANY(%s) AND e.created_at >= %s AND e.created_at < %s ORDER BY 1",
-        (topics, window.start if window else 0, window.end if window else 2**62))]
-    rng.shuffle(live)
-    for event_id in live[:edits]:
-        with conn.transaction():
-            conn.execute("UPDATE cn_relay.events SET content = content || %s WHERE event_id = %s",
-                         (f" 編集 {tag}", event_id))
-            conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                         "SELECT 'upsert', event_id, topic_id, 'edited' FROM cn_relay.event_topics "
-                         "WHERE event_id = %s", (event_id,))
-        done["edit"].append(event_id)
-    for event_id in live[edits:edits + deletes]:
-        with conn.transaction():
-            conn.execute("UPDATE cn_relay.events SET is_deleted = true WHERE event_id = %s", (event_id,))
-            conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                         "SELECT 'delete', event_id, topic_id, 'deleted' FROM cn_relay.event_topics "
-                         "WHERE event_id = %s", (event_id,))
+        event = note(f"drill:{tag}", i, chosen, created_at=clock + i, content=f"ドリル {tag} {i} 新しい投稿")
+        writer.publish(event, now=clock + i)
+        done["insert"].append(event["id"])
+    versioned = _live(conn, topics, window, versioned=True)
+    rng.shuffle(versioned)
+    for kind_name, rows in (("edit", versioned[:edits]), ("removal", versioned[edits:edits + removals])):
+        for event_id, pubkey, kind, created_at, raw in rows:
+            raw = raw if isinstance(raw, dict) else json.loads(raw)
+            own = [tg for tg in raw["tags"] if tg and tg[0] == "t"]
+            keep = own[:-1] if kind_name == "removal" and len(own) > 1 else own
+            if kind_name == "removal" and len(own) == 1:  # the one topic is swapped for another
+                others = [t for t in contract.topic_ids(conn) if t != own[0][1]]
+                keep = [["t", others[0]]] if others else own
+            tags = keep + [tg for tg in raw["tags"] if tg and tg[0] != "t"]
+            event = build_event(pubkey=pubkey, kind=kind, created_at=created_at + 1,
+                                content=raw["content"] + f" 編集 {tag}", tags=tags)
+            writer.publish(event, now=clock)
+            done[kind_name].append(event_id)
+    plain = [r for r in _live(conn, topics, window, versioned=False) if r[0] not in done["edit"] + done["removal"]]
+    rng.shuffle(plain)
+    for event_id, pubkey, _, _, raw in plain[:deletes]:  # the author's NIP-09 deletion, posted in one of its topics
+        raw = raw if isinstance(raw, dict) else json.loads(raw)
+        own = [tg[1] for tg in raw["tags"] if tg and tg[0] == "t"][:1]
+        writer.publish(build_event(pubkey=pubkey, kind=5, created_at=clock, content="", topics=own,
+                                   tags=[["e", event_id]]), now=clock)
         done["delete"].append(event_id)
-    for event_id in live[edits + deletes:edits + deletes + removals]:
-        with conn.transaction():
-            t = conn.execute("DELETE FROM cn_relay.event_topics WHERE ctid = (SELECT ctid FROM cn_relay.event_topics "
-                             "WHERE event_id = %s AND topic_id = ANY(%s) LIMIT 1) RETURNING topic_id",
-                             (event_id, topics)).fetchone()[0]
-            conn.execute("INSERT INTO cn_relay.events_outbox (op, event_id, topic_id, reason) "
-                         "VALUES ('delete', %s, %s, 'topic_removed')", (event_id, t))
-        done["removal"].append(event_id)
     return done
