@@ -23,7 +23,6 @@ from search_migration.write_path import dead_letters
 from search_migration.local import demo_seed
 from search_migration.cutover import flags
 from search_migration.write_path import meili_index
-from search_migration.source import contract
 from search_migration.schema import migrate as migrations
 from search_migration.local.demo_seed import SeedError
 from search_migration.local import services
