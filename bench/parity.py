@@ -36,7 +36,7 @@ from pathlib import Path
 from search_migration import db
 from search_migration.gates.measures import legacy_grades, ndcg_at_10, overlap_at_10
 from search_migration.search import meili_search, pg_search
-from search_migration.search.query import parse_query
+from search_migration.search import segment
 from search_migration.search.text import NORMALIZER_VERSION
 from search_migration.settings import Settings
 from search_migration.write_path import legacy_documents, meili_index, pg_documents
@@ -129,7 +129,7 @@ def index_pg(conn, writes: list[DocWrite]) -> float:
 
 def aa_search(client, topic: str, q: str, limit: int) -> list[str]:
     """meili_search.search's request on the A/A copy of the topic's index."""
-    if not parse_query(q):
+    if not segment.query_words(q):
         return []
     uid = AA_PREFIX + meili_index.index_uid(topic)
     return [h["event_id"] for h in client.index(uid).search(q, {"limit": limit, "offset": 0})["hits"]]
@@ -137,7 +137,7 @@ def aa_search(client, topic: str, q: str, limit: int) -> list[str]:
 
 def aa_suggest(client, uids: list[str], q: str, limit: int) -> list[str]:
     """meili_search.suggest's federated request on the A/A copies."""
-    if not parse_query(q):
+    if not segment.query_words(q):
         return []
     fields = ["event_id", "topic_id", "content"]
     result = client.multi_search([{"indexUid": u, "q": q, "attributesToRetrieve": fields} for u in uids],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search_migration.search.text import NORMALIZER_VERSION, index_tokens, normalize, token_positions, tsvector_literal
+from search_migration.search.text import NORMALIZER_VERSION, normalize
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -25,29 +25,6 @@ def test_normalize(raw, expected):
 def test_dakuten_is_not_folded_away():
     assert normalize("が") != normalize("か")
     assert normalize("ｶﾞ") == normalize("ガ") == "ガ"
-
-
-def test_cjk_runs_are_bigrams_with_a_final_unigram_and_latin_runs_are_words():
-    tokens = index_tokens(normalize("東京でラーメン rust"))
-    assert tokens == [("東京", 1), ("京で", 2), ("でラ", 3), ("ラー", 4), ("ーメ", 5), ("メン", 6), ("ン", 6),
-                      ("rust", 7)]
-    assert index_tokens("猫") == [("猫", 1)]
-
-
-def test_tags_are_their_own_tokens_and_also_plain_words():
-    tokens = dict(index_tokens(normalize("#nostr #ラーメン @さくら")))
-    assert {"#nostr", "nostr", "#ラーメン", "ラー", "@さくら", "さく"} <= set(tokens)
-    assert tokens["#ラーメン"] == tokens["ラー"]  # the tag sits where its run starts
-
-
-def test_tsvector_literal_escapes_and_caps_positions():
-    literal = tsvector_literal({"it's": [1], "a\\b": [2], "x": [20_000], "y": [3, 20_001, 3, 20_002]})
-    assert literal == "'it''s':1 'a\\\\b':2 'x':16383 'y':3,16383"
-
-
-def test_repeated_tokens_keep_every_position():
-    assert token_positions(normalize("ラーメン rust ラーメン #rust")) == {
-        "ラー": [1, 5], "ーメ": [2, 6], "メン": [3, 7], "ン": [3, 7], "rust": [4, 8], "#rust": [8]}
 
 
 def test_version_is_current():

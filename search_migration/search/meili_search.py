@@ -24,7 +24,7 @@ import meilisearch
 from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationError, MeilisearchTimeoutError
 
 from search_migration.search.pg_search import Page
-from search_migration.search.query import parse_query
+from search_migration.search import segment
 from search_migration.write_path import meili_index
 
 DEFAULT_LIMIT = 20  # cn-user-api: `query.limit.unwrap_or(20).clamp(1, 50)`
@@ -49,7 +49,7 @@ def _call(client: meilisearch.Client, fn):
 
 def search(client: meilisearch.Client, topic: str, q: str, limit: int = DEFAULT_LIMIT, offset: int = 0) -> Page:
     """One page of the topic's index, as the product's `/v1/search` returns it."""
-    if not parse_query(q) or limit <= 0:  # no words: no query (Meilisearch would list the whole index)
+    if not segment.query_words(q) or limit <= 0:  # no words: no query (Meilisearch would list the whole index)
         return Page([], 0, None)
     limit = min(limit, MAX_LIMIT)
     uid = meili_index.index_uid(topic)
@@ -101,7 +101,7 @@ def suggest(client: meilisearch.Client, q: str, limit: int = 5) -> list[dict]:
     migration and suggests communities, not posts. Suggest is this project's feature; PostgreSQL's
     suggest is the one the gates measure, and this is its legacy-engine counterpart for comparison.
     """
-    if not parse_query(q) or limit <= 0:
+    if not segment.query_words(q) or limit <= 0:
         return []
     fields = ["event_id", "topic_id", "content"]
     for attempt in (0, 1):
