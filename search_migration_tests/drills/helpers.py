@@ -7,7 +7,6 @@ on the product's per-topic indexes, and the invariant asserted with its figures 
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ from ..support.cutover import TEST_POLICY
 from ..support.backfill import WEEK, backfill_all
 from ..support.processes import DAGSTER
 from ..support.servers import REPO
-from ..support import writes
 from ..support.writes import FAST, set_mode
 
 # --------------------------------------------------------------------------- getting to a caught-up dual state
@@ -122,24 +120,6 @@ def seed_dual(url: str, meili, namespace: str, *, posts: int = 2000, topics: int
         set_mode(conn, "dual", by="drill", reason="fault drill")
         capture(conn)
         return contract.topic_ids(conn)
-
-
-def product_writes(conn: psycopg.Connection, tag: str, *, deletes: int = 0, **kinds) -> dict[str, list[str]]:
-    """support.writes.product_writes, with its deletions published in the deleted event's topics: the relay
-    rejects any event without a `kukuri:` topic, kind 5 included (support's own deletions carry none)."""
-    done = writes.product_writes(conn, tag, **kinds)
-    topics = [kinds["topic"]] if kinds.get("topic") else contract.topic_ids(conn)
-    changed = set(done["edit"] + done["removal"] + done["insert"])
-    plain = [r for r in writes._live(conn, topics, kinds.get("window"), versioned=False) if r[0] not in changed]
-    random.Random(f"{tag}:{kinds.get('seed', 0)}:delete").shuffle(plain)
-    writer, clock = writes.ProductWriter(conn), max(writes.NOW, int(time.time()) - 3600)
-    for event_id, pubkey, _kind, _created_at, raw in plain[:deletes]:
-        raw = raw if isinstance(raw, dict) else json.loads(raw)
-        own = [tg[1] for tg in raw["tags"] if len(tg) > 1 and tg[0] == "t"]
-        writer.publish(writes.build_event(pubkey=pubkey, kind=5, created_at=clock, content="", topics=own,
-                                          tags=[["e", event_id]]), now=clock)
-        done["delete"].append(event_id)
-    return done
 
 
 # --------------------------------------------------------------------------- real Dagster runs

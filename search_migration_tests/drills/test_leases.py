@@ -15,8 +15,8 @@ import signal
 from search_migration import db
 
 from ..support.processes import poll
-from .helpers import (assert_invariant, backfill_everything, catch_up_all, checkpointed, dual_partition, materialize,
-                      product_writes)
+from .helpers import (assert_invariant, backfill_everything, catch_up_all, checkpointed, dual_partition, materialize)
+from ..support.writes import product_writes
 
 
 def job(conn, key: str):

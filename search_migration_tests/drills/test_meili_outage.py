@@ -18,8 +18,8 @@ from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
 
 from ..support.processes import child, poll
-from ..support.writes import FAST, new_posts
-from .helpers import assert_invariant, backfill_everything, catch_up_all, product_writes, seed_dual
+from ..support.writes import FAST, new_posts, product_writes
+from .helpers import assert_invariant, backfill_everything, catch_up_all, seed_dual
 from ..support.cutover import QUERIES
 
 

@@ -17,8 +17,9 @@ from search_migration.backfill import Window
 from ..support.backfill import WEEK
 from ..support.processes import child, poll
 from ..support.writes import new_posts
-from .helpers import (assert_invariant, backfill_everything, busiest_week, catch_up_all, partition_key, product_writes,
+from .helpers import (assert_invariant, backfill_everything, busiest_week, catch_up_all, partition_key,
                       seed_dual)
+from ..support.writes import product_writes
 
 
 def restart(s) -> None:

@@ -15,9 +15,9 @@ from search_migration.source import contract
 from search_migration.cutover import stages
 
 from ..support import invariants
-from .helpers import (assert_invariant, backfill_everything, capture, catch_up_all, product_writes)
+from .helpers import assert_invariant, backfill_everything, capture, catch_up_all
 from ..support.cutover import failure_message, run_job
-from ..support.writes import set_mode
+from ..support.writes import product_writes, set_mode
 
 
 def test_rollback_from_complete_replays_pg_only_writes_into_meilisearch(dagster_env, seeded, meili):

@@ -15,7 +15,8 @@ from ..support.backfill import actual, expected
 from ..support.processes import kill_group, poll
 from ..support.writes import new_posts
 from .helpers import (assert_invariant, backfill_everything, catch_up_all, catchup_run, checkpointed, dagster_home,
-                      dual_partition, materialize, no_advisory_locks, product_writes, seed_dual)
+                      dual_partition, materialize, no_advisory_locks, seed_dual)
+from ..support.writes import product_writes
 
 
 def test_backfill_run_sigkilled_mid_partition_then_rerun(servers, database_url, meili, namespace, tmp_path):
