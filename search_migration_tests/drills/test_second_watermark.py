@@ -10,6 +10,7 @@ from __future__ import annotations
 from search_migration import backfill, db
 from search_migration.write_path import consumer
 
+from ..support import invariants
 from ..support.backfill import WINDOWS, capture
 from ..support.writes import FAST, new_posts, set_mode, topic
 
@@ -43,3 +44,7 @@ def test_a_second_watermark_reopens_the_partitions_that_grew(seeded, meili):
         final = backfill.progress(conn)
         assert final.rows_total == second.manifest_rows and final.rows_done == final.rows_total
         assert final.partitions.get("succeeded") == len(again)
+        result = consumer.catch_up(conn, meili, retry=FAST)
+        inv = invariants.check(conn, result.end_offset, meili)
+    print("\nDRILL rule 8 invariant: " + str({k: v for k, v in inv.as_dict().items() if k != "examples"}))
+    assert inv.ok, inv.as_dict()
