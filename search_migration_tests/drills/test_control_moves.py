@@ -131,6 +131,17 @@ def test_a_cutover_and_a_rollback_at_the_same_moment_end_in_one_stage(servers, s
     stage = stages.current(now)  # one consistent stage: the last applied move's, with all its flags
     assert stage == applied[-1][2]
     assert {k: now[k] for k in stages.BASE_FLAGS[stage]} == stages.BASE_FLAGS[stage]
+    _assert_invariant(seeded, meili, "rule 4")
+
+
+def _assert_invariant(url: str, meili, drill: str) -> None:
+    """Caught up, both engines hold exactly what the source says is searchable."""
+    with db.connect(url) as conn:
+        end = consumer.catch_up(conn, meili, retry=FAST).end_offset
+        assert end == contract.outbox_head(conn)
+        inv = invariants.check(conn, end, meili)
+    print(f"\nDRILL {drill} invariant: " + str({k: v for k, v in inv.as_dict().items() if k != "examples"}))
+    assert inv.ok, inv.as_dict()
 
 
 def test_a_report_evaluated_under_a_lowered_policy_cannot_open_the_cutover(dagster_env, seeded, meili,
@@ -153,3 +164,4 @@ def test_a_report_evaluated_under_a_lowered_policy_cannot_open_the_cutover(dagst
     assert "catchup_lag: evaluated under gate policy" in failure_message(move)
     with db.connect(seeded) as conn:
         assert stages.current(flags.read_all(conn)) == "dual"
+    _assert_invariant(seeded, meili, "rule 5")
