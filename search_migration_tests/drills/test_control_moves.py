@@ -71,8 +71,13 @@ def test_an_interrupted_rollback_from_complete_never_flips_reads_to_a_stale_meil
 
         with db.connect(database_url) as holder, consumer.consumer_lock(holder, contract.CONSUMER):
             busy = run_job(instance, "rollback_job", target_stage="shadow", shadow_rate=50)
+        if busy.success:
+            at, top = _meili_offset(database_url)
+            with db.connect(database_url) as conn:
+                reads = flags.get(conn, "search_read_backend")
+            pytest.fail(f"the rerun flipped reads to {reads} while Meilisearch is at seq {at} of {top}")
         message = failure_message(busy)
-        assert not busy.success and "another catch-up is running" in message
+        assert "another catch-up is running" in message, message
         with db.connect(database_url) as conn:
             assert flags.get(conn, "search_read_backend") == "pg"
 
@@ -248,7 +253,11 @@ def test_a_report_evaluated_under_a_lowered_policy_cannot_open_the_cutover(dagst
     assert all(e.passed for e in evaluations(dagster_env, "search_drift_report"))
     monkeypatch.delenv("SEARCH_MIGRATION_GATE_POLICY")  # the deployment's policy, as reviewed
     move = run_job(dagster_env, "cutover_job", target_stage="shadow")
-    assert not move.success
+    if move.success:
+        with db.connect(seeded) as conn:
+            pytest.fail(f"the cutover opened on checks evaluated under a lowered policy: stage "
+                        f"{stages.current(flags.read_all(conn))}, outbox backlog "
+                        f"{contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)}")
     assert "catchup_lag: evaluated under gate policy" in failure_message(move)
     with db.connect(seeded) as conn:
         assert stages.current(flags.read_all(conn)) == "dual"
