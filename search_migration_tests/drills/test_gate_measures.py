@@ -89,7 +89,8 @@ def test_a_failing_primary_postgresql_in_live_turns_error_rate_red(dagster_env, 
 
     print("\nDRILL rule 6 (PostgreSQL primary failing in live):")
     metadata, checks = _report(dagster_env)
-    assert not checks["error_rate"].passed
+    assert not checks["error_rate"].passed, \
+        f"error_rate green while 10 PostgreSQL reads failed in live: {checks['error_rate'].metadata['detail'].value}"
     assert checks["error_rate"].metadata["detail"].value.startswith("PostgreSQL error rate 0.2 >= 0.01")
     assert metadata["error_rate_engine"] == "pg" and metadata["errors_pg"] == 10, metadata
     assert metadata["error_rate"] == pytest.approx(10 / 50 if metadata["golden_queries"] == 0 else
