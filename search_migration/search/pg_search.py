@@ -56,6 +56,33 @@ UNION ALL
  WHERE d.lead_word LIKE %(lead_like)s AND d.lead_word <> %(lead)s AND {LIVE}
  ORDER BY d.created_at, d.post_id LIMIT %(cap)s)
 """
+# One-word queries: the documents holding the word (or, as a prefix, a word it starts) in their title,
+# one position tier at a time (cn_search.post_title_words, migration 0016), in tie order (index uid, then
+# insertion order): the exact word, then the words it starts.
+TIER_SQL = {(scope, exact): f"""
+SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
+FROM (SELECT t.post_id, t.topic_id FROM cn_search.post_title_words AS t
+      WHERE t.tier = %(tier)s AND {'t.word = %(word)s' if exact else 't.word > %(word)s AND t.word < %(word_end)s'}
+        {'AND t.uid = %(uid)s AND t.topic_id = %(topic)s' if scope == 'topic' else ''}
+      ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s) AS t
+JOIN cn_search.post_search_documents AS d ON d.post_id = t.post_id AND d.topic_id = t.topic_id
+WHERE {LIVE}
+""" for scope in ("topic", "all") for exact in (True, False)}
+# The same words-it-starts rows of a tier, only documents that also hold the exact word somewhere: those
+# rank first among them (exactness), whatever their place in tie order.
+TIER_ALSO_EXACT_SQL = {scope: f"""
+SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
+FROM (SELECT t.post_id, t.topic_id FROM cn_search.post_title_words AS t
+      JOIN cn_search.post_search_documents AS e ON e.post_id = t.post_id AND e.topic_id = t.topic_id
+      WHERE t.tier = %(tier)s AND t.word > %(word)s AND t.word < %(word_end)s
+        {'AND t.uid = %(uid)s AND t.topic_id = %(topic)s' if scope == 'topic' else ''}
+        AND e.search_tokens @@ %(exact)s::tsquery
+      ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s) AS t
+JOIN cn_search.post_search_documents AS d ON d.post_id = t.post_id AND d.topic_id = t.topic_id
+WHERE {LIVE}
+""" for scope in ("topic", "all")}
+INDEXED_SQL = "SELECT EXISTS (SELECT 1 FROM cn_search.search_vocabulary WHERE word = %s)"
+TIERS = 5  # position costs 0-4 (positions 0-11 in the title); a later one is found by the bucket scan
 COUNT_SQL = f"""
 SELECT count(*) FROM (SELECT 1 FROM cn_search.post_search_documents AS d
     WHERE d.topic_id = %(topic)s AND {LIVE} AND d.search_tokens @@ %(match)s::tsquery LIMIT %(cap)s) AS capped
@@ -142,6 +169,44 @@ def _parse_found(found: str | None) -> dict[str, list[int]]:
     return out
 
 
+def _tiered(conn, scope: str, topic: str | None, term: milli.QueryWord, want: int, tie) -> list[tuple] | None:
+    """The first `want` rows for one query word in Meilisearch's order, from its title tiers; None when
+    the tiers hold fewer (the word is rarer in titles: the bucket scan is cheap then, and exhaustive).
+
+    For one word, a document with the word (0 typos) in its title ranks before any other (attribute), by
+    the word's best position cost (tier), then exactness, then ties; a tier is read in tie order, the exact
+    word and the words it starts apart, `want` more rows than already held (those may come back), so once
+    `want` rows are held every row that could rank before them was read."""
+    held: dict[tuple[str, str], tuple] = {}
+    words = sorted(term.derivations)
+    params = {"topic": topic, "uid": index_uid(topic) if topic else None, "version": NORMALIZER_VERSION,
+              "words": words, "prefix": [term.word] if term.prefix else [],
+              "word": term.word, "word_end": term.word + "\U0010ffff"}
+    also_exact = term.prefix and conn.execute(INDEXED_SQL, (term.word,)).fetchone()[0]
+    for tier in range(TIERS):
+        n = want + len(held)
+        rows = conn.execute(TIER_SQL[(scope, True)], {**params, "tier": tier, "n": n}).fetchall()
+        if term.prefix:
+            rows += conn.execute(TIER_SQL[(scope, False)], {**params, "tier": tier, "n": n}).fetchall()
+        if also_exact:
+            rows += conn.execute(TIER_ALSO_EXACT_SQL[scope], {**params, "tier": tier, "n": n,
+                                                              "exact": _lit(term.word)}).fetchall()
+        keyed, seen = [], set(held)
+        for row in rows:
+            if (row[0], row[1]) in seen:
+                continue
+            seen.add((row[0], row[1]))
+            key = milli.rank_key([term], _parse_found(row[3]))
+            if key is not None:
+                keyed.append(((key, tie(row)), row))
+        keyed.sort(key=lambda kr: kr[0])
+        for _, row in keyed:
+            held[(row[0], row[1])] = row
+        if len(held) >= want:
+            return list(held.values())
+    return None
+
+
 def _ranked(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], want: int, cap: int,
             tie=lambda row: (row[2], row[0]), lead: bool = False) -> tuple[list[tuple], bool]:
     """Rows in Meilisearch's order, at least `want` when that many match; and whether every match was seen.
@@ -184,7 +249,10 @@ def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset
         return Page([], 0, None)
     expand(conn, terms)
     want = offset + limit
-    ranked, exhaustive = _ranked(conn, "topic", topic, terms, want, max(CANDIDATES, want))
+    ranked = _tiered(conn, "topic", topic, terms[0], want, lambda row: (row[2], row[0])) if len(terms) == 1 else None
+    exhaustive = False
+    if ranked is None:
+        ranked, exhaustive = _ranked(conn, "topic", topic, terms, want, max(CANDIDATES, want))
     if exhaustive:
         total = len(ranked)
     else:
@@ -202,8 +270,10 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
     if not terms or limit <= 0:
         return []
     expand(conn, terms)
-    ranked, _ = _ranked(conn, "all", None, terms, 3 * limit, SUGGEST_CANDIDATES,
-                        tie=lambda row: (index_uid(row[1]), row[2], row[0]), lead=True)
+    tie = lambda row: (index_uid(row[1]), row[2], row[0])  # noqa: E731
+    ranked = _tiered(conn, "all", None, terms[0], 3 * limit, tie) if len(terms) == 1 else None
+    if ranked is None:
+        ranked, _ = _ranked(conn, "all", None, terms, 3 * limit, SUGGEST_CANDIDATES, tie=tie, lead=True)
     seen: set[str] = set()
     items: list[dict] = []
     for post_id, topic_id, _, _ in ranked[:3 * limit]:
