@@ -30,10 +30,10 @@ CREATE TABLE IF NOT EXISTS cn_search.post_title_words (
 );
 -- a word exactly (or words by prefix), tier by tier, in tie order
 CREATE INDEX IF NOT EXISTS post_title_words_word_idx
-    ON cn_search.post_title_words (tier, word, uid, created_at, post_id);
+    ON cn_search.post_title_words (tier, word, uid, created_at, post_id) INCLUDE (topic_id);
 -- a frequent prefix: walk a tier in tie order and keep the words that start with it
 CREATE INDEX IF NOT EXISTS post_title_words_order_idx
-    ON cn_search.post_title_words (tier, uid, created_at, post_id) INCLUDE (word);
+    ON cn_search.post_title_words (tier, uid, created_at, post_id) INCLUDE (word, topic_id);
 CREATE INDEX IF NOT EXISTS post_title_words_doc_idx
     ON cn_search.post_title_words (post_id, topic_id);
 

@@ -91,6 +91,8 @@ class QueryWord:
     prefix: bool
     derivations: dict[str, int] = field(default_factory=dict)  # word -> typos (prefix matches: 0)
     ngrams: list[tuple[str, int, bool]] = field(default_factory=list)  # (word, words covered, prefix) from here
+    # indexed words a prefix (its own, or an ngram's from here) starts, when few; None: many (pg_search.py)
+    completions: dict[str, list[str] | None] = field(default_factory=dict)
 
     @property
     def max_typos(self) -> int:

@@ -58,31 +58,75 @@ UNION ALL
 """
 # One-word queries: the documents holding the word (or, as a prefix, a word it starts) in their title,
 # one position tier at a time (cn_search.post_title_words, migration 0016), in tie order (index uid, then
-# insertion order): the exact word, then the words it starts.
-TIER_SQL = {(scope, exact): f"""
+# insertion order). Every statement returns (post_id, topic_id, tier) keys; FOUND_SQL then reads the
+# positions of the query's words for the keys not seen yet.
+SCOPE = {"topic": "AND t.uid = %(uid)s AND t.topic_id = %(topic)s", "all": ""}
+# the exact word: an index range on (tier, word, uid, created_at) is already in tie order
+TIER_EXACT_SQL = {scope: f"""
+SELECT t.post_id, t.topic_id, t.tier FROM cn_search.post_title_words AS t
+WHERE t.tier = %(tier)s AND t.word = %(word)s {cond}
+ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
+""" for scope, cond in SCOPE.items()}
+# the words it starts: where they are few in the tier (at most PROBE rows, all topics), sort them; else
+# walk the tier in tie order and keep the rows whose word starts with it (they are frequent: a short walk)
+PROBE = 5_000
+# ... and, among them, those of documents that also hold the exact word anywhere (`check_exact`): they rank
+# first among the words-it-starts rows (exactness), whatever their place in tie order
+TIER_PREFIX_SQL = {scope: f"""
+WITH r AS MATERIALIZED (
+    SELECT t.post_id, t.topic_id, t.tier, t.uid, t.created_at FROM cn_search.post_title_words AS t
+    WHERE t.tier = %(tier)s AND t.word LIKE %(like)s AND t.word <> %(word)s LIMIT {PROBE + 1}),
+c AS (SELECT count(*) AS n FROM r)
+(SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c WHERE c.n <= {PROBE} {cond}
+ ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s)
+UNION ALL
+(SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c WHERE %(check_exact)s AND c.n <= {PROBE} {cond}
+   AND EXISTS (SELECT 1 FROM cn_search.post_search_documents AS e
+               WHERE e.post_id = t.post_id AND e.topic_id = t.topic_id AND e.search_tokens @@ %(exact)s::tsquery)
+ ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s)
+UNION ALL
+SELECT NULL, NULL, NULL, c.n FROM c
+""" for scope, cond in SCOPE.items()}
+TIER_WALK_SQL = {scope: f"""
+SELECT t.post_id, t.topic_id, t.tier FROM cn_search.post_title_words AS t
+WHERE t.tier = %(tier)s AND left(t.word, %(chars)s) = %(word)s AND t.word <> %(word)s {cond}
+ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
+""" for scope, cond in SCOPE.items()}
+# Documents holding the exact word anywhere rank first among those matching by a word it starts
+# (exactness), whatever their place in tie order: their title keys, when they are few (one statement for
+# every tier); else a walk per tier, as above, keeping the documents that hold the exact word.
+ALSO_EXACT_SQL = {scope: f"""
+WITH e AS MATERIALIZED (
+    SELECT d.post_id, d.topic_id FROM cn_search.post_search_documents AS d
+    WHERE {'d.topic_id = %(topic)s AND' if scope == 'topic' else ''} {LIVE} AND d.search_tokens @@ %(exact)s::tsquery
+    LIMIT {PROBE + 1})
+SELECT x.post_id, x.topic_id, x.tier, (SELECT count(*) FROM e)
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT t.post_id, t.topic_id, t.tier FROM e
+    JOIN cn_search.post_title_words AS t ON t.post_id = e.post_id AND t.topic_id = e.topic_id
+    WHERE t.word LIKE %(like)s AND t.word <> %(word)s {cond}) AS x ON true
+""" for scope, cond in SCOPE.items()}
+# (both frequent: the first WALK words-it-starts rows of the tier, in tie order, that hold the exact word;
+# a bound, so a document holding the exact word beyond them is missed)
+WALK = 1_000
+ALSO_EXACT_WALK_SQL = {scope: f"""
+SELECT t.post_id, t.topic_id, t.tier
+FROM (SELECT t.post_id, t.topic_id, t.tier, t.uid, t.created_at FROM cn_search.post_title_words AS t
+      WHERE t.tier = %(tier)s AND left(t.word, %(chars)s) = %(word)s AND t.word <> %(word)s {cond}
+      ORDER BY t.uid, t.created_at, t.post_id LIMIT {WALK}) AS t
+JOIN cn_search.post_search_documents AS e ON e.post_id = t.post_id AND e.topic_id = t.topic_id
+WHERE e.search_tokens @@ %(exact)s::tsquery
+ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
+""" for scope, cond in SCOPE.items()}
+FOUND_SQL = f"""
 SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
-FROM (SELECT t.post_id, t.topic_id FROM cn_search.post_title_words AS t
-      WHERE t.tier = %(tier)s AND {'t.word = %(word)s' if exact else 't.word > %(word)s AND t.word < %(word_end)s'}
-        {'AND t.uid = %(uid)s AND t.topic_id = %(topic)s' if scope == 'topic' else ''}
-      ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s) AS t
-JOIN cn_search.post_search_documents AS d ON d.post_id = t.post_id AND d.topic_id = t.topic_id
+FROM unnest(%(post_ids)s::text[], %(topic_ids)s::text[]) AS k(post_id, topic_id)
+JOIN cn_search.post_search_documents AS d ON d.post_id = k.post_id AND d.topic_id = k.topic_id
 WHERE {LIVE}
-""" for scope in ("topic", "all") for exact in (True, False)}
-# The same words-it-starts rows of a tier, only documents that also hold the exact word somewhere: those
-# rank first among them (exactness), whatever their place in tie order.
-TIER_ALSO_EXACT_SQL = {scope: f"""
-SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
-FROM (SELECT t.post_id, t.topic_id FROM cn_search.post_title_words AS t
-      JOIN cn_search.post_search_documents AS e ON e.post_id = t.post_id AND e.topic_id = t.topic_id
-      WHERE t.tier = %(tier)s AND t.word > %(word)s AND t.word < %(word_end)s
-        {'AND t.uid = %(uid)s AND t.topic_id = %(topic)s' if scope == 'topic' else ''}
-        AND e.search_tokens @@ %(exact)s::tsquery
-      ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s) AS t
-JOIN cn_search.post_search_documents AS d ON d.post_id = t.post_id AND d.topic_id = t.topic_id
-WHERE {LIVE}
-""" for scope in ("topic", "all")}
+"""
 INDEXED_SQL = "SELECT EXISTS (SELECT 1 FROM cn_search.search_vocabulary WHERE word = %s)"
-TIERS = 5  # position costs 0-4 (positions 0-11 in the title); a later one is found by the bucket scan
+TIER_POSITIONS = ((0, 0), (1, 1), (2, 4), (5, 7), (8, 11))  # title positions of tiers 0-4 (migration 0016)
+BEYOND = 12  # the first position no tier holds
 COUNT_SQL = f"""
 SELECT count(*) FROM (SELECT 1 FROM cn_search.post_search_documents AS d
     WHERE d.topic_id = %(topic)s AND {LIVE} AND d.search_tokens @@ %(match)s::tsquery LIMIT %(cap)s) AS capped
@@ -118,9 +162,32 @@ def _lit(word: str) -> str:
     return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+COMPLETIONS = 64  # a prefix starting more indexed words than this is matched as a prefix (`:*`) in the GIN
+COMPLETIONS_SQL = f"SELECT word FROM cn_search.search_vocabulary WHERE word LIKE %s LIMIT {COMPLETIONS + 1}"
+
+
+def _complete(conn: psycopg.Connection, t: milli.QueryWord) -> None:
+    """The indexed words each prefix of t starts, when few: exact GIN entries, which the index intersects
+    with the topic's entry by skipping, where a prefix (`:*`) unions every matching entry's postings into
+    a bitmap first (at 1,000,000 posts, ~80 ms for a frequent word's prefix)."""
+    prefixes = [t.word] if t.prefix else []
+    prefixes += [g for g, _, p in t.ngrams if p]
+    for prefix in prefixes:
+        words = [r[0] for r in conn.execute(COMPLETIONS_SQL, (_like(prefix),))]
+        t.completions[prefix] = words if len(words) <= COMPLETIONS else None
+
+
+def _prefix_query(t: milli.QueryWord, prefix: str) -> list[str]:
+    """tsquery alternatives for the words `prefix` starts: those words, or the prefix itself."""
+    words = t.completions.get(prefix)
+    return [_lit(prefix) + ":*"] if words is None else [_lit(w) for w in words] or [NOTHING]
+
+
 def expand(conn: psycopg.Connection, terms: list[milli.QueryWord]) -> None:
-    """Fill each query word's typo derivations from the vocabulary (milli's rules in milli.py)."""
+    """Fill each query word's typo derivations from the vocabulary (milli's rules in milli.py), and the
+    words its prefixes start (_complete)."""
     for t in terms:
+        _complete(conn, t)
         t.derivations = {t.word: 0}
         k = t.max_typos
         if k == 0:
@@ -140,7 +207,7 @@ def expand(conn: psycopg.Connection, terms: list[milli.QueryWord]) -> None:
 def _term_query(t: milli.QueryWord, prefix: bool) -> str:
     parts = [_lit(w) for w in t.derivations]
     if prefix:
-        parts.append(_lit(t.word) + ":*")
+        parts += [p for p in _prefix_query(t, t.word) if p not in parts]
     return "(" + " | ".join(parts) + ")"
 
 
@@ -154,7 +221,8 @@ def _bucket_query(terms: list[milli.QueryWord], k: int) -> str:
         for word, n, prefix in terms[i].ngrams:
             if i + n <= k:
                 tail = from_(i + n)
-                lit = _lit(word) + (":*" if prefix and i + n == len(terms) else "")
+                lit = ("(" + " | ".join(_prefix_query(terms[i], word)) + ")" if prefix and i + n == len(terms)
+                       else _lit(word))
                 alternatives.append(lit + (" & " + tail if tail else ""))
         return alternatives[0] if len(alternatives) == 1 else "(" + " | ".join(f"({a})" for a in alternatives) + ")"
     return from_(0)
@@ -169,41 +237,83 @@ def _parse_found(found: str | None) -> dict[str, list[int]]:
     return out
 
 
-def _tiered(conn, scope: str, topic: str | None, term: milli.QueryWord, want: int, tie) -> list[tuple] | None:
-    """The first `want` rows for one query word in Meilisearch's order, from its title tiers; None when
-    the tiers hold fewer (the word is rarer in titles: the bucket scan is cheap then, and exhaustive).
+def _single_word(terms: list[milli.QueryWord]) -> tuple[str, bool] | None:
+    """The one indexed word (and whether as a prefix) a query asks for: its only word, or the ngram of all
+    its words (a Japanese query of one word that the query tokenizer cut into characters: 鎌倉 -> 鎌 倉)."""
+    if len(terms) == 1:
+        return terms[0].word, terms[0].prefix
+    for word, n, prefix in terms[0].ngrams:
+        if n == len(terms):
+            return word, prefix
+    return None
 
-    For one word, a document with the word (0 typos) in its title ranks before any other (attribute), by
-    the word's best position cost (tier), then exactness, then ties; a tier is read in tie order, the exact
-    word and the words it starts apart, `want` more rows than already held (those may come back), so once
-    `want` rows are held every row that could rank before them was read."""
-    held: dict[tuple[str, str], tuple] = {}
-    words = sorted(term.derivations)
+
+def _lower_bound(terms: list[milli.QueryWord], first_position: int) -> tuple:
+    """The best key a document can have whose words of the query sit at title position >= first_position
+    (or in a later attribute): 0 typos, adjacent words, attribute 0, the smallest position cost."""
+    n = len(terms)
+    position = min(sum(milli.cost_from_distance(abs(milli.bucketed_position(p) - i)) for i in range(n))
+                   for p in range(first_position, max(first_position, BEYOND) + 64))
+    return (0, n - 1, 0, position, (0, 0))
+
+
+def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], want: int,
+            tie) -> list[tuple] | None:
+    """The first `want` rows in Meilisearch's order for a query of one word (or one ngram, _single_word),
+    read from its title tiers; None when the tiers cannot tell (the word is rare in titles: the bucket scan
+    is cheap then).
+
+    A document with the word (0 typos) in its title ranks before any other (attribute), by the word's
+    best position cost, then exactness, then ties. Each tier is read in tie order, `want` more keys than
+    already held (those may come back), the exact word, the words it starts and the documents that also
+    hold the exact word apart; the rows are ranked by milli.rank_key, and reading stops once the
+    `want`-th best key is under what any document of a later tier could have."""
+    single = _single_word(terms)
+    if single is None:
+        return None
+    word, prefix = single
+    if len(terms) > 1 and not conn.execute(INDEXED_SQL, (word,)).fetchone()[0]:
+        return None  # no document holds the ngram as one word
     params = {"topic": topic, "uid": index_uid(topic) if topic else None, "version": NORMALIZER_VERSION,
-              "words": words, "prefix": [term.word] if term.prefix else [],
-              "word": term.word, "word_end": term.word + "\U0010ffff"}
-    also_exact = term.prefix and conn.execute(INDEXED_SQL, (term.word,)).fetchone()[0]
-    for tier in range(TIERS):
+              "word": word, "like": _like(word), "chars": len(word), "exact": _lit(word),
+              "words": sorted({w for t in terms for w in t.derivations} | {g for t in terms for g, _, _ in t.ngrams}),
+              "prefix": ([terms[-1].word] if terms[-1].prefix else [])
+              + [g for t in terms for g, n, p in t.ngrams if p and t.index + n == len(terms)]}
+    held: dict[tuple[str, str], tuple] = {}  # (post, topic) -> (key, tie, row)
+    check_exact = bool(prefix and len(terms) == 1 and conn.execute(INDEXED_SQL, (word,)).fetchone()[0])
+    also_exact: list[tuple] | None = None  # title keys of all documents holding the exact word, when few
+    tried = False
+    for tier, (_, last) in enumerate(TIER_POSITIONS):
         n = want + len(held)
-        rows = conn.execute(TIER_SQL[(scope, True)], {**params, "tier": tier, "n": n}).fetchall()
-        if term.prefix:
-            rows += conn.execute(TIER_SQL[(scope, False)], {**params, "tier": tier, "n": n}).fetchall()
-        if also_exact:
-            rows += conn.execute(TIER_ALSO_EXACT_SQL[scope], {**params, "tier": tier, "n": n,
-                                                              "exact": _lit(term.word)}).fetchall()
-        keyed, seen = [], set(held)
-        for row in rows:
-            if (row[0], row[1]) in seen:
-                continue
-            seen.add((row[0], row[1]))
-            key = milli.rank_key([term], _parse_found(row[3]))
-            if key is not None:
-                keyed.append(((key, tie(row)), row))
-        keyed.sort(key=lambda kr: kr[0])
-        for _, row in keyed:
-            held[(row[0], row[1])] = row
+        p = {**params, "tier": tier, "n": n, "check_exact": check_exact}
+        exact = conn.execute(TIER_EXACT_SQL[scope], p).fetchall()
+        keys = list(exact)
+        if prefix:
+            got = conn.execute(TIER_PREFIX_SQL[scope], p).fetchall()
+            keys += [r[:3] for r in got if r[0] is not None]
+            if got[-1][3] > PROBE:  # the words it starts are frequent in this tier: walk it in tie order
+                keys += conn.execute(TIER_WALK_SQL[scope], p).fetchall()
+                if check_exact and not tried and len(exact) < n:
+                    # the exact word is rare in titles: maybe rare everywhere (then its documents are few)
+                    tried = True
+                    got = conn.execute(ALSO_EXACT_SQL[scope], params).fetchall()
+                    if got[0][3] <= PROBE:
+                        also_exact = [r[:3] for r in got if r[0] is not None]
+                if also_exact is not None:
+                    keys += [k for k in also_exact if k[2] == tier]
+                elif check_exact:
+                    keys += conn.execute(ALSO_EXACT_WALK_SQL[scope], p).fetchall()
+        new = list(dict.fromkeys((k[0], k[1]) for k in keys if (k[0], k[1]) not in held))
+        if new:
+            for row in conn.execute(FOUND_SQL, {**params, "post_ids": [k[0] for k in new],
+                                                "topic_ids": [k[1] for k in new]}):
+                key = milli.rank_key(terms, _parse_found(row[3]))
+                if key is not None:
+                    held[(row[0], row[1])] = (key, tie(row), row)
         if len(held) >= want:
-            return list(held.values())
+            ranked = sorted(held.values(), key=lambda v: (v[0], v[1]))
+            if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1), ()):
+                return [v[2] for v in ranked]
     return None
 
 
@@ -249,7 +359,7 @@ def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset
         return Page([], 0, None)
     expand(conn, terms)
     want = offset + limit
-    ranked = _tiered(conn, "topic", topic, terms[0], want, lambda row: (row[2], row[0])) if len(terms) == 1 else None
+    ranked = _tiered(conn, "topic", topic, terms, want, lambda row: (row[2], row[0]))
     exhaustive = False
     if ranked is None:
         ranked, exhaustive = _ranked(conn, "topic", topic, terms, want, max(CANDIDATES, want))
@@ -271,7 +381,7 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
         return []
     expand(conn, terms)
     tie = lambda row: (index_uid(row[1]), row[2], row[0])  # noqa: E731
-    ranked = _tiered(conn, "all", None, terms[0], 3 * limit, tie) if len(terms) == 1 else None
+    ranked = _tiered(conn, "all", None, terms, 3 * limit, tie)
     if ranked is None:
         ranked, _ = _ranked(conn, "all", None, terms, 3 * limit, SUGGEST_CANDIDATES, tie=tie, lead=True)
     seen: set[str] = set()
