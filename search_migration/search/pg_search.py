@@ -248,17 +248,18 @@ def _single_word(terms: list[milli.QueryWord]) -> tuple[str, bool] | None:
     return None
 
 
-def _lower_bound(terms: list[milli.QueryWord], first_position: int) -> tuple:
-    """The best key a document can have whose words of the query sit at title position >= first_position
-    (or in a later attribute): 0 typos, adjacent words, attribute 0, the smallest position cost."""
-    n = len(terms)
+def _lower_bound(terms: list[milli.QueryWord], first_position: int, together: bool) -> tuple:
+    """The best key a document can have whose word read from the tiers sits at title position >=
+    first_position (or in a later attribute): 0 typos, adjacent words, attribute 0, the smallest position
+    cost (`together`: that word is every query word, an ngram; else it is the first query word alone)."""
+    n = len(terms) if together else 1
     position = min(sum(milli.cost_from_distance(abs(milli.bucketed_position(p) - i)) for i in range(n))
                    for p in range(first_position, max(first_position, BEYOND) + 64))
-    return (0, n - 1, 0, position, (0, 0))
+    return (0, len(terms) - 1, 0, position, (0, 0))
 
 
 def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], want: int,
-            tie) -> list[tuple] | None:
+            tie, first_word: bool = False) -> list[tuple] | None:
     """The first `want` rows in Meilisearch's order for a query of one word (or one ngram, _single_word),
     read from its title tiers; None when the tiers cannot tell (the word is rare in titles: the bucket scan
     is cheap then).
@@ -267,13 +268,21 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
     best position cost, then exactness, then ties. Each tier is read in tie order, `want` more keys than
     already held (those may come back), the exact word, the words it starts and the documents that also
     hold the exact word apart; the rows are ranked by milli.rank_key, and reading stops once the
-    `want`-th best key is under what any document of a later tier could have."""
+    `want`-th best key is under what any document of a later tier could have.
+
+    `first_word`: for a query of several words that no ngram covers, read the tiers of its first word
+    (documents holding every word, adjacent and early in the title, come first: proximity, attribute)."""
     single = _single_word(terms)
+    if single is not None and len(terms) > 1 and not (
+            terms[0].completions.get(single[0], [single[0]]) if single[1]
+            else conn.execute(INDEXED_SQL, (single[0],)).fetchone()[0]):
+        single = None  # no document holds the ngram as one word (or a word it starts)
+    together = single is not None
     if single is None:
-        return None
+        if not (first_word and len(terms) > 1):
+            return None
+        single = (terms[0].word, False)
     word, prefix = single
-    if len(terms) > 1 and not conn.execute(INDEXED_SQL, (word,)).fetchone()[0]:
-        return None  # no document holds the ngram as one word
     params = {"topic": topic, "uid": index_uid(topic) if topic else None, "version": NORMALIZER_VERSION,
               "word": word, "like": _like(word), "chars": len(word), "exact": _lit(word),
               "words": sorted({w for t in terms for w in t.derivations} | {g for t in terms for g, _, _ in t.ngrams}),
@@ -312,7 +321,7 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
                     held[(row[0], row[1])] = (key, tie(row), row)
         if len(held) >= want:
             ranked = sorted(held.values(), key=lambda v: (v[0], v[1]))
-            if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1), ()):
+            if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1, together), ()):
                 return [v[2] for v in ranked]
     return None
 
@@ -381,7 +390,7 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
         return []
     expand(conn, terms)
     tie = lambda row: (index_uid(row[1]), row[2], row[0])  # noqa: E731
-    ranked = _tiered(conn, "all", None, terms, 3 * limit, tie)
+    ranked = _tiered(conn, "all", None, terms, 3 * limit, tie, first_word=True)
     if ranked is None:
         ranked, _ = _ranked(conn, "all", None, terms, 3 * limit, SUGGEST_CANDIDATES, tie=tie, lead=True)
     seen: set[str] = set()
