@@ -124,6 +124,16 @@ FROM unnest(%(post_ids)s::text[], %(topic_ids)s::text[]) AS k(post_id, topic_id)
 JOIN cn_search.post_search_documents AS d ON d.post_id = k.post_id AND d.topic_id = k.topic_id
 WHERE {LIVE}
 """
+# The attributes of documents that hold a word at position n or later (milli.longer_fields): read only for
+# documents with an attribute starting with the query's words, to tell the ones equal to it (exactness)
+LONGER_SQL = f"""
+SELECT k.post_id, k.topic_id,
+       ARRAY(SELECT DISTINCT (p - 1) / {milli.SLOT} FROM unnest(d.search_tokens) AS u, unnest(u.positions) AS p
+             WHERE (p - 1) %% {milli.SLOT} >= %(n)s)
+FROM unnest(%(post_ids)s::text[], %(topic_ids)s::text[]) AS k(post_id, topic_id)
+JOIN cn_search.post_search_documents AS d ON d.post_id = k.post_id AND d.topic_id = k.topic_id
+"""
+ALL_FIELDS = frozenset(range(len(milli.FIELDS)))
 INDEXED_SQL = "SELECT EXISTS (SELECT 1 FROM cn_search.search_vocabulary WHERE word = %s)"
 TIER_POSITIONS = ((0, 0), (1, 1), (2, 4), (5, 7), (8, 11))  # title positions of tiers 0-4 (migration 0016)
 BEYOND = 12  # the first position no tier holds
@@ -237,6 +247,21 @@ def _parse_found(found: str | None) -> dict[str, list[int]]:
     return out
 
 
+def _keyed(conn, terms: list[milli.QueryWord], rows: list[tuple]) -> list[tuple[tuple, tuple]]:
+    """(rank key, row) of the rows holding every query word. An attribute that starts with the query's
+    words ranks first when it holds nothing else: those documents' longer attributes are read (LONGER_SQL)."""
+    found = [(row, _parse_found(row[3])) for row in rows]
+    keyed = [(milli.rank_key(terms, f, ALL_FIELDS), row, f) for row, f in found]
+    keyed = [k for k in keyed if k[0] is not None]
+    starting = [k for k in keyed if k[0][4][0] == 1]
+    if starting:
+        longer = {(r[0], r[1]): set(r[2]) for r in conn.execute(LONGER_SQL, {
+            "n": len(terms), "post_ids": [k[1][0] for k in starting], "topic_ids": [k[1][1] for k in starting]})}
+        keyed = [(milli.rank_key(terms, f, longer.get((row[0], row[1]), ALL_FIELDS)) if key[4][0] == 1 else key, row, f)
+                 for key, row, f in keyed]
+    return [(key, row) for key, row, _ in keyed]
+
+
 def _single_word(terms: list[milli.QueryWord]) -> tuple[str, bool] | None:
     """The one indexed word (and whether as a prefix) a query asks for: its only word, or the ngram of all
     its words (a Japanese query of one word that the query tokenizer cut into characters: 鎌倉 -> 鎌 倉)."""
@@ -314,11 +339,10 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
                     keys += conn.execute(ALSO_EXACT_WALK_SQL[scope], p).fetchall()
         new = list(dict.fromkeys((k[0], k[1]) for k in keys if (k[0], k[1]) not in held))
         if new:
-            for row in conn.execute(FOUND_SQL, {**params, "post_ids": [k[0] for k in new],
-                                                "topic_ids": [k[1] for k in new]}):
-                key = milli.rank_key(terms, _parse_found(row[3]))
-                if key is not None:
-                    held[(row[0], row[1])] = (key, tie(row), row)
+            rows = conn.execute(FOUND_SQL, {**params, "post_ids": [k[0] for k in new],
+                                            "topic_ids": [k[1] for k in new]}).fetchall()
+            for key, row in _keyed(conn, terms, rows):
+                held[(row[0], row[1])] = (key, tie(row), row)
         if len(held) >= want:
             ranked = sorted(held.values(), key=lambda v: (v[0], v[1]))
             if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1, together), ()):
@@ -349,11 +373,7 @@ def _ranked(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
                                             "lead_like": _like(first.word) if first.prefix else first.word}).fetchall()
             held = {(r[0], r[1]) for r in rows}
             rows += [r for r in leads if (r[0], r[1]) not in held]
-        keyed = []
-        for row in rows:
-            key = milli.rank_key(terms[:k], _parse_found(row[3]))
-            if key is not None:
-                keyed.append(((key, tie(row)), row))
+        keyed = [((key, tie(row)), row) for key, row in _keyed(conn, terms[:k], rows)]
         keyed.sort(key=lambda kr: kr[0])
         ranked.extend(r for _, r in keyed)
         if len(ranked) >= want:
