@@ -12,9 +12,14 @@ product's indexer wrote the documents: the outbox order, which is (created_at, e
 arrive in time order; that is the tie-break here.
 
 Suggest: the same ranking across every topic, one per post, ties by topic index uid then insertion
-order (a federated multi-search merges equal scores in query order); its candidates first come from the
-posts whose title starts with a word that starts with the prefix (`lead_word`, a btree, migration 0013:
-the best place a prefix can match), beside the first matches of the GIN index in insertion order.
+order (a federated multi-search merges equal scores in query order).
+
+Fast path (_tiered, migration 0016): a query of one word (or one ngram, or for suggest its first word)
+reads cn_search.post_title_words, the title words of every document with their best position cost, tier
+by tier in tie order, so that at 1,000,000 posts a frequent word costs a few index range reads instead of
+ranking thousands of GIN matches; it stops once no unread document could rank among the first `want`,
+and otherwise hands over to the words-bucket scan. The scan's fallback for suggest still reads the
+posts whose title starts with the prefix (`lead_word`, a btree, migration 0013).
 """
 
 from __future__ import annotations
