@@ -7,8 +7,8 @@ transaction, as parity.py and the backfill write them):
 - `write, no title words`: apply_staged with the title-word triggers of migration 0016 disabled,
 - `write`: apply_staged as the write path runs it (triggers on: cn_search.post_title_words kept).
 
-The table is emptied before each write pass; the last pass leaves it as the write path would, so the
-parity bench can run on it afterwards (`--reuse` does not notice: run parity.py without it).
+The table is emptied before each write pass; the last pass leaves it as parity.py's own indexing would
+(the same writes, triggers on), so `parity.py --reuse` can run on it afterwards.
 
     SEARCH_MIGRATION_HOME=$PWD/.local/parity SEARCH_MIGRATION_PG_PORT=55421 SEARCH_MIGRATION_MEILI_PORT=7721 \
         .venv/bin/python bench/write_cost.py [--posts N]
@@ -32,7 +32,8 @@ def _write(conn, writes, triggers: bool) -> float:
     action = "ENABLE" if triggers else "DISABLE"
     for name in TRIGGERS:
         conn.execute(f"ALTER TABLE cn_search.post_search_documents {action} TRIGGER {name}")
-    conn.execute("TRUNCATE cn_search.post_search_documents, cn_search.post_title_words")
+    conn.execute("TRUNCATE cn_search.post_title_words")
+    conn.execute("TRUNCATE cn_search.post_search_documents")
     conn.execute("CHECKPOINT")
     started = time.perf_counter()
     for i in range(0, len(writes), BATCH):

@@ -24,6 +24,7 @@ posts whose title starts with the prefix (`lead_word`, a btree, migration 0013).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -74,7 +75,7 @@ ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
 """ for scope, cond in SCOPE.items()}
 # the words it starts: where they are few in the tier (at most PROBE rows, all topics), sort them; else
 # walk the tier in tie order and keep the rows whose word starts with it (they are frequent: a short walk)
-PROBE = 5_000
+PROBE = 2_000
 # ... and, among them, those of documents that also hold the exact word anywhere (`check_exact`): they rank
 # first among the words-it-starts rows (exactness), whatever their place in tie order
 TIER_PREFIX_SQL = {scope: f"""
@@ -85,9 +86,10 @@ c AS (SELECT count(*) AS n FROM r)
 (SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c WHERE c.n <= {PROBE} {cond}
  ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s)
 UNION ALL
-(SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c WHERE %(check_exact)s AND c.n <= {PROBE} {cond}
-   AND EXISTS (SELECT 1 FROM cn_search.post_search_documents AS e
-               WHERE e.post_id = t.post_id AND e.topic_id = t.topic_id AND e.search_tokens @@ %(exact)s::tsquery)
+(SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c
+ WHERE CASE WHEN %(check_exact)s AND c.n <= {PROBE} {cond}  -- CASE: no document read past the probe
+       THEN EXISTS (SELECT 1 FROM cn_search.post_search_documents AS e WHERE e.post_id = t.post_id
+                    AND e.topic_id = t.topic_id AND e.search_tokens @@ %(exact)s::tsquery) END
  ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s)
 UNION ALL
 SELECT NULL, NULL, NULL, c.n FROM c
@@ -99,7 +101,8 @@ ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
 """ for scope, cond in SCOPE.items()}
 # Documents holding the exact word anywhere rank first among those matching by a word it starts
 # (exactness), whatever their place in tie order: their title keys, when they are few (one statement for
-# every tier); else a walk per tier, as above, keeping the documents that hold the exact word.
+# every tier). Where the words it starts are frequent in a tier and the exact word is common too, they
+# are not looked for (a bound: such a document beyond the tier's first rows in tie order is missed).
 ALSO_EXACT_SQL = {scope: f"""
 WITH e AS MATERIALIZED (
     SELECT d.post_id, d.topic_id FROM cn_search.post_search_documents AS d
@@ -111,18 +114,26 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (
     JOIN cn_search.post_title_words AS t ON t.post_id = e.post_id AND t.topic_id = e.topic_id
     WHERE t.word LIKE %(like)s AND t.word <> %(word)s {cond}) AS x ON true
 """ for scope, cond in SCOPE.items()}
-# (both frequent: the first WALK words-it-starts rows of the tier, in tie order, that hold the exact word;
-# a bound, so a document holding the exact word beyond them is missed)
-WALK = 1_000
-ALSO_EXACT_WALK_SQL = {scope: f"""
-SELECT t.post_id, t.topic_id, t.tier
-FROM (SELECT t.post_id, t.topic_id, t.tier, t.uid, t.created_at FROM cn_search.post_title_words AS t
-      WHERE t.tier = %(tier)s AND left(t.word, %(chars)s) = %(word)s AND t.word <> %(word)s {cond}
-      ORDER BY t.uid, t.created_at, t.post_id LIMIT {WALK}) AS t
-JOIN cn_search.post_search_documents AS e ON e.post_id = t.post_id AND e.topic_id = t.topic_id
-WHERE e.search_tokens @@ %(exact)s::tsquery
-ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
-""" for scope, cond in SCOPE.items()}
+# How many documents hold each of the most common words (the tsvector column's statistics): a word this
+# frequent is not worth a GIN read of all its documents (ALSO_EXACT_SQL); a rarer one is.
+COMMON_SQL = """
+SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples
+FROM pg_stats AS s JOIN pg_class AS c ON c.oid = 'cn_search.post_search_documents'::regclass
+WHERE s.schemaname = 'cn_search' AND s.tablename = 'post_search_documents' AND s.attname = 'search_tokens'
+"""
+COMMON_TTL_S = 300
+_common: dict[str, tuple[float, dict[str, float]]] = {}
+
+
+def _documents_holding(conn: psycopg.Connection, word: str) -> float:
+    """The statistics' estimate of how many documents hold `word` (0 when it is not among the common)."""
+    key = conn.info.dsn
+    cached = _common.get(key)
+    if cached is None or time.monotonic() - cached[0] > COMMON_TTL_S:
+        row = conn.execute(COMMON_SQL).fetchone()
+        counts = {w: f * row[2] for w, f in zip(row[0] or [], row[1] or [])} if row else {}
+        cached = _common[key] = (time.monotonic(), counts)
+    return cached[1].get(word, 0.0)
 FOUND_SQL = f"""
 SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
 FROM unnest(%(post_ids)s::text[], %(topic_ids)s::text[]) AS k(post_id, topic_id)
@@ -267,30 +278,33 @@ def _keyed(conn, terms: list[milli.QueryWord], rows: list[tuple]) -> list[tuple[
     return [(key, row) for key, row, _ in keyed]
 
 
-def _single_word(terms: list[milli.QueryWord]) -> tuple[str, bool] | None:
-    """The one indexed word (and whether as a prefix) a query asks for: its only word, or the ngram of all
-    its words (a Japanese query of one word that the query tokenizer cut into characters: 鎌倉 -> 鎌 倉)."""
+def _lead(conn, terms: list[milli.QueryWord], first_word: bool) -> tuple[str, bool, int] | None:
+    """The indexed word whose title tiers a query reads (word, as a prefix, how many query words it covers):
+    its only word; or the longest ngram from its first word that documents hold as one word (a Japanese
+    word the query tokenizer cut into characters: 鎌倉 -> 鎌 倉, 自転車 -> 自 転 車, indexed 自転 + 車);
+    with `first_word`, else its first word. None: no such word (the bucket scan then)."""
     if len(terms) == 1:
-        return terms[0].word, terms[0].prefix
-    for word, n, prefix in terms[0].ngrams:
-        if n == len(terms):
-            return word, prefix
-    return None
+        return terms[0].word, terms[0].prefix, 1
+    for word, n, prefix in sorted(terms[0].ngrams, key=lambda g: -g[1]):
+        if prefix and terms[0].completions.get(word, [word]):
+            return word, True, n
+        if not prefix and conn.execute(INDEXED_SQL, (word,)).fetchone()[0]:
+            return word, False, n
+    return (terms[0].word, False, 1) if first_word else None
 
 
-def _lower_bound(terms: list[milli.QueryWord], first_position: int, together: bool) -> tuple:
-    """The best key a document can have whose word read from the tiers sits at title position >=
-    first_position (or in a later attribute): 0 typos, adjacent words, attribute 0, the smallest position
-    cost (`together`: that word is every query word, an ngram; else it is the first query word alone)."""
-    n = len(terms) if together else 1
-    position = min(sum(milli.cost_from_distance(abs(milli.bucketed_position(p) - i)) for i in range(n))
+def _lower_bound(terms: list[milli.QueryWord], first_position: int, covered: int) -> tuple:
+    """The best key a document can have whose word read from the tiers (covering the first `covered`
+    query words) sits at title position >= first_position, or in a later attribute: 0 typos, adjacent
+    words, attribute 0, the smallest position cost."""
+    position = min(sum(milli.cost_from_distance(abs(milli.bucketed_position(p) - i)) for i in range(covered))
                    for p in range(first_position, max(first_position, BEYOND) + 64))
     return (0, len(terms) - 1, 0, position, (0, 0))
 
 
 def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], want: int,
             tie, first_word: bool = False) -> list[tuple] | None:
-    """The first `want` rows in Meilisearch's order for a query of one word (or one ngram, _single_word),
+    """The first `want` rows in Meilisearch's order for a query of one word (or one ngram, _lead),
     read from its title tiers; None when the tiers cannot tell (the word is rare in titles: the bucket scan
     is cheap then).
 
@@ -302,17 +316,10 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
 
     `first_word`: for a query of several words that no ngram covers, read the tiers of its first word
     (documents holding every word, adjacent and early in the title, come first: proximity, attribute)."""
-    single = _single_word(terms)
-    if single is not None and len(terms) > 1 and not (
-            terms[0].completions.get(single[0], [single[0]]) if single[1]
-            else conn.execute(INDEXED_SQL, (single[0],)).fetchone()[0]):
-        single = None  # no document holds the ngram as one word (or a word it starts)
-    together = single is not None
-    if single is None:
-        if not (first_word and len(terms) > 1):
-            return None
-        single = (terms[0].word, False)
-    word, prefix = single
+    lead = _lead(conn, terms, first_word)
+    if lead is None:
+        return None
+    word, prefix, covered = lead
     params = {"topic": topic, "uid": index_uid(topic) if topic else None, "version": NORMALIZER_VERSION,
               "word": word, "like": _like(word), "chars": len(word), "exact": _lit(word),
               "words": sorted({w for t in terms for w in t.derivations} | {g for t in terms for g, _, _ in t.ngrams}),
@@ -332,16 +339,14 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
             keys += [r[:3] for r in got if r[0] is not None]
             if got[-1][3] > PROBE:  # the words it starts are frequent in this tier: walk it in tie order
                 keys += conn.execute(TIER_WALK_SQL[scope], p).fetchall()
-                if check_exact and not tried and len(exact) < n:
-                    # the exact word is rare in titles: maybe rare everywhere (then its documents are few)
+                if check_exact and not tried and len(exact) < n and _documents_holding(conn, word) <= PROBE:
+                    # the exact word is rare in titles and not common: its documents may be few
                     tried = True
                     got = conn.execute(ALSO_EXACT_SQL[scope], params).fetchall()
                     if got[0][3] <= PROBE:
                         also_exact = [r[:3] for r in got if r[0] is not None]
                 if also_exact is not None:
                     keys += [k for k in also_exact if k[2] == tier]
-                elif check_exact:
-                    keys += conn.execute(ALSO_EXACT_WALK_SQL[scope], p).fetchall()
         new = list(dict.fromkeys((k[0], k[1]) for k in keys if (k[0], k[1]) not in held))
         if new:
             rows = conn.execute(FOUND_SQL, {**params, "post_ids": [k[0] for k in new],
@@ -350,7 +355,7 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
                 held[(row[0], row[1])] = (key, tie(row), row)
         if len(held) >= want:
             ranked = sorted(held.values(), key=lambda v: (v[0], v[1]))
-            if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1, together), ()):
+            if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1, covered), ()):
                 return [v[2] for v in ranked]
     return None
 
