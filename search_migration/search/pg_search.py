@@ -103,16 +103,19 @@ ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
 # (exactness), whatever their place in tie order: their title keys, when they are few (one statement for
 # every tier). Where the words it starts are frequent in a tier and the exact word is common too, they
 # are not looked for (a bound: such a document beyond the tier's first rows in tie order is missed).
+EXACT_DOCS = 500  # at most this many documents holding the exact word are read (else: not looked for)
 ALSO_EXACT_SQL = {scope: f"""
 WITH e AS MATERIALIZED (
     SELECT d.post_id, d.topic_id FROM cn_search.post_search_documents AS d
     WHERE {'d.topic_id = %(topic)s AND' if scope == 'topic' else ''} {LIVE} AND d.search_tokens @@ %(exact)s::tsquery
-    LIMIT {PROBE + 1})
+    LIMIT {EXACT_DOCS + 1})
 SELECT x.post_id, x.topic_id, x.tier, (SELECT count(*) FROM e)
 FROM (SELECT 1) AS one LEFT JOIN LATERAL (
-    SELECT t.post_id, t.topic_id, t.tier FROM e
-    JOIN cn_search.post_title_words AS t ON t.post_id = e.post_id AND t.topic_id = e.topic_id
-    WHERE t.word LIKE %(like)s AND t.word <> %(word)s {cond}) AS x ON true
+    SELECT t.post_id, t.topic_id, t.tier FROM e, LATERAL (  -- per document: its own title words
+        SELECT t.post_id, t.topic_id, t.tier, t.uid FROM cn_search.post_title_words AS t
+        WHERE t.post_id = e.post_id AND t.topic_id = e.topic_id AND t.word LIKE %(like)s AND t.word <> %(word)s
+        OFFSET 0) AS t  -- OFFSET 0: kept a nested loop over e (not a join over every word with the prefix)
+    WHERE true {cond}) AS x ON true
 """ for scope, cond in SCOPE.items()}
 # How many documents hold each of the most common words (the tsvector column's statistics): a word this
 # frequent is not worth a GIN read of all its documents (ALSO_EXACT_SQL); a rarer one is.
@@ -339,11 +342,11 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
             keys += [r[:3] for r in got if r[0] is not None]
             if got[-1][3] > PROBE:  # the words it starts are frequent in this tier: walk it in tie order
                 keys += conn.execute(TIER_WALK_SQL[scope], p).fetchall()
-                if check_exact and not tried and len(exact) < n and _documents_holding(conn, word) <= PROBE:
+                if check_exact and not tried and len(exact) < n and _documents_holding(conn, word) <= EXACT_DOCS:
                     # the exact word is rare in titles and not common: its documents may be few
                     tried = True
                     got = conn.execute(ALSO_EXACT_SQL[scope], params).fetchall()
-                    if got[0][3] <= PROBE:
+                    if got[0][3] <= EXACT_DOCS:
                         also_exact = [r[:3] for r in got if r[0] is not None]
                 if also_exact is not None:
                     keys += [k for k in also_exact if k[2] == tier]
