@@ -102,6 +102,9 @@ def load(url: str, workers: int) -> tuple[int, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--cluster", action="store_true",
+                    help="then rewrite the documents in topic order (CLUSTER), the layout the backfill leaves: "
+                         "it writes topic x week partitions, a page of one topic at a time")
     args = ap.parse_args()
     s = Settings.from_env()
     n, elapsed = load(s.database_url, args.workers)
@@ -109,7 +112,13 @@ def main() -> None:
         print(f"loaded {n} documents in {elapsed:.0f}s ({n / elapsed:.0f} docs/s, {args.workers} workers)")
     applied = migrate.migrate(s.database_url)
     with db.connect(s.database_url) as conn:
+        if args.cluster:
+            started = time.monotonic()
+            conn.execute("SET maintenance_work_mem = '1GB'")
+            conn.execute("CLUSTER cn_search.post_search_documents USING post_search_documents_topic_idx")
+            print(f"clustered by topic in {time.monotonic() - started:.0f}s", file=sys.stderr)
         conn.execute("VACUUM ANALYZE cn_search.post_search_documents")
+        conn.execute("VACUUM ANALYZE cn_search.post_title_words")
         conn.execute("ANALYZE cn_search.search_vocabulary")
     print(f"migrations applied: {applied or 'none'}")
 
