@@ -176,6 +176,39 @@ def test_suggest_finds_a_title_starting_with_the_prefix_beyond_the_first_matches
     assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "zebra", limit=3)][0] == n + 1
 
 
+TITLE_WORDS_SQL = """
+SELECT word, tier, uid, created_at, post_id, topic_id FROM cn_search.post_title_words
+WHERE topic_id = ANY(%(topics)s) ORDER BY post_id, topic_id, word
+"""
+
+
+def test_title_words_follow_every_write_and_serve_a_frequent_word_in_meilisearchs_order(conn, meili, topics):
+    """cn_search.post_title_words (migration 0016) is kept by the documents' triggers through inserts, newer
+    versions, tombstones and a rebuild; the tiers it serves rank a word frequent in titles as Meilisearch
+    does: the title's first word first, then by position, ties in insertion order, across topics by uid."""
+    t1, t2 = topics
+    docs = [(n, t1 if n % 3 else t2, f"{'ramen' if n % 4 == 0 else 'soba'} then more ramen words {n}")
+            for n in range(1, 41)] + [(41, t1, "late soba"), (42, t2, "ramen")]
+    _write(conn, docs, meili)
+
+    def recomputed() -> list[tuple]:
+        sql = conn.execute("SELECT cn_search.title_words_sql('cn_search.post_search_documents')").fetchone()[0]
+        return sorted(r for r in conn.execute(sql) if r[5] in topics)
+
+    held = sorted(conn.execute(TITLE_WORDS_SQL, {"topics": list(topics)}))
+    assert held == recomputed() and any(r[0] == "ramen" and r[1] == 0 for r in held)
+    for q, topic in (("ramen", t1), ("ramen", t2), ("soba", t1), ("ram", t1), ("words", t2)):
+        assert _ids(pg_search.search(conn, topic, q)) == _meili_ids(meili, topic, q), (q, topic)
+    # a newer version, a tombstone: the title words follow
+    raw = _raw(5, t1, "udon only")
+    pg_documents.apply(conn, [pg_documents.doc_write_for_event(100, raw, t1),
+                              pg_documents.DocWrite(101, _post(6), t1, True, "", BASE + 6)])
+    held = sorted(conn.execute(TITLE_WORDS_SQL, {"topics": list(topics)}))
+    assert held == recomputed()
+    assert {r[0] for r in held if r[4] == _post(5)} == {"udon", "only"} and not [r for r in held if r[4] == _post(6)]
+    assert pg_search.suggest(conn, "udo", limit=3)[0]["event_id"] == _post(5)
+
+
 SEARCHABLE_RAW_SQL = f"""
 SELECT e.raw_json, et.topic_id FROM cn_relay.event_topics et JOIN cn_relay.events e ON e.event_id = et.event_id
 WHERE {contract.SEARCHABLE} ORDER BY e.created_at, e.event_id

@@ -401,7 +401,7 @@ def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset
         return Page([], 0, None)
     expand(conn, terms)
     want = offset + limit
-    ranked = _tiered(conn, "topic", topic, terms, want, lambda row: (row[2], row[0]))
+    ranked = _tiered(conn, "topic", topic, terms, want, lambda row: (row[2], row[0]), first_word=True)
     exhaustive = False
     if ranked is None:
         ranked, exhaustive = _ranked(conn, "topic", topic, terms, want, max(CANDIDATES, want))
