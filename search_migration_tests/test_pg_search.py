@@ -202,7 +202,7 @@ def test_title_words_follow_every_write_and_serve_a_frequent_word_in_meilisearch
     # a newer version, a tombstone: the title words follow
     raw = _raw(5, t1, "udon only")
     pg_documents.apply(conn, [pg_documents.doc_write_for_event(100, raw, t1),
-                              pg_documents.DocWrite(101, _post(6), t1, True, "", BASE + 6)])
+                              pg_documents.DocWrite(101, _post(6), t2, True, "", BASE + 6)])
     held = sorted(conn.execute(TITLE_WORDS_SQL, {"topics": list(topics)}))
     assert held == recomputed()
     assert {r[0] for r in held if r[4] == _post(5)} == {"udon", "only"} and not [r for r in held if r[4] == _post(6)]
