@@ -137,6 +137,8 @@ def _documents_holding(conn: psycopg.Connection, word: str) -> float:
         counts = {w: f * row[2] for w, f in zip(row[0] or [], row[1] or [])} if row else {}
         cached = _common[key] = (time.monotonic(), counts)
     return cached[1].get(word, 0.0)
+
+
 FOUND_SQL = f"""
 SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
 FROM unnest(%(post_ids)s::text[], %(topic_ids)s::text[]) AS k(post_id, topic_id)
