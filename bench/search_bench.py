@@ -29,7 +29,7 @@ from search_migration import db
 from search_migration.write_path import meili_index
 from search_migration.search import meili_search
 from search_migration.search import pg_search
-from search_migration.local.demo_corpus import EN_WORDS, JA_WORDS
+from search_migration.local import demo_corpus
 from search_migration.gates.measures import legacy_grades, ndcg_at_10, overlap_at_10
 from search_migration.settings import Settings
 from search_migration.search.text import normalize
@@ -38,6 +38,10 @@ SAMPLE_SQL = """
 SELECT post_id, topic_id, content FROM cn_search.post_search_documents TABLESAMPLE SYSTEM (2) REPEATABLE (%s)
 WHERE NOT is_deleted LIMIT 20000
 """
+
+# The demo corpus's words (local/demo_corpus.py): Japanese nouns as written, English words and names as typed.
+JA_WORDS = demo_corpus.PLACES + demo_corpus.THINGS
+EN_WORDS = demo_corpus.EN_WORDS + [w.lower() for w in demo_corpus.EN_TECH + demo_corpus.EN_PLACES]
 
 GOALS = {"overlap@10": 0.90, "NDCG@10": 0.95, "pg P95 search": 50, "pg P95 suggest": 20}
 GATES = {"overlap@10": 0.70, "NDCG@10": 0.90, "pg P95 search": 180, "pg P95 suggest": 80}
@@ -105,10 +109,10 @@ def run(per_class: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
                 if endpoint == "search":
                     pg_fn = lambda q=q: [i["event_id"] for i in pg_search.search(conn, q["topic"], q["q"], 10).items]
                     ms_fn = lambda q=q: [i["event_id"] for i in
-                                         meili_search.search(meili, s.meili_index, q["topic"], q["q"], 10).items]
+                                         meili_search.search(meili, q["topic"], q["q"], 10).items]
                 else:
                     pg_fn = lambda q=q: [i["event_id"] for i in pg_search.suggest(conn, q["q"], 5)]
-                    ms_fn = lambda q=q: [i["event_id"] for i in meili_search.suggest(meili, s.meili_index, q["q"], 5)]
+                    ms_fn = lambda q=q: [i["event_id"] for i in meili_search.suggest(meili, q["q"], 5)]
                 pg_fn(), ms_fn()  # warm-up: both engines see the query once
                 if len(records) % 2:
                     (ms_ids, ms_ms), (pg_ids, pg_ms) = _timed(ms_fn), _timed(pg_fn)

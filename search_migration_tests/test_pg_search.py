@@ -87,8 +87,6 @@ def test_multi_topic_rows_deleted_private_and_old_normalizer_rows(conn, topics):
     assert pg_search.search(conn, "kukuri:none", "ラーメン").items == []
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: milli's exactness ranks a wholly equal attribute ('coffee') "
-                   "before one that only starts with the query ('coffee time'); milli.rank_key lacks that level")
 def test_words_bucket_then_proximity_attribute_and_exactness_as_meilisearch(conn, meili, topics):
     t1, t2 = topics
     _write(conn, [
@@ -109,20 +107,28 @@ def test_words_bucket_then_proximity_attribute_and_exactness_as_meilisearch(conn
     assert _ids(pg_search.search(conn, t2, "coffee"))[:2] == [20, 25]  # the exact whole value first
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap: '#ラーメン' — Meilisearch ranks the untagged exact post first "
-                   "(whole-attribute exactness again), we rank by insertion order")
 def test_last_word_is_a_prefix_typos_and_cjk_words_as_meilisearch(conn, meili, topics):
     t1, _ = topics
     _write(conn, [(1, t1, "rustacean meetup"), (2, t1, "rust"), (3, t1, "猫がかわいい"),
                   (4, t1, "黒猫"), (5, t1, "#ラーメン 最高"), (6, t1, "ラーメン"), (7, t1, "implements the tables"),
                   (8, t1, "現在状態を確認する")], meili)
-    for q in ("rus", "rust", "rust meetup", "猫", "かわい", "#ラーメン", "ラーメン", "implemented", "table",
-              "状態", "現在状態"):
+    for q in ("rus", "rust", "rust meetup", "猫", "かわい", "#ラーメン", "ラーメン", "implemented", "table"):
         assert _ids(pg_search.search(conn, t1, q)) == _meili_ids(meili, t1, q), q
     assert _ids(pg_search.search(conn, t1, "rus")) == [1, 2]  # both only start with it: insertion order
     assert _ids(pg_search.search(conn, t1, "rust")) == [2, 1]  # the exact word first
-    assert sorted(_ids(pg_search.search(conn, t1, "#ラーメン"))) == [5, 6]  # a tag is searched as its word
+    # a tag is searched as its word; the post that is exactly the word first (exactness: equal attribute)
+    assert _ids(pg_search.search(conn, t1, "#ラーメン")) == [6, 5]
     assert _ids(pg_search.search(conn, t1, "implemented")) == [7]  # one typo from 9 letters: implements
+
+
+@pytest.mark.xfail(strict=True, reason="segmentation gap (segment.py: not reproduced): Meilisearch detects a "
+                   "kanji-only query as Chinese and folds its kVariants (状 -> 狀), so it misses the 状態 of "
+                   "Japanese text; we match it")
+def test_kanji_only_query_is_chinese_to_meilisearch(conn, meili, topics):
+    t1, _ = topics
+    _write(conn, [(8, t1, "現在状態を確認する")], meili)
+    for q in ("状態", "現在状態"):
+        assert _ids(pg_search.search(conn, t1, q)) == _meili_ids(meili, t1, q), q
 
 
 def test_pagination_cursor_and_total(conn, topics):
@@ -138,15 +144,22 @@ def test_pagination_cursor_and_total(conn, topics):
     assert _ids(first)[:3] == [1, 2, 4]  # `photo` first in the title ranks before `my photo`
 
 
-@pytest.mark.xfail(strict=True, reason="engine gap under investigation: suggest 'ram' also returns the "
-                   "ラーメン post (3)")
-def test_suggest_is_a_prefix_search_across_topics_one_item_per_post(conn, topics):
+def test_suggest_is_a_prefix_search_across_topics_one_item_per_post(conn, meili, topics):
+    """Across topics like a federated multi-search of the topics' indexes, one item per post. The first
+    topic's id ends in `-ramen`, and a post's topics are its `tags` attribute: so its ラーメン post matches
+    `ram` too, after the two posts whose title starts with it, in Meilisearch as here."""
     t1, t2 = topics
     _write(conn, [(1, t1, "ramen tonight"), (1, t2, "ramen tonight"), (2, t2, "rampart"),
-                  (3, t1, "ラーメン食べたい"), (4, t2, "cold soba")])
+                  (3, t1, "ラーメン食べたい"), (4, t2, "cold soba")], meili)
+
+    def federated(q: str) -> list[int]:
+        uids = [meili_index.index_uid(t) for t in topics]
+        hits = meili.multi_search([{"indexUid": u, "q": q} for u in uids], federation={"limit": 15})["hits"]
+        return list(dict.fromkeys(int(h["event_id"], 16) for h in hits))[:5]
+
     items = pg_search.suggest(conn, "ram", limit=5)
-    assert [int(i["event_id"], 16) for i in items] == [1, 2]  # the post once, though in two topics
-    assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "ラ")] == [3]
+    assert [int(i["event_id"], 16) for i in items] == [1, 2, 3] == federated("ram")  # post 1 once, in two topics
+    assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "ラ")] == [3] == federated("ラ")
     assert pg_search.suggest(conn, "   🍜 ") == []
 
 
@@ -161,6 +174,39 @@ def test_suggest_finds_a_title_starting_with_the_prefix_beyond_the_first_matches
     conn.execute("ANALYZE cn_search.post_search_documents")
     assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "zeb", limit=3)][0] == n + 1
     assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "zebra", limit=3)][0] == n + 1
+
+
+TITLE_WORDS_SQL = """
+SELECT word, tier, uid, created_at, post_id, topic_id FROM cn_search.post_title_words
+WHERE topic_id = ANY(%(topics)s) ORDER BY post_id, topic_id, word
+"""
+
+
+def test_title_words_follow_every_write_and_serve_a_frequent_word_in_meilisearchs_order(conn, meili, topics):
+    """cn_search.post_title_words (migration 0016) is kept by the documents' triggers through inserts, newer
+    versions, tombstones and a rebuild; the tiers it serves rank a word frequent in titles as Meilisearch
+    does: the title's first word first, then by position, ties in insertion order, across topics by uid."""
+    t1, t2 = topics
+    docs = [(n, t1 if n % 3 else t2, f"{'ramen' if n % 4 == 0 else 'soba'} then more ramen words {n}")
+            for n in range(1, 41)] + [(41, t1, "late soba"), (42, t2, "ramen")]
+    _write(conn, docs, meili)
+
+    def recomputed() -> list[tuple]:
+        sql = conn.execute("SELECT cn_search.title_words_sql('cn_search.post_search_documents')").fetchone()[0]
+        return sorted(r for r in conn.execute(sql) if r[5] in topics)
+
+    held = sorted(conn.execute(TITLE_WORDS_SQL, {"topics": list(topics)}))
+    assert held == recomputed() and any(r[0] == "ramen" and r[1] == 0 for r in held)
+    for q, topic in (("ramen", t1), ("ramen", t2), ("soba", t1), ("ram", t1), ("words", t2)):
+        assert _ids(pg_search.search(conn, topic, q)) == _meili_ids(meili, topic, q), (q, topic)
+    # a newer version, a tombstone: the title words follow
+    raw = _raw(5, t1, "udon only")
+    pg_documents.apply(conn, [pg_documents.doc_write_for_event(100, raw, t1),
+                              pg_documents.DocWrite(101, _post(6), t2, True, "", BASE + 6)])
+    held = sorted(conn.execute(TITLE_WORDS_SQL, {"topics": list(topics)}))
+    assert held == recomputed()
+    assert {r[0] for r in held if r[4] == _post(5)} == {"udon", "only"} and not [r for r in held if r[4] == _post(6)]
+    assert pg_search.suggest(conn, "udo", limit=3)[0]["event_id"] == _post(5)
 
 
 SEARCHABLE_RAW_SQL = f"""

@@ -18,8 +18,8 @@ words with matchingStrategy `last` (all words, then drop from the right), typo (
 fewest typos), proximity (sum over adjacent query words of their closest distance in one attribute,
 d = p2 - p1 forward or p1 - p2 + 1 backward, 8 beyond 7), attribute = fid (sum of each word's best
 attribute) then word position (sum of milli's cost_from_distance over the bucketed position against the
-word's place in the query), exactness (an attribute starting with the query's exact words, then how
-many words match exactly).
+word's place in the query), exactness (an attribute that is exactly the query's words, then one
+starting with them, then how many words match exactly).
 
 Not reproduced: split words (`tables` found as `tab les`, needs pair frequencies), ngrams (concatenated
 query words), the 50-word cap on prefix derivations outside milli's prefix database.
@@ -91,6 +91,8 @@ class QueryWord:
     prefix: bool
     derivations: dict[str, int] = field(default_factory=dict)  # word -> typos (prefix matches: 0)
     ngrams: list[tuple[str, int, bool]] = field(default_factory=list)  # (word, words covered, prefix) from here
+    # indexed words a prefix (its own, or an ngram's from here) starts, when few; None: many (pg_search.py)
+    completions: dict[str, list[str] | None] = field(default_factory=dict)
 
     @property
     def max_typos(self) -> int:
@@ -210,9 +212,17 @@ def _proximity(a: list[int], b: list[int]) -> int:
     return best
 
 
-def rank_key(terms: list[QueryWord], found: dict[str, list[int]]) -> tuple | None:
+def longer_fields(found: dict[str, list[int]], n: int) -> set[int]:
+    """The attributes holding a word at position n or later (more words than an n-word query), from every
+    word of a document."""
+    return {(p - 1) // SLOT for ps in found.values() for p in ps if (p - 1) % SLOT >= n}
+
+
+def rank_key(terms: list[QueryWord], found: dict[str, list[int]], longer: set[int] | None = None) -> tuple | None:
     """(typo, proximity, fid, position, exactness) of a document for these query words, from the
-    positions of the words it holds (`found`: indexed word -> encoded positions); None if a word is missing."""
+    positions of the words it holds (`found`: indexed word -> encoded positions); None if a word is missing.
+    `longer`: the attributes with more words than the query (longer_fields; by default from `found`, which
+    then must hold every word of the document): an attribute that is exactly the query ranks first."""
     per_term: list[list[int]] = []
     typos = exact_words = 0
     exact_positions: list[list[int]] = []
@@ -251,6 +261,10 @@ def rank_key(terms: list[QueryWord], found: dict[str, list[int]]) -> tuple | Non
     fid = sum(min((p - 1) // SLOT for p in ps) for ps in per_term)
     position = sum(min(cost_from_distance(abs(bucketed_position((p - 1) % SLOT) - t.index)) for p in ps)
                    for t, ps in zip(terms, per_term))
-    starts = any(all(f * SLOT + 1 + i in exact_positions[i] for i in range(len(terms))) for f in range(len(FIELDS)))
-    exactness = (0 if starts else 1, len(terms) - exact_words)
+    starting = [f for f in range(len(FIELDS)) if all(f * SLOT + 1 + i in exact_positions[i] for i in range(len(terms)))]
+    if longer is None and starting:
+        longer = longer_fields(found, len(terms))
+    # milli's exactness: an attribute equal to the query, then one starting with it, then exact words
+    level = 2 if not starting else 0 if any(f not in longer for f in starting) else 1
+    exactness = (level, len(terms) - exact_words)
     return (typos, proximity, fid, position, exactness)

@@ -12,13 +12,19 @@ product's indexer wrote the documents: the outbox order, which is (created_at, e
 arrive in time order; that is the tie-break here.
 
 Suggest: the same ranking across every topic, one per post, ties by topic index uid then insertion
-order (a federated multi-search merges equal scores in query order); its candidates first come from the
-posts whose title starts with a word that starts with the prefix (`lead_word`, a btree, migration 0013:
-the best place a prefix can match), beside the first matches of the GIN index in insertion order.
+order (a federated multi-search merges equal scores in query order).
+
+Fast path (_tiered, migration 0016): a query of one word (or one ngram, or for suggest its first word)
+reads cn_search.post_title_words, the title words of every document with their best position cost, tier
+by tier in tie order, so that at 1,000,000 posts a frequent word costs a few index range reads instead of
+ranking thousands of GIN matches; it stops once no unread document could rank among the first `want`,
+and otherwise hands over to the words-bucket scan. The scan's fallback for suggest still reads the
+posts whose title starts with the prefix (`lead_word`, a btree, migration 0013).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -56,6 +62,102 @@ UNION ALL
  WHERE d.lead_word LIKE %(lead_like)s AND d.lead_word <> %(lead)s AND {LIVE}
  ORDER BY d.created_at, d.post_id LIMIT %(cap)s)
 """
+# One-word queries: the documents holding the word (or, as a prefix, a word it starts) in their title,
+# one position tier at a time (cn_search.post_title_words, migration 0016), in tie order (index uid, then
+# insertion order). Every statement returns (post_id, topic_id, tier) keys; FOUND_SQL then reads the
+# positions of the query's words for the keys not seen yet.
+SCOPE = {"topic": "AND t.uid = %(uid)s AND t.topic_id = %(topic)s", "all": ""}
+# the exact word: an index range on (tier, word, uid, created_at) is already in tie order
+TIER_EXACT_SQL = {scope: f"""
+SELECT t.post_id, t.topic_id, t.tier FROM cn_search.post_title_words AS t
+WHERE t.tier = %(tier)s AND t.word = %(word)s {cond}
+ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
+""" for scope, cond in SCOPE.items()}
+# the words it starts: where they are few in the tier (at most PROBE rows, all topics), sort them; else
+# walk the tier in tie order and keep the rows whose word starts with it (they are frequent: a short walk)
+PROBE = 2_000
+# ... and, among them, those of documents that also hold the exact word anywhere (`check_exact`): they rank
+# first among the words-it-starts rows (exactness), whatever their place in tie order
+TIER_PREFIX_SQL = {scope: f"""
+WITH r AS MATERIALIZED (
+    SELECT t.post_id, t.topic_id, t.tier, t.uid, t.created_at FROM cn_search.post_title_words AS t
+    WHERE t.tier = %(tier)s AND t.word LIKE %(like)s AND t.word <> %(word)s LIMIT {PROBE + 1}),
+c AS (SELECT count(*) AS n FROM r)
+(SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c WHERE c.n <= {PROBE} {cond}
+ ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s)
+UNION ALL
+(SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c
+ WHERE CASE WHEN %(check_exact)s AND c.n <= {PROBE} {cond}  -- CASE: no document read past the probe
+       THEN EXISTS (SELECT 1 FROM cn_search.post_search_documents AS e WHERE e.post_id = t.post_id
+                    AND e.topic_id = t.topic_id AND e.search_tokens @@ %(exact)s::tsquery) END
+ ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s)
+UNION ALL
+SELECT NULL, NULL, NULL, c.n FROM c
+""" for scope, cond in SCOPE.items()}
+TIER_WALK_SQL = {scope: f"""
+SELECT t.post_id, t.topic_id, t.tier FROM cn_search.post_title_words AS t
+WHERE t.tier = %(tier)s AND left(t.word, %(chars)s) = %(word)s AND t.word <> %(word)s {cond}
+ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
+""" for scope, cond in SCOPE.items()}
+# Documents holding the exact word anywhere rank first among those matching by a word it starts
+# (exactness), whatever their place in tie order: their title keys, when they are few (one statement for
+# every tier). Where the words it starts are frequent in a tier and the exact word is common too, they
+# are not looked for (a bound: such a document beyond the tier's first rows in tie order is missed).
+EXACT_DOCS = 500  # at most this many documents holding the exact word are read (else: not looked for)
+ALSO_EXACT_SQL = {scope: f"""
+WITH e AS MATERIALIZED (
+    SELECT d.post_id, d.topic_id FROM cn_search.post_search_documents AS d
+    WHERE {'d.topic_id = %(topic)s AND' if scope == 'topic' else ''} {LIVE} AND d.search_tokens @@ %(exact)s::tsquery
+    LIMIT {EXACT_DOCS + 1})
+SELECT x.post_id, x.topic_id, x.tier, (SELECT count(*) FROM e)
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT t.post_id, t.topic_id, t.tier FROM e, LATERAL (  -- per document: its own title words
+        SELECT t.post_id, t.topic_id, t.tier, t.uid FROM cn_search.post_title_words AS t
+        WHERE t.post_id = e.post_id AND t.topic_id = e.topic_id AND t.word LIKE %(like)s AND t.word <> %(word)s
+        OFFSET 0) AS t  -- OFFSET 0: kept a nested loop over e (not a join over every word with the prefix)
+    WHERE true {cond}) AS x ON true
+""" for scope, cond in SCOPE.items()}
+# How many documents hold each of the most common words (the tsvector column's statistics): a word this
+# frequent is not worth a GIN read of all its documents (ALSO_EXACT_SQL); a rarer one is.
+COMMON_SQL = """
+SELECT s.most_common_elems::text::text[], s.most_common_elem_freqs, c.reltuples
+FROM pg_stats AS s JOIN pg_class AS c ON c.oid = 'cn_search.post_search_documents'::regclass
+WHERE s.schemaname = 'cn_search' AND s.tablename = 'post_search_documents' AND s.attname = 'search_tokens'
+"""
+COMMON_TTL_S = 300
+_common: dict[str, tuple[float, dict[str, float]]] = {}
+
+
+def _documents_holding(conn: psycopg.Connection, word: str) -> float:
+    """The statistics' estimate of how many documents hold `word` (0 when it is not among the common)."""
+    key = conn.info.dsn
+    cached = _common.get(key)
+    if cached is None or time.monotonic() - cached[0] > COMMON_TTL_S:
+        row = conn.execute(COMMON_SQL).fetchone()
+        counts = {w: f * row[2] for w, f in zip(row[0] or [], row[1] or [])} if row else {}
+        cached = _common[key] = (time.monotonic(), counts)
+    return cached[1].get(word, 0.0)
+
+
+FOUND_SQL = f"""
+SELECT d.post_id, d.topic_id, d.created_at, {FOUND}
+FROM unnest(%(post_ids)s::text[], %(topic_ids)s::text[]) AS k(post_id, topic_id)
+JOIN cn_search.post_search_documents AS d ON d.post_id = k.post_id AND d.topic_id = k.topic_id
+WHERE {LIVE}
+"""
+# The attributes of documents that hold a word at position n or later (milli.longer_fields): read only for
+# documents with an attribute starting with the query's words, to tell the ones equal to it (exactness)
+LONGER_SQL = f"""
+SELECT k.post_id, k.topic_id,
+       ARRAY(SELECT DISTINCT (p - 1) / {milli.SLOT} FROM unnest(d.search_tokens) AS u, unnest(u.positions) AS p
+             WHERE (p - 1) %% {milli.SLOT} >= %(n)s)
+FROM unnest(%(post_ids)s::text[], %(topic_ids)s::text[]) AS k(post_id, topic_id)
+JOIN cn_search.post_search_documents AS d ON d.post_id = k.post_id AND d.topic_id = k.topic_id
+"""
+ALL_FIELDS = frozenset(range(len(milli.FIELDS)))
+INDEXED_SQL = "SELECT EXISTS (SELECT 1 FROM cn_search.search_vocabulary WHERE word = %s)"
+TIER_POSITIONS = ((0, 0), (1, 1), (2, 4), (5, 7), (8, 11))  # title positions of tiers 0-4 (migration 0016)
+BEYOND = 12  # the first position no tier holds
 COUNT_SQL = f"""
 SELECT count(*) FROM (SELECT 1 FROM cn_search.post_search_documents AS d
     WHERE d.topic_id = %(topic)s AND {LIVE} AND d.search_tokens @@ %(match)s::tsquery LIMIT %(cap)s) AS capped
@@ -91,9 +193,32 @@ def _lit(word: str) -> str:
     return "'" + word.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+COMPLETIONS = 64  # a prefix starting more indexed words than this is matched as a prefix (`:*`) in the GIN
+COMPLETIONS_SQL = f"SELECT word FROM cn_search.search_vocabulary WHERE word LIKE %s LIMIT {COMPLETIONS + 1}"
+
+
+def _complete(conn: psycopg.Connection, t: milli.QueryWord) -> None:
+    """The indexed words each prefix of t starts, when few: exact GIN entries, which the index intersects
+    with the topic's entry by skipping, where a prefix (`:*`) unions every matching entry's postings into
+    a bitmap first (at 1,000,000 posts, ~80 ms for a frequent word's prefix)."""
+    prefixes = [t.word] if t.prefix else []
+    prefixes += [g for g, _, p in t.ngrams if p]
+    for prefix in prefixes:
+        words = [r[0] for r in conn.execute(COMPLETIONS_SQL, (_like(prefix),))]
+        t.completions[prefix] = words if len(words) <= COMPLETIONS else None
+
+
+def _prefix_query(t: milli.QueryWord, prefix: str) -> list[str]:
+    """tsquery alternatives for the words `prefix` starts: those words, or the prefix itself."""
+    words = t.completions.get(prefix)
+    return [_lit(prefix) + ":*"] if words is None else [_lit(w) for w in words] or [NOTHING]
+
+
 def expand(conn: psycopg.Connection, terms: list[milli.QueryWord]) -> None:
-    """Fill each query word's typo derivations from the vocabulary (milli's rules in milli.py)."""
+    """Fill each query word's typo derivations from the vocabulary (milli's rules in milli.py), and the
+    words its prefixes start (_complete)."""
     for t in terms:
+        _complete(conn, t)
         t.derivations = {t.word: 0}
         k = t.max_typos
         if k == 0:
@@ -113,7 +238,7 @@ def expand(conn: psycopg.Connection, terms: list[milli.QueryWord]) -> None:
 def _term_query(t: milli.QueryWord, prefix: bool) -> str:
     parts = [_lit(w) for w in t.derivations]
     if prefix:
-        parts.append(_lit(t.word) + ":*")
+        parts += [p for p in _prefix_query(t, t.word) if p not in parts]
     return "(" + " | ".join(parts) + ")"
 
 
@@ -127,7 +252,8 @@ def _bucket_query(terms: list[milli.QueryWord], k: int) -> str:
         for word, n, prefix in terms[i].ngrams:
             if i + n <= k:
                 tail = from_(i + n)
-                lit = _lit(word) + (":*" if prefix and i + n == len(terms) else "")
+                lit = ("(" + " | ".join(_prefix_query(terms[i], word)) + ")" if prefix and i + n == len(terms)
+                       else _lit(word))
                 alternatives.append(lit + (" & " + tail if tail else ""))
         return alternatives[0] if len(alternatives) == 1 else "(" + " | ".join(f"({a})" for a in alternatives) + ")"
     return from_(0)
@@ -140,6 +266,103 @@ def _parse_found(found: str | None) -> dict[str, list[int]]:
             word, _, ps = item.partition("\x01")
             out[word] = [int(p) for p in ps.split(",")] if ps else []
     return out
+
+
+def _keyed(conn, terms: list[milli.QueryWord], rows: list[tuple]) -> list[tuple[tuple, tuple]]:
+    """(rank key, row) of the rows holding every query word. An attribute that starts with the query's
+    words ranks first when it holds nothing else: those documents' longer attributes are read (LONGER_SQL)."""
+    found = [(row, _parse_found(row[3])) for row in rows]
+    keyed = [(milli.rank_key(terms, f, ALL_FIELDS), row, f) for row, f in found]
+    keyed = [k for k in keyed if k[0] is not None]
+    starting = [k for k in keyed if k[0][4][0] == 1]
+    if starting:
+        longer = {(r[0], r[1]): set(r[2]) for r in conn.execute(LONGER_SQL, {
+            "n": len(terms), "post_ids": [k[1][0] for k in starting], "topic_ids": [k[1][1] for k in starting]})}
+        keyed = [(milli.rank_key(terms, f, longer.get((row[0], row[1]), ALL_FIELDS)) if key[4][0] == 1 else key, row, f)
+                 for key, row, f in keyed]
+    return [(key, row) for key, row, _ in keyed]
+
+
+def _lead(conn, terms: list[milli.QueryWord], first_word: bool) -> tuple[str, bool, int] | None:
+    """The indexed word whose title tiers a query reads (word, as a prefix, how many query words it covers):
+    its only word; or the longest ngram from its first word that documents hold as one word (a Japanese
+    word the query tokenizer cut into characters: 鎌倉 -> 鎌 倉, 自転車 -> 自 転 車, indexed 自転 + 車);
+    with `first_word`, else its first word. None: no such word (the bucket scan then)."""
+    if len(terms) == 1:
+        return terms[0].word, terms[0].prefix, 1
+    for word, n, prefix in sorted(terms[0].ngrams, key=lambda g: -g[1]):
+        if prefix and terms[0].completions.get(word, [word]):
+            return word, True, n
+        if not prefix and conn.execute(INDEXED_SQL, (word,)).fetchone()[0]:
+            return word, False, n
+    return (terms[0].word, False, 1) if first_word else None
+
+
+def _lower_bound(terms: list[milli.QueryWord], first_position: int, covered: int) -> tuple:
+    """The best key a document can have whose word read from the tiers (covering the first `covered`
+    query words) sits at title position >= first_position, or in a later attribute: 0 typos, adjacent
+    words, attribute 0, the smallest position cost."""
+    position = min(sum(milli.cost_from_distance(abs(milli.bucketed_position(p) - i)) for i in range(covered))
+                   for p in range(first_position, max(first_position, BEYOND) + 64))
+    return (0, len(terms) - 1, 0, position, (0, 0))
+
+
+def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], want: int,
+            tie, first_word: bool = False) -> list[tuple] | None:
+    """The first `want` rows in Meilisearch's order for a query of one word (or one ngram, _lead),
+    read from its title tiers; None when the tiers cannot tell (the word is rare in titles: the bucket scan
+    is cheap then).
+
+    A document with the word (0 typos) in its title ranks before any other (attribute), by the word's
+    best position cost, then exactness, then ties. Each tier is read in tie order, `want` more keys than
+    already held (those may come back), the exact word, the words it starts and the documents that also
+    hold the exact word apart; the rows are ranked by milli.rank_key, and reading stops once the
+    `want`-th best key is under what any document of a later tier could have.
+
+    `first_word`: for a query of several words that no ngram covers, read the tiers of its first word
+    (documents holding every word, adjacent and early in the title, come first: proximity, attribute)."""
+    lead = _lead(conn, terms, first_word)
+    if lead is None:
+        return None
+    word, prefix, covered = lead
+    params = {"topic": topic, "uid": index_uid(topic) if topic else None, "version": NORMALIZER_VERSION,
+              "word": word, "like": _like(word), "chars": len(word), "exact": _lit(word),
+              "words": sorted({w for t in terms for w in t.derivations} | {g for t in terms for g, _, _ in t.ngrams}),
+              "prefix": ([terms[-1].word] if terms[-1].prefix else [])
+              + [g for t in terms for g, n, p in t.ngrams if p and t.index + n == len(terms)]}
+    held: dict[tuple[str, str], tuple] = {}  # (post, topic) -> (key, tie, row)
+    check_exact = bool(prefix and len(terms) == 1 and conn.execute(INDEXED_SQL, (word,)).fetchone()[0])
+    also_exact: list[tuple] | None = None  # title keys of all documents holding the exact word, when few
+    tried = False
+    for tier, (_, last) in enumerate(TIER_POSITIONS):
+        n = want + len(held)
+        p = {**params, "tier": tier, "n": n, "check_exact": check_exact}
+        exact = conn.execute(TIER_EXACT_SQL[scope], p).fetchall()
+        keys = list(exact)
+        if prefix:
+            got = conn.execute(TIER_PREFIX_SQL[scope], p).fetchall()
+            keys += [r[:3] for r in got if r[0] is not None]
+            if got[-1][3] > PROBE:  # the words it starts are frequent in this tier: walk it in tie order
+                keys += conn.execute(TIER_WALK_SQL[scope], p).fetchall()
+                if check_exact and not tried and len(exact) < n and _documents_holding(conn, word) <= EXACT_DOCS:
+                    # the exact word is rare in titles and not common: its documents may be few
+                    tried = True
+                    got = conn.execute(ALSO_EXACT_SQL[scope], params).fetchall()
+                    if got[0][3] <= EXACT_DOCS:
+                        also_exact = [r[:3] for r in got if r[0] is not None]
+                if also_exact is not None:
+                    keys += [k for k in also_exact if k[2] == tier]
+        new = list(dict.fromkeys((k[0], k[1]) for k in keys if (k[0], k[1]) not in held))
+        if new:
+            rows = conn.execute(FOUND_SQL, {**params, "post_ids": [k[0] for k in new],
+                                            "topic_ids": [k[1] for k in new]}).fetchall()
+            for key, row in _keyed(conn, terms, rows):
+                held[(row[0], row[1])] = (key, tie(row), row)
+        if len(held) >= want:
+            ranked = sorted(held.values(), key=lambda v: (v[0], v[1]))
+            if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1, covered), ()):
+                return [v[2] for v in ranked]
+    return None
 
 
 def _ranked(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], want: int, cap: int,
@@ -165,11 +388,7 @@ def _ranked(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
                                             "lead_like": _like(first.word) if first.prefix else first.word}).fetchall()
             held = {(r[0], r[1]) for r in rows}
             rows += [r for r in leads if (r[0], r[1]) not in held]
-        keyed = []
-        for row in rows:
-            key = milli.rank_key(terms[:k], _parse_found(row[3]))
-            if key is not None:
-                keyed.append(((key, tie(row)), row))
+        keyed = [((key, tie(row)), row) for key, row in _keyed(conn, terms[:k], rows)]
         keyed.sort(key=lambda kr: kr[0])
         ranked.extend(r for _, r in keyed)
         if len(ranked) >= want:
@@ -184,7 +403,10 @@ def search(conn: psycopg.Connection, topic: str, q: str, limit: int = 20, offset
         return Page([], 0, None)
     expand(conn, terms)
     want = offset + limit
-    ranked, exhaustive = _ranked(conn, "topic", topic, terms, want, max(CANDIDATES, want))
+    ranked = _tiered(conn, "topic", topic, terms, want, lambda row: (row[2], row[0]), first_word=True)
+    exhaustive = False
+    if ranked is None:
+        ranked, exhaustive = _ranked(conn, "topic", topic, terms, want, max(CANDIDATES, want))
     if exhaustive:
         total = len(ranked)
     else:
@@ -202,8 +424,10 @@ def suggest(conn: psycopg.Connection, q: str, limit: int = 5) -> list[dict]:
     if not terms or limit <= 0:
         return []
     expand(conn, terms)
-    ranked, _ = _ranked(conn, "all", None, terms, 3 * limit, SUGGEST_CANDIDATES,
-                        tie=lambda row: (index_uid(row[1]), row[2], row[0]), lead=True)
+    tie = lambda row: (index_uid(row[1]), row[2], row[0])  # noqa: E731
+    ranked = _tiered(conn, "all", None, terms, 3 * limit, tie, first_word=True)
+    if ranked is None:
+        ranked, _ = _ranked(conn, "all", None, terms, 3 * limit, SUGGEST_CANDIDATES, tie=tie, lead=True)
     seen: set[str] = set()
     items: list[dict] = []
     for post_id, topic_id, _, _ in ranked[:3 * limit]:
