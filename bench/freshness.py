@@ -1,16 +1,20 @@
-"""Freshness: commit -> searchable per engine, with the tail run (a real Dagster run of tail_job).
+"""Freshness: commit -> searchable per engine through a live `dagster dev`, tail run vs the old path.
 
 A product-shaped writer (ProductWriter: event + topics + outbox + pg_notify in one transaction) publishes
 notes at each rate for N seconds; two pollers look for every post as users would: PostgreSQL (the post's
 live row in cn_search.post_search_documents) and Meilisearch (the document, fetched by id from its topic
 index). Prints P50/P95/max commit -> searchable per engine, and posts never seen.
 
-    .venv/bin/python bench/freshness.py [--rates 10,100] [--seconds 30] [--mode dual]
+Each path runs under its own `dagster dev` (webserver, daemon, code server: the sensors tick as in
+production) on the same scratch database:
+  tail  - high_watermark_sensor keeps a tail_job run alive (the write path since issue 17);
+  old   - SEARCH_MIGRATION_TAIL=off: the sensor requests a catchup_job run per range (before issue 17).
 
-Uses DATABASE_URL's server (a scratch database `bench_freshness`, recreated) and MEILI_URL/MEILI_MASTER_KEY
-(topic indexes `topic_kukuri_bench_fresh-*`); without them, the embedded services.
-The old sensor-per-batch path is not measured here: it needs a live daemon (sensor ticks + a launched run per
-batch); issue 17 measured it under `dagster dev` at 2 posts/s: P95 31.4 s (PostgreSQL) / 34.6 s (Meilisearch).
+    flock -w 1800 -x /tmp/quiet.lock .venv/bin/python bench/freshness.py [--rates 10,100] [--seconds 30]
+        [--paths tail,old] [--ui-port 3011]
+
+Embedded services on SEARCH_MIGRATION_PG_PORT / SEARCH_MIGRATION_MEILI_PORT (scratch databases
+`bench_freshness` and `bench_freshness_dagster`, topic indexes `topic_kukuri_bench-fresh-*`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,13 +48,13 @@ NS = "bench-fresh"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def scratch_url(url: str) -> str:
+def scratch_url(url: str, name: str) -> str:
     parts = urlsplit(url)
     admin = urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{SCRATCH}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{SCRATCH}"')
-    return urlunsplit(parts._replace(path=f"/{SCRATCH}"))
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -85,61 +91,99 @@ class Poller(threading.Thread):
             time.sleep(self.interval)
 
 
+def dev_env(base_url: str, url: str, meili_url: str, key: str, path: str) -> tuple[dict, Path]:
+    dagster_url = scratch_url(base_url, SCRATCH + "_dagster")
+    home = Path(tempfile.mkdtemp(prefix=f"bench-fresh-{path}-"))
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "DATABASE_URL": url, "MEILI_URL": meili_url, "MEILI_MASTER_KEY": key,
+           "DAGSTER_HOME": str(home), "DAGSTER_PG_URL": dagster_url,
+           "SEARCH_MIGRATION_TAIL": "on" if path == "tail" else "off"}
+    return env, home
+
+
+def wait_tail(url: str, dev: subprocess.Popen, log: Path, timeout: float = 300) -> float:
+    """Until a tail run (launched by the sensor through the daemon) has made its first pass."""
+    t0 = time.time()
+    with db.connect(url) as conn:
+        while time.time() - t0 < timeout:
+            row = conn.execute("SELECT state FROM cn_search.tail_runs WHERE ended_at IS NULL "
+                               "ORDER BY started_at DESC LIMIT 1").fetchone()
+            if row and row[0] == "tailing":
+                return time.time() - t0
+            if dev.poll() is not None:
+                raise SystemExit(log.read_text()[-3000:])
+            time.sleep(0.5)
+    raise SystemExit(f"no tail run within {timeout}s: {log.read_text()[-3000:]}")
+
+
+def wait_caught_up(url: str, timeout: float = 300) -> None:
+    with db.connect(url) as conn:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if contract.consumer_offset(conn, contract.CONSUMER) >= contract.outbox_head(conn):
+                return
+            time.sleep(0.5)
+    raise SystemExit("the write path did not catch up before measuring")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="10,100")
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--mode", default="dual")
     ap.add_argument("--topics", type=int, default=4)
-    ap.add_argument("--drain-timeout", type=float, default=60)
+    ap.add_argument("--paths", default="tail,old")
+    ap.add_argument("--ui-port", type=int, default=3011)
+    ap.add_argument("--drain-timeout", type=float, default=120)
     args = ap.parse_args()
 
-    if os.environ.get("DATABASE_URL") and os.environ.get("MEILI_URL"):
-        base_url, meili_url, key = os.environ["DATABASE_URL"], os.environ["MEILI_URL"], os.environ.get("MEILI_MASTER_KEY", "")
-    else:
-        s = Settings.from_env(os.environ)
-        services.up(s)
-        base_url, meili_url, key = s.embedded_pg_url(), s.meili_url, s.meili_master_key
-    url = scratch_url(base_url)
+    s = Settings.from_env({k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MEILI_URL")})
+    services.up(s)
+    base_url, meili_url, key = s.embedded_pg_url(), s.meili_url, s.meili_master_key
+    url = scratch_url(base_url, SCRATCH)
     meili = meili_index.client(meili_url, key)
     for uid in meili_index.topic_indexes(meili):
-        if uid.startswith(f"topic_kukuri_bench"):
+        if uid.startswith("topic_kukuri_bench"):
             meili_index.delete_index(meili, uid)
     demo_seed.seed(url, meili, posts=100, topics=2, seed=1, namespace=NS)
     topics = [f"kukuri:{NS}-live-{i}" for i in range(args.topics)]
     with db.connect(url) as conn:
         handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="bench", reason="freshness bench")
         flags.set_flags(conn, {"search_write_mode": args.mode}, by="bench", reason="freshness bench")
+    print(f"machine: {os.cpu_count()} cores; load {os.getloadavg()[0]:.2f}; write mode {args.mode}", flush=True)
+    for path in args.paths.split(","):
+        env, home = dev_env(base_url, url, meili_url, key, path)
+        log = home / "dev.log"
+        dev = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"),
+                                "-p", str(args.ui_port)], env=env, cwd=REPO, stdout=log.open("w"),
+                               stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            if path == "tail":
+                print(f"[{path}] dagster dev up; tail run tailing after {wait_tail(url, dev, log):.0f}s", flush=True)
+            else:
+                wait_caught_up(url)
+                print(f"[{path}] dagster dev up, SEARCH_MIGRATION_TAIL=off: a catchup_job run per range", flush=True)
+            for rate in [int(r) for r in args.rates.split(",")]:
+                wait_caught_up(url)
+                measure(url, meili_url, key, topics, rate, args.seconds, args.drain_timeout, path)
+        finally:
+            os.killpg(dev.pid, signal.SIGTERM)  # dagster dev stops its processes; a tail run drains
+            try:
+                dev.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(dev.pid, signal.SIGKILL)
+                dev.wait()
+            with db.connect(url) as conn:  # a tail run the shutdown orphaned must not write in the next path
+                deadline = time.time() + 60
+                while time.time() < deadline and conn.execute(
+                        "SELECT count(*) FROM cn_search.tail_runs WHERE ended_at IS NULL "
+                        "AND heartbeat_at > now() - interval '10 seconds'").fetchone()[0]:
+                    time.sleep(0.5)
+                conn.execute("UPDATE cn_search.tail_runs SET ended_at = now(), state = 'ended', "
+                             "end_reason = 'bench: dagster dev stopped' WHERE ended_at IS NULL")
 
-    home = Path(tempfile.mkdtemp(prefix="bench-fresh-dh-"))
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    cfg = home / "run.yaml"
-    cfg.write_text(json.dumps({"ops": {"tail": {"config": {"max_seconds": 3600, "poll_seconds": 1.0,
-                                                            "batch_size": 500}}}}))
-    env = {**os.environ, "DATABASE_URL": url, "MEILI_URL": meili_url, "MEILI_MASTER_KEY": key, "DAGSTER_HOME": str(home)}
-    log = home / "tail.log"
-    run = subprocess.Popen([sys.executable, "-m", "dagster", "job", "execute", "-m", "search_migration.definitions",
-                            "-j", "tail_job", "--config", str(cfg)], env=env, cwd=REPO, stdout=log.open("w"),
-                           stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        with db.connect(url) as conn:
-            deadline = time.time() + 180
-            while time.time() < deadline:
-                row = conn.execute("SELECT state FROM cn_search.tail_runs ORDER BY started_at DESC LIMIT 1").fetchone()
-                if row and row[0] == "tailing":
-                    break
-                if run.poll() is not None:
-                    raise SystemExit(log.read_text()[-3000:])
-                time.sleep(0.2)
-        print(f"tail run up ({args.mode}); machine: {os.cpu_count()} cores")
-        for rate in [int(r) for r in args.rates.split(",")]:
-            measure(url, meili_url, key, topics, rate, args.seconds, args.drain_timeout)
-    finally:
-        os.killpg(run.pid, 2)  # SIGINT: the tail drains
-        run.wait(timeout=60)
 
-
-def measure(url, meili_url, key, topics, rate, seconds, drain_timeout):
+def measure(url, meili_url, key, topics, rate, seconds, drain_timeout, path):
     pg_conn = db.connect(url)
     session = requests.Session()
     session.headers.update({"Authorization": f"Bearer {key}"} if key else {})
@@ -184,11 +228,12 @@ def measure(url, meili_url, key, topics, rate, seconds, drain_timeout):
         time.sleep(0.1)
     for p in pollers.values():
         p.done.set()
-    print(f"rate {rate}/s (achieved {achieved:.1f}/s) for {seconds:.0f}s, {n} posts:")
+    print(f"[{path}] rate {rate}/s (achieved {achieved:.1f}/s) for {seconds:.0f}s, {n} posts; "
+          f"load {os.getloadavg()[0]:.2f}:")
     for name, p in pollers.items():
         v = list(p.seen.values())
-        print(f"  {name:6} commit->searchable P50 {pct(v, .5):.2f}s  P95 {pct(v, .95):.2f}s  max {max(v or [0]):.2f}s"
-              f"  never seen {len(p.pending)}")
+        print(f"  [{path}] {name:6} commit->searchable P50 {pct(v, .5):.2f}s  P95 {pct(v, .95):.2f}s  max {max(v or [0]):.2f}s"
+              f"  never seen {len(p.pending)}", flush=True)
     pg_conn.close()
 
 

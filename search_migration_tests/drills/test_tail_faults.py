@@ -55,7 +55,9 @@ def test_meilisearch_outage_under_the_tail(database_url, own_meili, namespace):
         poll(lambda: offset(url) == _head(url), 60, "the tail to apply the first rows")
         services.down(own_meili)
         with db.connect(url) as conn:
-            publish(conn, "during-outage", 30, topic)
+            # fewer rows than a batch: the consumer reads from the lowest side offset, so PostgreSQL runs
+            # at most one batch ahead of a stalled Meilisearch (20,000 rows with the tail's backlog batches)
+            publish(conn, "during-outage", OPTIONS.batch_size - 5, topic)
             head = contract.outbox_head(conn)
             # PostgreSQL goes on; Meilisearch's side stalls at its first unapplied row, recorded durably
             poll(lambda: side_offsets(url).get("pg") == head and conn.execute(
