@@ -27,8 +27,9 @@ CHECK_DESCRIPTIONS = {
                          "are missing or failed.",
     "index_freshness_p95": f"Gate: commit -> applied P95 over the last {freshness.WINDOW_MINUTES} min at most "
                            f"{D['index_freshness_p95_s']:g} s in every engine written (search_index_freshness_seconds). "
-                           "Red: the tail run is not running or is behind (README: The tail run), or no row was "
-                           "applied in the window.",
+                           "Red: the tail run is not running or is behind (README: The tail run), or a row waits "
+                           "unapplied longer than the threshold. A quiet hour (nothing committed, nothing waiting) "
+                           "passes with value 0.",
     "shadow_sample_size": f"Gate: at least {D['min_sample']} shadow search reads in the window. Red: not enough "
                           "traffic measured yet; every quality gate fails with it.",
     "overlap_at_10": f"Gate: median overlap@10 of PostgreSQL vs Meilisearch results at least {D['overlap_at_10']}, "

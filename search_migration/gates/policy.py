@@ -161,18 +161,26 @@ def integrity(drift_report, backlog: int, progress, policy: Policy | None = None
 def freshness(summary: dict, oldest_pending_s: float | None, policy: Policy | None = None) -> Gate:
     """index_freshness_p95 on write_path.freshness summaries ({engine: Summary} over the window) and the
     age of the oldest outbox row not yet applied: the worst engine's P95 at most the threshold, and no
-    row waiting longer than that (a stopped tail fails at once, not an hour later). Nothing applied in
-    the window fails: a gate never passes on nothing."""
+    row waiting longer than that (a stopped tail fails at once, not an hour later).
+
+    With no row applied in the window the pending row decides: one waiting longer than the threshold
+    fails; none waiting passes with value 0, saying so. Freshness measures what users waited, and on a
+    quiet hour nobody waited; the write path's health is the pending row's age, measured, not assumed."""
     t = policy or load()
     threshold = t["index_freshness_p95_s"]
+    waiting = oldest_pending_s is not None and oldest_pending_s > threshold
+    pending = f"; a row waits for {oldest_pending_s:.0f}s unapplied" if waiting else ""
     if not summary:
-        return Gate("index_freshness_p95", False, None, threshold,
-                    "insufficient sample: no outbox row applied in the window; freshness not measured")
+        if oldest_pending_s is None:
+            return Gate("index_freshness_p95", True, 0.0, threshold,
+                        "no outbox row committed in the window and none waiting: nothing was late")
+        return Gate("index_freshness_p95", not waiting, oldest_pending_s, threshold,
+                    f"no outbox row applied in the window; the oldest waits {oldest_pending_s:.1f}s "
+                    f"({'<=' if not waiting else '>'} {threshold:g}s)")
     worst = max(summary.values(), key=lambda s: s.p95)
     per = ", ".join(f"{ENGINE_NAMES.get(b, b)} {s.p95:.2f}s ({s.rows} rows)" for b, s in sorted(summary.items()))
-    waiting = oldest_pending_s is not None and oldest_pending_s > threshold
     ok = worst.p95 <= threshold and not waiting
     detail = f"commit -> applied P95 {per}; worst {worst.p95:.2f}s {'<=' if worst.p95 <= threshold else '>'} " \
-             f"{threshold:g}s" + (f"; a row waits for {oldest_pending_s:.0f}s unapplied" if waiting else "")
-    return Gate("index_freshness_p95", ok, worst.p95 if not waiting else max(worst.p95, oldest_pending_s),
+             f"{threshold:g}s" + pending
+    return Gate("index_freshness_p95", ok, max(worst.p95, oldest_pending_s) if waiting else worst.p95,
                 threshold, detail)
