@@ -279,6 +279,9 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
             why = "no heartbeat since it started" if age is None else f"no heartbeat for {age:.0f}s"
             context.log.warning(f"tail run {run.run_id[:8]} is dead ({why}); marking it failed")
             context.instance.report_run_failed(run, message=f"tail run presumed dead by high_watermark_sensor: {why}")
+            with postgres.connect() as conn:  # `status` stops showing it as the live tail
+                conn.execute("UPDATE cn_search.tail_runs SET state = 'dead', ended_at = now(), end_reason = %s "
+                             "WHERE run_id = %s AND ended_at IS NULL", (f"presumed dead by the sensor: {why}", run.run_id))
     crash = _crash_looping(context.instance) if not alive else None
     if crash:
         return _catch_up_request(context, head, offset, crash)
