@@ -26,7 +26,8 @@ def test_definitions_load():
     assert keys == {"cn_relay/events_outbox", "legacy/meili_index", "backfill_high_watermark",
                     "post_search_documents", "search_drift_report", "shadow_read_report"}
     jobs = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
-    assert jobs == {"catchup_job", "cutover_job", "rollback_job", "replay_failed_job", "observe_sources_job"}
+    assert jobs == {"catchup_job", "cutover_job", "rollback_job", "replay_failed_job", "observe_sources_job",
+                    "tail_job"}
     assert {s.name for s in repo.sensor_defs} == {"high_watermark_sensor", "topic_partitions_sensor"}
     assert {s.name for s in repo.schedule_defs} == {"observe_sources_job_schedule"}
     partitions = defs.resolve_assets_def("post_search_documents").partitions_def
@@ -57,7 +58,7 @@ def test_every_asset_and_check_tells_an_operator_what_it_is_and_links_its_runboo
         assert {"stage", "domain"} <= set(node.tags), key
         runbook_anchor(node.metadata)
     checks = {k.name: graph.get_check_spec(k) for k in graph.asset_check_keys}
-    assert len(checks) == 9
+    assert len(checks) == 10
     for name, spec in checks.items():
         assert spec.description.startswith("Gate: "), name
         assert runbook_anchor(spec.metadata) == f"gate-{name}"
@@ -66,7 +67,7 @@ def test_every_asset_and_check_tells_an_operator_what_it_is_and_links_its_runboo
 def test_every_job_sensor_and_schedule_has_a_description_tags_and_runbook():
     repo = defs.get_repository_def()
     defined = [j for j in repo.get_all_jobs() if not j.name.startswith("__")] + repo.sensor_defs + repo.schedule_defs
-    assert len(defined) == 8
+    assert len(defined) == 9
     for d in defined:
         assert len(d.description or "") > 40, d.name
         assert d.owners == ["team:search-migration"], d.name

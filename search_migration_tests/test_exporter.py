@@ -47,6 +47,11 @@ def test_metrics_read_durable_state(seeded, meili):
     assert m['search_migration_stage{stage="dual"}'] == 1 and m['search_migration_stage{stage="legacy"}'] == 0
     assert m['search_migration_flag{flag="search_write_mode",value="dual"}'] == 1
     assert {"backfill_processed_rows", "backfill_eta_seconds", "shadow_overlap_at_10", "shadow_latency_delta_ms"} <= set(m)
+    # freshness: every row the catch-up applied observed once per engine (the 3 new posts' outbox rows)
+    for backend in ("pg", "meili"):
+        count = m[f'search_index_freshness_seconds_count{{backend="{backend}"}}']
+        assert count >= 3 and m[f'search_index_freshness_seconds_bucket{{backend="{backend}",le="+Inf"}}'] == count
+        assert m[f'search_index_freshness_seconds_sum{{backend="{backend}"}}'] > 0
 
 
 def test_the_grafana_dashboard_uses_only_exported_metric_names(seeded):

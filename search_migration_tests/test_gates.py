@@ -72,3 +72,22 @@ def test_backfill_is_complete_only_at_its_watermark():
     half = by_name(policy.integrity(clean, 0, Progress(9, "now", 100, 50, {}, 1.0, 50.0)))["backfill_complete"]
     assert not half.passed and half.detail == "50/100 rows at watermark 9"
     assert by_name(policy.integrity(clean, 0, DONE))["backfill_complete"].passed
+
+
+def test_index_freshness_gate_reads_the_worst_engine_and_the_row_still_waiting():
+    from search_migration.write_path.freshness import Summary
+
+    t = policy.Policy({**policy.DEFAULTS})
+    fresh = {"pg": Summary("pg", 500, 0.3, 0.9, 1.4), "meili": Summary("meili", 500, 0.5, 1.8, 3.0)}
+    ok = policy.freshness(fresh, None, t)
+    assert ok.passed and ok.value == 1.8 and ok.threshold == 2.0
+    late = policy.freshness({**fresh, "meili": Summary("meili", 500, 0.9, 2.5, 9.0)}, 0.2, t)
+    assert not late.passed and late.value == 2.5 and "Meilisearch 2.50s" in late.detail
+    # fresh P95 but a row waiting past the bound: the write path stopped since (a tail run not running)
+    stuck = policy.freshness(fresh, 45.0, t)
+    assert not stuck.passed and stuck.value == 45.0 and "waits for 45s" in stuck.detail
+    # nothing applied in the window: the waiting row decides; a quiet hour passes, saying so
+    assert not policy.freshness({}, 30.0, t).passed
+    assert policy.freshness({}, 0.5, t).passed
+    quiet = policy.freshness({}, None, t)
+    assert quiet.passed and quiet.value == 0.0 and "nothing was late" in quiet.detail

@@ -28,8 +28,8 @@ QUALITY_GATES = ("overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "er
 GATES_TO_ENTER = {
     "dual": ("schema_migrated",),
     "shadow": INTEGRITY_GATES,
-    "live": INTEGRITY_GATES + QUALITY_GATES,
-    "complete": INTEGRITY_GATES + QUALITY_GATES + ("live_soak",),
+    "live": INTEGRITY_GATES + QUALITY_GATES + ("index_freshness_p95",),
+    "complete": INTEGRITY_GATES + QUALITY_GATES + ("index_freshness_p95", "live_soak"),
 }
 
 

@@ -10,6 +10,7 @@ from search_migration.gates.policy import DRIFT_CHECKS, QUALITY_CHECKS
 from search_migration.gates import shadow_report
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
+from search_migration.write_path import freshness
 from .resources import MeiliResource, PostgresResource
 from .ui import OWNERS, number, runbook, tags
 
@@ -24,6 +25,11 @@ CHECK_DESCRIPTIONS = {
                    "catch-up is behind or stalled.",
     "backfill_complete": "Gate: every manifest row up to the high watermark is copied. Red: backfill partitions "
                          "are missing or failed.",
+    "index_freshness_p95": f"Gate: commit -> applied P95 over the last {freshness.WINDOW_MINUTES} min at most "
+                           f"{D['index_freshness_p95_s']:g} s in every engine written (search_index_freshness_seconds). "
+                           "Red: the tail run is not running or is behind (README: The tail run), or a row waits "
+                           "unapplied longer than the threshold. A quiet hour (nothing committed, nothing waiting) "
+                           "passes with value 0.",
     "shadow_sample_size": f"Gate: at least {D['min_sample']} shadow search reads in the window. Red: not enough "
                           "traffic measured yet; every quality gate fails with it.",
     "overlap_at_10": f"Gate: median overlap@10 of PostgreSQL vs Meilisearch results at least {D['overlap_at_10']}, "
@@ -77,8 +83,9 @@ def search_drift_report(config: Measurement, postgres: PostgresResource, meili: 
         report = drift.report(conn, meili.client(), sample_per_topic=config.drift_sample_per_topic)
         backlog = contract.outbox_head(conn) - contract.consumer_offset(conn, contract.CONSUMER)
         progress = backfill.progress(conn)
+        fresh, pending = freshness.summary(conn), freshness.oldest_pending_s(conn)
     gate_policy = policy.load()
-    results = policy.integrity(report, backlog, progress, gate_policy)
+    results = policy.integrity(report, backlog, progress, gate_policy) + [policy.freshness(fresh, pending, gate_policy)]
     drifting = report.drifting_topics[:20]
     return dg.MaterializeResult(
         metadata={

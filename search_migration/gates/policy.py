@@ -23,6 +23,7 @@ DEFAULTS = {
     "suggest_p95_ms": 80.0,  # PostgreSQL suggest P95, at most
     "error_rate": 0.01,  # below
     "outbox_backlog": 1000,  # below
+    "index_freshness_p95_s": 2.0,  # commit -> applied P95 over the last hour, worst engine, at most (DESIGN: 2 s)
     "min_sample": 30,  # shadow-read search samples a quality gate needs
     "soak_hours": 24.0,  # live this long without a rollback before complete
     "max_gate_age_minutes": 60.0,  # a gate older than this is stale for the cutover
@@ -67,7 +68,7 @@ def load(env: Mapping[str, str] = os.environ) -> Policy:
     return Policy({**DEFAULTS, **{k: float(v) for k, v in given.items()}})
 
 
-DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete")  # asset checks of search_drift_report
+DRIFT_CHECKS = ("drift_zero", "catchup_lag", "backfill_complete", "index_freshness_p95")  # asset checks of search_drift_report
 QUALITY_CHECKS = ("shadow_sample_size", "overlap_at_10", "ndcg_at_10", "search_p95", "suggest_p95", "error_rate")
 CHECK_ASSET = {**{name: "search_drift_report" for name in DRIFT_CHECKS},
                **{name: "shadow_read_report" for name in QUALITY_CHECKS}}  # gate -> the report it checks
@@ -155,3 +156,31 @@ def integrity(drift_report, backlog: int, progress, policy: Policy | None = None
         _at_most("catchup_lag", backlog, t["outbox_backlog"], "outbox backlog rows", strict=True),
         Gate("backfill_complete", backfill_done, None, None, backfill_detail),
     ]
+
+
+def freshness(summary: dict, oldest_pending_s: float | None, policy: Policy | None = None) -> Gate:
+    """index_freshness_p95 on write_path.freshness summaries ({engine: Summary} over the window) and the
+    age of the oldest outbox row not yet applied: the worst engine's P95 at most the threshold, and no
+    row waiting longer than that (a stopped tail fails at once, not an hour later).
+
+    With no row applied in the window the pending row decides: one waiting longer than the threshold
+    fails; none waiting passes with value 0, saying so. Freshness measures what users waited, and on a
+    quiet hour nobody waited; the write path's health is the pending row's age, measured, not assumed."""
+    t = policy or load()
+    threshold = t["index_freshness_p95_s"]
+    waiting = oldest_pending_s is not None and oldest_pending_s > threshold
+    pending = f"; a row waits for {oldest_pending_s:.0f}s unapplied" if waiting else ""
+    if not summary:
+        if oldest_pending_s is None:
+            return Gate("index_freshness_p95", True, 0.0, threshold,
+                        "no outbox row committed in the window and none waiting: nothing was late")
+        return Gate("index_freshness_p95", not waiting, oldest_pending_s, threshold,
+                    f"no outbox row applied in the window; the oldest waits {oldest_pending_s:.1f}s "
+                    f"({'<=' if not waiting else '>'} {threshold:g}s)")
+    worst = max(summary.values(), key=lambda s: s.p95)
+    per = ", ".join(f"{ENGINE_NAMES.get(b, b)} {s.p95:.2f}s ({s.rows} rows)" for b, s in sorted(summary.items()))
+    ok = worst.p95 <= threshold and not waiting
+    detail = f"commit -> applied P95 {per}; worst {worst.p95:.2f}s {'<=' if worst.p95 <= threshold else '>'} " \
+             f"{threshold:g}s" + pending
+    return Gate("index_freshness_p95", ok, max(worst.p95, oldest_pending_s) if waiting else worst.p95,
+                threshold, detail)

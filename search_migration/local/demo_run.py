@@ -26,7 +26,7 @@ from search_migration.search import read_router
 from search_migration.search.read_router import ReadRouter
 from search_migration.settings import Settings
 from search_migration.source import contract
-from search_migration.write_path import handover, meili_index
+from search_migration.write_path import handover, meili_index, tail
 
 # What the synthetic readers type: words of the corpus, Japanese and English, and typos of them
 # (Meilisearch forgives one typo from 5 letters, two from 9).
@@ -173,9 +173,14 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
                               reason="demo: the product's indexer is stopped; the write path takes over")
     step(f"stage legacy: {len(topics)} topics; the product's indexer {done.from_consumer} is stopped at seq "
          f"{done.offset}; adopt: {done.consumer} starts there" + (" (adopted before)" if done.already else ""))
+    # the write path as high_watermark_sensor keeps it under a daemon: a tail applying each row at once
+    stop_tail = threading.Event()
+    tailer = threading.Thread(target=tail.run, args=(s.database_url, meili, tail.Options(max_seconds=24 * 3600)),
+                              kwargs={"stop": stop_tail, "run_id": f"demo-{int(time.time())}"}, daemon=True)
+    tailer.start()
     writer = Writer(s.database_url, topics, per_second=5)
     writer.start()
-    step("a writer publishes 5 events/s the way the product's relay does")
+    step("a writer publishes 5 events/s the way the product's relay does; a tail applies each within a second")
     try:
         cutover("dual")
         materialize("backfill_high_watermark")
@@ -197,6 +202,8 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
     finally:
         writer.stop_event.set()
         writer.join(timeout=10)
+        stop_tail.set()
+        tailer.join(timeout=60)
     if writer.error:
         raise DemoError(f"the demo writer failed: {writer.error}")
     step(f"done: stage live; the writer published {writer.written} events during the migration")

@@ -11,13 +11,14 @@ from typing import Callable
 
 import psycopg
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
 from search_migration import backfill
 from search_migration.cutover import flags
 from search_migration.ops import counters
 from search_migration.source import contract
 from search_migration.cutover import stages
+from search_migration.write_path import freshness
 
 SHADOW_WINDOW_MINUTES = 60
 SHADOW_SQL = """
@@ -60,6 +61,12 @@ class MigrationCollector:
                                     value=overlap if overlap is not None else float("nan"))
             yield GaugeMetricFamily("shadow_latency_delta_ms", "P95 of PostgreSQL minus Meilisearch latency per "
                                     "shadow read (NaN: none).", value=delta if delta is not None else float("nan"))
+            fresh = HistogramMetricFamily("search_index_freshness_seconds", "Outbox commit (ingested_at) to applied "
+                                          "in each engine, per row.", labels=["backend"])
+            for backend, (buckets, count, total) in freshness.histogram(conn).items():
+                fresh.add_metric([backend], [("+Inf" if le == float("inf") else repr(float(le)), n)
+                                             for le, n in buckets], total)
+            yield fresh
             values = flags.read_all(conn)
             stage = GaugeMetricFamily("search_migration_stage", "1 for the current stage.", labels=["stage"])
             for name in stages.STAGES:

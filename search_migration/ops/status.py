@@ -16,7 +16,7 @@ from search_migration.ops import counters
 from search_migration.source import contract
 from search_migration.cutover import stages
 from search_migration.errors import first_line
-from search_migration.write_path import handover
+from search_migration.write_path import freshness, handover
 
 Section = Callable[[psycopg.Connection], dict]
 SECTIONS: dict[str, Section] = {}
@@ -67,6 +67,17 @@ def _write_path(conn: psycopg.Connection) -> dict:
     return {"meili_offset": sides.get("meili"), "pg_offset": sides.get("pg"), "stalled": stalls or None,
             "errors_total": counters.total(conn, counters.DUAL_WRITE_ERRORS),
             "retries_total": counters.total(conn, counters.DUAL_WRITE_RETRIES)}
+
+
+@section("freshness")
+def _freshness(conn: psycopg.Connection) -> dict:
+    """Commit -> applied per engine over the last hour, and the tail run holding the write path."""
+    out = {f"{b}_{k}": v for b, s in freshness.summary(conn).items() for k, v in s.as_dict().items()}
+    run = conn.execute("SELECT run_id, state, extract(epoch FROM now() - heartbeat_at)::int, rows_applied "
+                       "FROM cn_search.tail_runs WHERE ended_at IS NULL ORDER BY started_at DESC LIMIT 1").fetchone()
+    out["tail"] = (f"run {run[0][:8]} {run[1]}, heartbeat {run[2]}s ago, {run[3]} rows applied" if run
+                   else "no tail run alive (see README: The tail run)")
+    return out or {"rows": 0}
 
 
 @section("dead_letters")

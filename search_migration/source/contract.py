@@ -8,6 +8,7 @@ import psycopg
 
 CONSUMER = "search-migration"  # our write path's row in cn_relay.consumer_offsets
 PRODUCT_INDEXER = "index-v1"  # the product's own search indexer (cn-index), whose place we take
+OUTBOX_CHANNEL = "cn_relay_outbox"  # the product notifies it with the max seq on every commit (cn-relay ingest)
 
 # What the product indexes (cn-index `handle_upsert`): the event exists, is not deleted, is current, is not
 # ephemeral and has not expired. `e` is cn_relay.events; `%(now)s` unix seconds.

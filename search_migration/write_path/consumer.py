@@ -11,6 +11,7 @@ Guarantees, in the order they matter at 3 a.m.:
 - PostgreSQL writes are versioned by seq (pg_documents); Meilisearch receives each document's final
   state within a batch, so re-applying any range converges to the same state.
 - The write mode is read for every batch: a flag flip takes effect without a restart.
+- Each engine's commit -> applied latency is recorded with the offsets that move (write_path/freshness).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from meilisearch.errors import MeilisearchApiError, MeilisearchCommunicationErro
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from search_migration.cutover import flags
-from search_migration.write_path import expiry, handover, legacy_documents, meili_index
+from search_migration.write_path import expiry, freshness, handover, legacy_documents, meili_index
 from search_migration.ops import counters
 from search_migration.write_path import pg_documents
 from search_migration.source import contract
@@ -562,6 +563,8 @@ class Consumer:
                     result.stalled[side] = stall
                     result.stalled_at[side] = stalled_item.seq
             result.end_offset = _set_offsets(conn, self.consumer, offsets)
+            for side, seq in offsets.items():  # in the offsets' transaction: each row observed exactly once
+                freshness.record(conn, side, batch.start[side], seq)
         result.batches += 1
         result.rows_applied += sum(1 for i in batch.good if i.seq <= result.end_offset)
         result.dead_lettered += len(batch.problems) + sum(len(o[1]) for o in batch.outcomes.values())

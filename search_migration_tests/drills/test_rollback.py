@@ -9,13 +9,18 @@ pg_only moved on.
 
 from __future__ import annotations
 
+import threading
+
 from search_migration import db
 from search_migration.cutover import flags
 from search_migration.source import contract
 from search_migration.cutover import stages
+from search_migration.write_path import tail
 
 from ..support import invariants
-from .helpers import assert_invariant, backfill_everything, capture, catch_up_all
+from .helpers import assert_invariant, at_complete, backfill_everything, capture, catch_up_all
+from .tail_helpers import offset, publish, tail_thread
+from ..support.processes import poll
 from ..support.cutover import failure_message, run_job
 from ..support.writes import product_writes, set_mode
 
@@ -50,3 +55,42 @@ def test_rollback_from_complete_replays_pg_only_writes_into_meilisearch(dagster_
     with db.connect(url) as conn:
         assert stages.current(flags.read_all(conn)) == "live"
     assert_invariant(url, "8 after rollback complete->live", meili)
+
+
+def test_rollback_with_the_tail_alive(dagster_env, seeded, meili, namespace):
+    """The tail takes the consumer lock per pass: a rollback's reverse catch-up, queued on that lock, gets
+    its turn between two passes while the product keeps writing (and the tail keeps applying), so
+    complete -> live and live -> shadow succeed with a tail run alive, never two writers at once."""
+    url = seeded
+    at_complete(url, meili)
+    topic = f"kukuri:{namespace}-rollback-tail"
+    options = tail.Options(max_seconds=600, poll_seconds=0.5, batch_size=20)
+    stop = threading.Event()
+
+    def write():  # the product's pace, not a synchronisation: the tail has rows to apply all along
+        with db.connect(url) as conn:
+            i = 0
+            while not stop.is_set():
+                publish(conn, "rollback-tail", 5, topic, start=i)
+                i += 5
+                stop.wait(0.05)
+
+    with tail_thread(url, meili, options, "rollback") as t:
+        with db.connect(url) as conn:
+            product_writes(conn, "tail-pg-only", inserts=20, edits=20, deletes=20, removals=10, seed=9)
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        try:
+            poll(lambda: t.result.rows_applied > 0, 60, "the tail to apply pg_only writes")
+            back = run_job(dagster_env, "rollback_job", target_stage="live")
+            assert back.success, failure_message(back)
+            back = run_job(dagster_env, "rollback_job", target_stage="shadow")
+            assert back.success, failure_message(back)
+        finally:
+            stop.set()
+            writer.join(timeout=30)
+        with db.connect(url) as conn:
+            head = contract.outbox_head(conn)
+            assert stages.current(flags.read_all(conn)) == "shadow"
+        poll(lambda: offset(url) >= head, 60, "the tail to apply the last writes")
+    assert_invariant(url, "rollback complete -> live -> shadow with the tail alive", meili)
