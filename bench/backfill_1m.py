@@ -69,7 +69,7 @@ def prepare(source_url: str) -> str:
     with db.connect(source_url) as src:
         if not src.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
             src.execute(f'CREATE DATABASE "{BENCH_DB}"')
-        tables = [r[0] for r in src.execute("SELECT format('%%I.%%I', schemaname, tablename) FROM pg_tables "
+        tables = [r[0] for r in src.execute("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
                                             "WHERE schemaname = 'cn_relay' ORDER BY 1")]
     with db.connect(url) as dst:
         if dst.execute("SELECT to_regnamespace('cn_relay')").fetchone()[0] is None:
