@@ -219,6 +219,8 @@ def main() -> None:
     p.add_argument("--topics", type=int, help="only the first N topics (bounded runs)")
     p.add_argument("--weeks", type=int, help="only the first N weeks")
     p.add_argument("--pairs", type=int, default=3, help="backfill/COPY pairs, interleaved")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="copy the corpus into the bench database and stop (outside a timing lock)")
     p.add_argument("--source-indexes", action="store_true",
                    help="with the indexes `db source-indexes` prints (created in the bench database only)")
     args = p.parse_args()
@@ -226,6 +228,8 @@ def main() -> None:
     if not source_url:
         sys.exit("error: DATABASE_URL is not set; eval the bench1m `services env` first (see the docstring)")
     url = prepare(source_url)
+    if args.prepare_only:
+        return
     relay_indexes = source_indexes(url, args.source_indexes)
     with db.connect(url) as conn:
         doc_indexes = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'cn_search' "
