@@ -79,6 +79,8 @@ def prepare(source_url: str) -> str:
     except MigrationError as exc:  # a teammate's migration still in flux: bench the schema as applied
         print(f"note: {exc}; keeping the applied schema", file=sys.stderr)
     with db.connect(source_url) as src, db.connect(url) as dst:
+        # one snapshot of every table (the seeded corpus may still be written), read-only on the seeded side
+        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         for table in tables:
             n_src = src.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             if dst.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == n_src:
@@ -91,8 +93,15 @@ def prepare(source_url: str) -> str:
                     for chunk in out:
                         into.write(chunk)
             dst.execute(f"ANALYZE {table}")
-        # the write path takes over from index-v1, as an operator does (a second adopt is a no-op)
-        handover.adopt(dst, from_consumer=contract.PRODUCT_INDEXER, by="bench", reason="backfill bench")
+        src.execute("COMMIT")
+        # the write path takes over from index-v1, as an operator does (a second adopt is a no-op); a corpus
+        # copied before its seed's reindex has no index-v1 row yet, and the backfill does not need one
+        if dst.execute("SELECT 1 FROM cn_relay.consumer_offsets WHERE consumer = %s",
+                       (contract.PRODUCT_INDEXER,)).fetchone():
+            handover.adopt(dst, from_consumer=contract.PRODUCT_INDEXER, by="bench", reason="backfill bench")
+        else:
+            print(f"note: no {contract.PRODUCT_INDEXER} offset in the copy (its seed is still before the reindex)",
+                  file=sys.stderr)
         flags.set_flags(dst, {"search_write_mode": "dual"}, by="bench", reason="backfill bench")
     return url
 
