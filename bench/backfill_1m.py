@@ -1,7 +1,11 @@
 """Backfill throughput vs a bare COPY of the same final rows into the same indexed table, in one run.
 
-Runs against the 1,000,000-post corpus seeded under .local/bench1m, but never touches its database:
-it copies cn_relay into a separate database (`bench_backfill`) on the same server once. Then, for
+Runs against the 1,000,000-post corpus `demo seed` writes the way the product writes (the product's
+`cn_relay`: events, event_topics, events_outbox, consumer_offsets, ...), but never touches its database:
+it creates the product's schema in a separate database (`bench_backfill`) on the same server and
+copies every `cn_relay` table into it once (binary COPY, read-only on the seeded side). The source
+indexes `search-migration db source-indexes` prints (a DBA's optional step) exist only there and only
+with --source-indexes; without it they are dropped, as on a product that never created them. Then, for
 each of --pairs pairs, interleaved so both sides see the same machine load: a backfill from empty
 (watermark + manifest included in its time; every topic × week partition, in runs of --per-run
 partitions handed to W worker processes as they free up, W = the pool limit), checked against the
@@ -9,9 +13,10 @@ first backfill's rows, then a bare COPY of exactly those rows into the emptied, 
 Prints every pair, the median ratio (backfill rows/s ÷ COPY rows/s) and the backfill wall times; a
 shared machine is noisy, so judge the median.
 
-    eval "$(SEARCH_MIGRATION_HOME=/work/main/.local/bench1m SEARCH_MIGRATION_PG_PORT=55500 \
+    eval "$(SEARCH_MIGRATION_HOME=/work/bench1m SEARCH_MIGRATION_PG_PORT=55500 \
         SEARCH_MIGRATION_MEILI_PORT=7750 .venv/bin/search-migration services env)"
-    .venv/bin/python bench/backfill_1m.py                     # full corpus, 2 workers, 3 pairs
+    .venv/bin/python bench/backfill_1m.py                     # full corpus, 2 workers, 3 pairs, no source indexes
+    .venv/bin/python bench/backfill_1m.py --source-indexes    # the same with the DBA's source indexes
     .venv/bin/python bench/backfill_1m.py --writer unnest --topics 20 --pairs 1   # other writer, bounded
     .venv/bin/python bench/backfill_1m.py --weeks 26          # 200 topics x 26 weeks (policy input)
 
@@ -34,17 +39,19 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search_migration import backfill
-from search_migration import db
-from search_migration.cutover import flags
-from search_migration import pg_documents  # noqa: E402
+from search_migration import backfill  # noqa: E402
+from search_migration import db  # noqa: E402
 from search_migration.backfill import PartitionOptions, Window  # noqa: E402
+from search_migration.cutover import flags  # noqa: E402
+from search_migration.local.product_fixture import apply_product_schema  # noqa: E402
 from search_migration.schema.migrate import MigrationError, migrate  # noqa: E402
+from search_migration.source import contract, indexes  # noqa: E402
+from search_migration.write_path import handover, pg_documents  # noqa: E402
 
 BENCH_DB = "bench_backfill"
-MONDAY = 1_767_571_200  # 2026-01-05, the first week of the Dagster partitions
+MONDAY = 1_767_571_200  # 2026-01-05, the first week of the Dagster partitions (defs/backfill.BACKFILL_START)
 WEEK = 7 * 24 * 3600
-TABLES = ["cn_relay.events", "cn_relay.event_topics", "cn_relay.events_outbox", "cn_relay.consumer_offsets"]
+SOURCE_INDEX_PREFIX = "search_migration_"  # source/indexes.py names every index it prints so
 
 PER_RUN = 1000  # search_migration/defs/backfill.py: DEFAULT_BACKFILL_POLICY (the bench does not import Dagster)
 WRITERS = {"unnest": pg_documents.apply_by_topic, "copy": pg_documents.apply_staged}
@@ -57,17 +64,24 @@ def bench_url(source_url: str) -> str:
 
 
 def prepare(source_url: str) -> str:
-    """A separate database holding a copy of the source contract (once); cn_search there is ours."""
+    """A separate database holding a copy of the product's cn_relay (once); cn_search there is ours."""
     url = bench_url(source_url)
     with db.connect(source_url) as src:
         if not src.execute("SELECT 1 FROM pg_database WHERE datname = %s", (BENCH_DB,)).fetchone():
             src.execute(f'CREATE DATABASE "{BENCH_DB}"')
+        tables = [r[0] for r in src.execute("SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+                                            "WHERE schemaname = 'cn_relay' ORDER BY 1")]
+    with db.connect(url) as dst:
+        if dst.execute("SELECT to_regnamespace('cn_relay')").fetchone()[0] is None:
+            apply_product_schema(dst)  # the product's own tables and indexes, nothing of ours
     try:
         migrate(url)
     except MigrationError as exc:  # a teammate's migration still in flux: bench the schema as applied
         print(f"note: {exc}; keeping the applied schema", file=sys.stderr)
     with db.connect(source_url) as src, db.connect(url) as dst:
-        for table in TABLES:
+        # one snapshot of every table (the seeded corpus may still be written), read-only on the seeded side
+        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        for table in tables:
             n_src = src.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             if dst.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == n_src:
                 continue
@@ -79,8 +93,41 @@ def prepare(source_url: str) -> str:
                     for chunk in out:
                         into.write(chunk)
             dst.execute(f"ANALYZE {table}")
+        src.execute("COMMIT")
+        # the write path takes over from index-v1, as an operator does (a second adopt is a no-op); a corpus
+        # copied before its seed's reindex has no index-v1 row yet, and the backfill does not need one
+        if dst.execute("SELECT 1 FROM cn_relay.consumer_offsets WHERE consumer = %s",
+                       (contract.PRODUCT_INDEXER,)).fetchone():
+            handover.adopt(dst, from_consumer=contract.PRODUCT_INDEXER, by="bench", reason="backfill bench")
+        else:
+            print(f"note: no {contract.PRODUCT_INDEXER} offset in the copy (its seed is still before the reindex)",
+                  file=sys.stderr)
         flags.set_flags(dst, {"search_write_mode": "dual"}, by="bench", reason="backfill bench")
     return url
+
+
+def source_indexes(url: str, wanted: bool) -> list[str]:
+    """Create (CONCURRENTLY, as a DBA would) or drop the printed source indexes, in the bench database only."""
+    with db.connect(url) as conn:
+        conn.autocommit = True
+        if wanted:
+            for statement in indexes.statements():
+                conn.execute(statement)
+        else:
+            for (name,) in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'cn_relay' "
+                                        "AND indexname LIKE %s", (SOURCE_INDEX_PREFIX + "%",)).fetchall():
+                conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS cn_relay."{name}"')
+        for table in ("cn_relay.events", "cn_relay.events_outbox"):
+            conn.execute(f"ANALYZE {table}")
+        return [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'cn_relay' "
+                                           "ORDER BY 1")]
+
+
+def span(url: str) -> dict[str, int]:
+    """The weekly partitions' span as the asset computes it (defs/backfill.partitioned_span, without
+    Dagster): from 2026-01-05 to the end of the current week; posts outside are chunked into the edges."""
+    now = max(contract.now_unix(), MONDAY)
+    return {"chunk_floor": MONDAY, "chunk_ceiling": MONDAY + ((now - MONDAY) // WEEK + 1) * WEEK}
 
 
 def reset(url: str) -> None:
@@ -92,11 +139,13 @@ def reset(url: str) -> None:
 
 
 def partitions(url: str, topics: int | None, weeks: int | None) -> list[tuple[str, str, Window]]:
+    """Every topic x week of the span (as the UI launches them), or the first N of each."""
     with db.connect(url) as conn:
         names = [r[0] for r in conn.execute("SELECT DISTINCT topic_id FROM cn_search.backfill_manifest ORDER BY 1")]
-        hi = conn.execute("SELECT max(created_at) FROM cn_search.backfill_manifest").fetchone()[0]
+        ceiling = conn.execute("SELECT chunk_ceiling FROM cn_search.backfill_watermarks "
+                               "ORDER BY watermark_id DESC LIMIT 1").fetchone()[0]
     names = names[:topics] if topics else names
-    n_weeks = weeks or (hi - MONDAY) // WEEK + 1
+    n_weeks = min(weeks or 10**6, (ceiling - MONDAY) // WEEK)
     return [(f"{w}|{t}", t, Window(MONDAY + w * WEEK, MONDAY + (w + 1) * WEEK)) for w in range(n_weeks) for t in names]
 
 
@@ -117,7 +166,7 @@ def backfill_trial(url: str, writer: str, workers: int, per_run: int, page_size:
     reset(url)
     started = time.monotonic()
     with db.connect(url) as conn:
-        wm = backfill.capture_watermark(conn, by="bench")
+        wm = backfill.capture_watermark(conn, by="bench", **span(url))
     manifest_s = time.monotonic() - started
     parts = partitions(url, topics, weeks)
     # runs of `per_run` partitions taken by whichever worker is free, as Dagster's run queue hands
@@ -179,16 +228,24 @@ def main() -> None:
     p.add_argument("--topics", type=int, help="only the first N topics (bounded runs)")
     p.add_argument("--weeks", type=int, help="only the first N weeks")
     p.add_argument("--pairs", type=int, default=3, help="backfill/COPY pairs, interleaved")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="copy the corpus into the bench database and stop (outside a timing lock)")
+    p.add_argument("--source-indexes", action="store_true",
+                   help="with the indexes `db source-indexes` prints (created in the bench database only)")
     args = p.parse_args()
     source_url = os.environ.get("DATABASE_URL")
     if not source_url:
         sys.exit("error: DATABASE_URL is not set; eval the bench1m `services env` first (see the docstring)")
     url = prepare(source_url)
+    if args.prepare_only:
+        return
+    relay_indexes = source_indexes(url, args.source_indexes)
     with db.connect(url) as conn:
-        indexes = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'cn_search' "
+        doc_indexes = [r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'cn_search' "
                                               "AND tablename = 'post_search_documents' ORDER BY 1")]
     print(json.dumps({"writer": args.writer, "workers": args.workers, "page_size": args.page_size,
-                      "indexes": indexes}), flush=True)
+                      "source_indexes": args.source_indexes, "cn_relay_indexes": relay_indexes,
+                      "indexes": doc_indexes}), flush=True)
     ratios, walls = [], []
     with tempfile.TemporaryDirectory() as tmp:
         rows = Path(tmp) / "docs.bin"
@@ -204,7 +261,7 @@ def main() -> None:
             print(json.dumps({"pair": i + 1, "backfill": b, "bare_copy_seconds": round(copy_s, 2),
                               "bare_copy_rows_per_second": round(rows_in_dump / copy_s), "ratio": round(ratio, 3),
                               "load_avg_1m": round(os.getloadavg()[0], 1)}), flush=True)
-    print(json.dumps({"pairs": args.pairs, "ratios": [round(r, 3) for r in ratios],
+    print(json.dumps({"source_indexes": args.source_indexes, "pairs": args.pairs, "ratios": [round(r, 3) for r in ratios],
                       "median_ratio": round(statistics.median(ratios), 3),
                       "backfill_seconds": walls, "median_backfill_seconds": round(statistics.median(walls), 2),
                       "goal": "median_ratio >= 0.5 and backfill_seconds < 120"}), flush=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -28,7 +29,7 @@ from search_migration.local.demo_seed import SeedError
 from search_migration.local import services
 from search_migration.settings import ConfigError, Settings, redact_dsn
 from search_migration.errors import first_line
-from search_migration.schema import grants, ownership
+from search_migration.schema import grants, meili_keys, ownership
 from search_migration.source import indexes as source_indexes
 from search_migration.source import shape
 from search_migration.write_path import handover
@@ -70,6 +71,7 @@ def _connect(s: Settings) -> psycopg.Connection:
 
 
 def _meili(s: Settings):
+    """The write path's client (MEILI_WRITE_KEY when set: documents and new indexes on topic_*)."""
     return meili_index.client(s.meili_url, s.meili_write_key)
 
 
@@ -126,7 +128,8 @@ def cmd_demo_seed(args) -> None:
     started = time.monotonic()
     _connect(s).close()
     try:
-        result = demo_seed.seed(s.database_url, _meili(s), posts=args.posts, topics=args.topics, seed=args.seed,
+        # the demo plays the product (its indexer creates and --reset deletes indexes): the master key's part
+        result = demo_seed.seed(s.database_url, meili_index.client(s.meili_url, s.meili_master_key), posts=args.posts, topics=args.topics, seed=args.seed,
                                 namespace=getattr(args, "namespace", "") or "", reset_first=args.reset,
                                 progress=progress)
     finally:
@@ -208,6 +211,15 @@ def cmd_db_grants(args) -> None:
     print(f"-- Least privilege for role {args.role!r}: run as the database owner. search_migration never runs this.")
     for statement in grants.statements(args.role):
         print(statement)
+
+
+def cmd_meili_keys(args) -> None:
+    """Print the scoped Meilisearch keys to create with the master key; nothing is executed."""
+    print("# Create each with the master key: curl -X POST \"$MEILI_URL/keys\" -H \"Authorization: Bearer "
+          "$MEILI_MASTER_KEY\" -H 'Content-Type: application/json' --data '<body>'; export the returned `key` "
+          "as the variable named. search_migration never runs this.")
+    for variable, body in meili_keys.key_bodies().items():
+        print(f"{variable} {json.dumps(body, ensure_ascii=False)}")
 
 
 def cmd_adopt(args) -> None:
@@ -409,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     gr = db_cmds.add_parser("grants", help="print the least-privilege grants for our role, for a DBA")
     gr.add_argument("--role", required=True, help="the PostgreSQL role search_migration connects as")
     gr.set_defaults(func=cmd_db_grants)
+
+    mk = sub.add_parser("meili", help="Meilisearch least privilege").add_subparsers(dest="meili_command",
+                                                                                 required=True)
+    mk.add_parser("keys", help="print the scoped keys (write path, read path) to create with the master key"
+                  ).set_defaults(func=cmd_meili_keys)
 
     ad = sub.add_parser("adopt", help="take the write path over from the product's indexer at its offset")
     ad.add_argument("--from-consumer", required=True, help="the product's indexer consumer (index-v1)")

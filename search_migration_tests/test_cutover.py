@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import dagster as dg
 import psycopg
 import pytest
+from meilisearch.errors import MeilisearchApiError
 
 from search_migration import db
 from search_migration.backfill.partition_keys import topic_partition_key
@@ -15,16 +17,18 @@ from search_migration.definitions import defs
 from search_migration.defs.backfill import backfill_partitions
 from search_migration.local.product_fixture import build_product_world
 from search_migration.local.product_writer import ProductWriter, build_event, pubkey_of
-from search_migration.schema.migrate import migrate
+from search_migration.schema import grants, meili_keys
 from search_migration.search import read_router
 from search_migration.search.read_router import ReadRouter
 from search_migration.source import contract
-from search_migration.write_path import consumer, handover, legacy_documents
+from search_migration.write_path import consumer, legacy_documents, meili_index
 
 from .support import invariants
 from .support.backfill import backfill_all
 from .support.cutover import TEST_POLICY, evaluations, failure_message, run_job, stage_flags, use_policy
 from .support.cutover import shadow_traffic as support_shadow_traffic
+from .support.processes import run_cli
+from .support.servers import as_role, login_role, scoped_meili_keys
 from .support.writes import meili_ids, new_posts, topic
 
 # Exact single-word queries with hits in every topic of the `legacy` corpus, on which both engines agree
@@ -180,28 +184,65 @@ def world_traffic(url: str, meili, topics: dict[str, str], rate: int, n: int = 4
     return len(picked)
 
 
+def least_privilege(servers, database_url: str, role: str, keys: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The DBA runs what `db grants` prints (test_adoption checks the printing); then the role's URL and the
+    environment every entry point runs with: that role, the scoped Meilisearch keys, and no master key."""
+    with psycopg.connect(database_url, autocommit=True) as dba:
+        for statement in grants.statements(role):
+            dba.execute(statement)
+    printed = run_cli("meili", "keys", env=servers.env(DATABASE_URL=database_url))  # what the operator creates
+    assert printed.returncode == 0, printed.stderr
+    bodies = dict(line.split(" ", 1) for line in printed.stdout.splitlines() if not line.startswith("#"))
+    assert {k: json.loads(v) for k, v in bodies.items()} == meili_keys.key_bodies() and set(bodies) == set(keys)
+    url = as_role(database_url, role)
+    env = {k: v for k, v in servers.env(DATABASE_URL=url, **keys).items() if k != "MEILI_MASTER_KEY"}
+    return url, env
+
+
 def test_the_migration_reaches_live_and_rolls_back_on_the_products_world(servers, database_url, meili, namespace,
-                                                                          monkeypatch):
+                                                                          monkeypatch, tmp_path):
     with psycopg.connect(database_url, autocommit=True) as conn:
         world = build_product_world(conn, meili, now=contract.now_unix(), namespace=namespace)
-    uids = {legacy_documents.index_uid(t) for t in world.topics.values()}
-    schema_before, settings_before = cn_relay_schema(database_url), product_settings(meili, uids)
+    with login_role(database_url, "sm_app") as role, scoped_meili_keys(meili) as keys:
+        url, env = least_privilege(servers, database_url, role, keys)
+        migration_under_least_privilege(world, servers, database_url, url, env, meili, namespace, monkeypatch,
+                                        tmp_path)
+
+
+def migration_under_least_privilege(world, servers, database_url, url, env, meili, namespace, monkeypatch, tmp_path):
+    """The acceptance run: `database_url` is the product's own (the product writes as itself, the test's oracle
+    reads as the superuser); everything of ours runs as `url`'s role with `env`'s scoped keys."""
+    product_uids = set(meili_index.topic_indexes(meili)) & {u for u in meili_index.topic_indexes(meili)
+                                                            if u.startswith(f"topic_kukuri_{namespace}")}
+    assert {legacy_documents.index_uid(t) for t in world.topics.values()} <= product_uids
+    schema_before, settings_before = cn_relay_schema(database_url), product_settings(meili, product_uids)
     with db.connect(database_url) as conn:
         indexer_before = contract.consumer_offset(conn, contract.PRODUCT_INDEXER)
+    search_only = meili_index.client(servers.meili_url, env["MEILI_SEARCH_KEY"])
+    with pytest.raises(MeilisearchApiError):  # the read path's key cannot write, the write key cannot search
+        search_only.index(sorted(product_uids)[0]).add_documents([{"event_id": "x"}])
+    with pytest.raises(MeilisearchApiError):
+        meili_index.client(servers.meili_url, env["MEILI_WRITE_KEY"]).index(sorted(product_uids)[0]).search("x")
 
-    migrate(database_url)
+    migrated = run_cli("db", "migrate", env=env)  # as the role (the DBA's part was the grants)
+    assert migrated.returncode == 0 and migrated.stdout.startswith("applied "), migrated.stderr
     assert cn_relay_schema(database_url) == schema_before  # db migrate touches nothing of the product's
-    with db.connect(database_url) as conn:  # the product's indexer is stopped; we take over at its offset
-        done = handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="oncall", reason="acceptance")
-    assert done.offset == indexer_before
+    # the product's indexer is stopped; we take over at its offset
+    adopted = run_cli("adopt", "--from-consumer", contract.PRODUCT_INDEXER, "--by", "oncall", "--reason",
+                      "acceptance", env=env)
+    assert adopted.returncode == 0, adopted.stderr
+    assert f"offset {indexer_before} " in adopted.stdout, adopted.stdout
 
-    for name, value in servers.env(DATABASE_URL=database_url).items():
+    for name in ("MEILI_MASTER_KEY", "DAGSTER_PG_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     with dg.instance_for_test() as instance:
         assert run_job(instance, "cutover_job", target_stage="dual").success
         # the product keeps writing after the handover: before the watermark a note in two topics (backfill
-        # and catch-up both see it), after it the author's NIP-09 deletion of a note and a newer version of a
-        # replaceable event (catch-up alone; the older version leaves the index)
+        # and catch-up both see it), after it the author's NIP-09 deletion of a note, a newer version of a
+        # replaceable event (catch-up alone; the older version leaves the index) and a note in a topic the
+        # product never wrote (the write path creates its index, with the product's settings, by its own key)
         t = world.topics
         with db.connect(database_url) as conn:
             now = contract.now_unix()
@@ -209,11 +250,12 @@ def test_the_migration_reaches_live_and_rolls_back_on_the_products_world(servers
                                topics=[t["tokyo"], t["cafe"]], created_at=now)
             ProductWriter(conn).publish(note, now=now)
         materialize(instance, "backfill_high_watermark")
-        with db.connect(database_url) as conn:
+        with db.connect(url) as conn:
             topic_ids = contract.topic_ids(conn)
         instance.add_dynamic_partitions("topics", [topic_partition_key(x) for x in topic_ids])
         keys = backfill_partitions.get_partition_keys(dynamic_partitions_store=instance)
         materialize(instance, "post_search_documents", tags=dict(zip(PARTITION_RANGE, (keys[0], keys[-1]))))
+        new_topic = f"kukuri:{namespace}-new-after-handover"
         with db.connect(database_url) as conn:
             writer, now = ProductWriter(conn), contract.now_unix()
             victim = conn.execute(
@@ -227,7 +269,13 @@ def test_the_migration_reaches_live_and_rolls_back_on_the_products_world(servers
             profile = build_event(pubkey=pubkey_of("carol"), content='{"name":"carol","about":"Rust, coffee, 写真"}',
                                   topics=[t["rust"]], kind=0, created_at=now)
             writer.publish(profile, now=now)
+            newcomer = build_event(pubkey=pubkey_of("ren"), content="新しいトピックの最初の投稿 coffee",
+                                   topics=[new_topic], created_at=now)
+            writer.publish(newcomer, now=now)
         run_catchup(instance)
+        new_uid = legacy_documents.index_uid(new_topic)
+        assert new_uid not in product_uids and meili_ids(meili, new_topic) == {newcomer["id"]}
+        assert dict(meili.index(new_uid).get_settings()) == settings_before[sorted(product_uids)[0]]
         with db.connect(database_url) as conn:
             inv = invariants.check(conn, contract.outbox_head(conn), meili=meili)
         assert inv.ok, inv.as_dict()  # both engines hold exactly what the product's rule makes searchable
@@ -237,26 +285,36 @@ def test_the_migration_reaches_live_and_rolls_back_on_the_products_world(servers
         assert all(check_results(instance, "search_drift_report").values())
         assert run_job(instance, "cutover_job", target_stage="shadow", shadow_rate=5).success
         for rate, nxt in ((5, ("shadow", 25)), (25, ("shadow", 50)), (50, ("live", None))):
-            assert world_traffic(database_url, meili, world.topics, rate) == 40
+            assert world_traffic(url, search_only, world.topics, rate) == 40
             run_catchup(instance)
             checks = check_results(instance, "search_drift_report", "shadow_read_report")
             assert all(checks.values()), checks
             moved = run_job(instance, "cutover_job", target_stage=nxt[0], shadow_rate=nxt[1])
             assert moved.success, failure_message(moved)
-        assert stages.current(stage_flags(database_url)) == "live"
-        with ReadRouter(database_url, meili) as router:
-            answer = router.search(world.topics["tokyo"], "コーヒー")
+        assert stages.current(stage_flags(url)) == "live"
+        searched = run_cli("search", "--topic", world.topics["tokyo"], "--q", "コーヒー", env=env)
+        assert searched.returncode == 0, searched.stderr
+        answer = json.loads(searched.stdout)
         assert answer["backend"] == "pg" and note["id"] in {i["event_id"] for i in answer["items"]}
+        legacy_side = run_cli("search", "--topic", world.topics["tokyo"], "--q", "コーヒー", "--backend", "meili",
+                              env=env)
+        assert legacy_side.returncode == 0 and note["id"] in legacy_side.stdout, legacy_side.stderr
 
         back = run_job(instance, "rollback_job", target_stage="shadow", shadow_rate=5)
         assert back.success, failure_message(back)
-        assert stage_flags(database_url)["search_read_backend"] == "meili"
+        assert stage_flags(url)["search_read_backend"] == "meili"
         back = run_job(instance, "rollback_job", target_stage="legacy")
         assert back.success, failure_message(back)
-        assert stages.current(stage_flags(database_url)) == "legacy"
+        assert stages.current(stage_flags(url)) == "legacy"
+    home = tmp_path / "status_home"  # `status` reads the gates from a Dagster instance: one of its own
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    status = run_cli("status", "--json", env={**env, "DAGSTER_HOME": str(home)})
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["handover"]["product_indexer_moved"] == 0
 
     # the product's objects as they were: its schema, its indexes' settings, its indexer's offset
     assert cn_relay_schema(database_url) == schema_before
-    assert product_settings(meili, uids) == settings_before
+    assert product_settings(meili, product_uids) == settings_before
     with db.connect(database_url) as conn:
         assert contract.consumer_offset(conn, contract.PRODUCT_INDEXER) == indexer_before

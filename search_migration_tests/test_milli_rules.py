@@ -70,3 +70,12 @@ def test_positions_are_meilisearchs_hard_separator_gap_and_array_gap():
     words = milli.document_words(["", "", "one. two", "", ["kukuri:a", "kukuri:b"]])
     assert milli.decode(words["one"][0]) == (2, 0) and milli.decode(words["two"][0]) == (2, 8)
     assert [milli.decode(p) for p in words["kukuri"]] == [(4, 0), (4, 9)]
+
+
+def test_an_ngram_costs_its_words_in_typos():
+    """milli typo.rs: a 2-gram costs 2, so the document holding 東 and 京 apart (kanji-only, Chinese to
+    Meilisearch) ranks before the Japanese 東京 the ngram finds."""
+    apart = _key("東京", ["weekend #東京", "", "", "", []])
+    joined = _key("東京", ["東京駅の近く", "", "", "", []])
+    assert apart[0] == 0 and joined[0] == 2 and apart < joined
+    assert milli.ngram_typos([0, 99], {(0, 2)}) == 2 and milli.ngram_typos([1, 1, 0], {(0, 3)}) == 2

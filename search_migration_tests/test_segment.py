@@ -64,13 +64,13 @@ def test_positions():
 
 def test_cjk_language_rule():
     assert segment.cjk_language("現在状態") == "cmn"  # kanji only: jieba, single characters here
-    assert [w for w, _ in segment.words("現在状態")] == ["現", "在", "状", "態"]
+    assert [w for w, _ in segment.words("現在状態")] == ["現", "在", "狀", "態"]  # 状 folded to 狀 (kVariants)
     assert segment.cjk_language("現在状態を確認") == "jpn"
     assert segment.cjk_language("設定変更手順を一覧表示機能") == "jpn"  # kana 1/13 > 5 %
     assert segment.cjk_language("設定変更手順一覧表示機能機能機能機能機能機能を") == "cmn"  # 1/25 <= 5 %
     # each script group is detected alone: a kanji-only run between Latin words is Chinese
     assert [w for w, _ in segment.words("Debian 設定 ファイル")] == ["debian", "設定", "ふぁいる"]
-    assert [w for w, _ in segment.words("X 現在状態 Y")] == ["x", "現", "在", "状", "態", "y"]
+    assert [w for w, _ in segment.words("X 現在状態 Y")] == ["x", "現", "在", "狀", "態", "y"]
 
 
 def test_version_gate():
@@ -175,3 +175,14 @@ def test_meilisearch_folds_katakana_and_ranks_hard_separators_as_we_count(meili,
     for a in texts[1:]:
         for b in texts[1:]:
             assert (gap[a] < gap[b]) == (score[a] > score[b]), (a, b, gap, score)
+
+
+def test_chinese_detected_ideographs_fold_by_kvariants_as_meilisearch_does(meili, index_uid):
+    """A kanji-only query is Chinese to Meilisearch: 検 is stored and asked as 檢 there, so 検索 misses the
+    検索 of Japanese text (kept as written) and finds the one of a kanji-only run."""
+    assert segment.query_words("検索") == ["檢", "索"] and segment.query_words("写真") == ["寫眞"]
+    assert "検索" in dict(segment.words("天気を検索しても見つからない"))  # Japanese: not folded
+    texts = ["debugging again #検索", "天気を検索しても見つからない", "weekend #写真", "写真を撮った"]
+    index = _index(meili, index_uid, texts, PRODUCT_SETTINGS)
+    for q, kinds in (("検索", [0]), ("檢索", [0]), ("写真", [2])):
+        assert [h["kind"] for h in index.search(q)["hits"]] == kinds, q

@@ -28,4 +28,4 @@ def test_dakuten_is_not_folded_away():
 
 
 def test_version_is_current():
-    assert NORMALIZER_VERSION == 3
+    assert NORMALIZER_VERSION == 4

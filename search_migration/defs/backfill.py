@@ -29,6 +29,9 @@ weeks_partitions = dg.WeeklyPartitionsDefinition(start_date=BACKFILL_START, day_
 backfill_partitions = dg.MultiPartitionsDefinition({"time": weeks_partitions, "topic": topics_partitions})
 
 
+SLOWEST_SHOWN = 10  # partitions listed in a run's metadata (every partition's materialization carries it)
+
+
 class BackfillConfig(dg.Config):
     rebuild: bool = False  # re-copy partitions that already completed
     page_size: int = backfill.DEFAULT_PAGE_SIZE
@@ -106,8 +109,12 @@ def _metadata(results: list[backfill.PartitionResult], overall: dict) -> dict:
           "backfill_eta_seconds": number(overall["eta_seconds"]),
           "high_watermark": overall["high_watermark"] or 0}
     if len(results) > 1:
-        rows = [r.metadata() for r in results]
-        md["per_partition"] = dg.MetadataValue.table(
+        # Dagster copies a run's metadata onto the materialization of every partition in it: a table of all
+        # N partitions would be stored N times (940 partitions: 249 MB of event log, three minutes of the
+        # demo). The slowest few say where the time went; the totals above cover the rest.
+        slowest = sorted(results, key=lambda r: r.duration_s, reverse=True)[:SLOWEST_SHOWN]
+        rows = [r.metadata() for r in slowest]
+        md["slowest_partitions"] = dg.MetadataValue.table(
             records=[dg.TableRecord(row) for row in rows],
             schema=dg.TableSchema(columns=[dg.TableColumn(k, "string" if isinstance(v, str) else type(v).__name__) for k, v in rows[0].items()]))
     elif results:

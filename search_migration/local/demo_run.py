@@ -165,7 +165,7 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
         raise DemoError(where_to_go(stage, move))
     if not topics:
         raise DemoError("the demo database holds no topics; `search-migration demo seed --posts N --topics T` first")
-    meili = meili_index.client(s.meili_url, s.meili_master_key)
+    meili = meili_index.client(s.meili_url, s.meili_search_key)  # the readers' key: search only
 
     # The product's indexer is stopped (the demo stops running its emulation), then we take its place.
     with db.connect(s.database_url) as conn:

@@ -21,8 +21,8 @@ attribute) then word position (sum of milli's cost_from_distance over the bucket
 word's place in the query), exactness (an attribute that is exactly the query's words, then one
 starting with them, then how many words match exactly).
 
-Not reproduced: split words (`tables` found as `tab les`, needs pair frequencies), ngrams (concatenated
-query words), the 50-word cap on prefix derivations outside milli's prefix database.
+Ngrams (2 or 3 adjacent query words concatenated, as one indexed word) match, at a typo cost of n words.
+Not reproduced: split words (`tables` found as `tab les`, needs pair frequencies), typos inside ngrams, the 50-word cap on prefix derivations outside milli's prefix database.
 """
 
 from __future__ import annotations
@@ -212,6 +212,19 @@ def _proximity(a: list[int], b: list[int]) -> int:
     return best
 
 
+def ngram_typos(single: list[int], spans: set[tuple[int, int]]) -> int:
+    """The typo rule's cost: the cheapest cover of the query words by single words (their typos) and the
+    ngrams the document holds, an n-gram costing n (milli typo.rs: "Ngrams have a base typo cost",
+    `base_cost = term_ids.len()`), so a document holding 東 and 京 ranks before one holding 東京."""
+    best = [0] + [99 * (len(single) + 1)] * len(single)
+    for j in range(1, len(single) + 1):
+        best[j] = best[j - 1] + single[j - 1]
+        for n in (2, 3):
+            if j >= n and (j - n, n) in spans:
+                best[j] = min(best[j], best[j - n] + n)
+    return best[-1]
+
+
 def longer_fields(found: dict[str, list[int]], n: int) -> set[int]:
     """The attributes holding a word at position n or later (more words than an n-word query), from every
     word of a document."""
@@ -227,24 +240,29 @@ def rank_key(terms: list[QueryWord], found: dict[str, list[int]], longer: set[in
     typos = exact_words = 0
     exact_positions: list[list[int]] = []
     covered: dict[int, list[int]] = {}  # term index -> positions of ngrams that cover it
+    spans: set[tuple[int, int]] = set()  # (first term, words) of the ngrams the document holds
     for i, t in enumerate(terms):
         for word, n, prefix in t.ngrams:
             if i + n > len(terms):
                 continue
             for w, ps in found.items():
                 if w == word or (prefix and i + n == len(terms) and w.startswith(word)):
+                    spans.add((i, n))
                     for j in range(i, i + n):
                         covered.setdefault(j, []).extend(ps)
+    single: list[int] = []  # each word's fewest typos on its own (99: not held)
     for i, t in enumerate(terms):
         best, positions, exact = 99, [], []
         if i in covered:
             best, positions = 0, list(covered[i])
+        alone = 99
         for w, ps in found.items():
             d = t.derivations.get(w)
             if d is None and t.prefix and w.startswith(t.word):
                 d = 0
             if d is None:
                 continue
+            alone = min(alone, d)
             if d < best:
                 best, positions = d, list(ps)
             elif d == best:
@@ -253,10 +271,11 @@ def rank_key(terms: list[QueryWord], found: dict[str, list[int]], longer: set[in
                 exact = ps
         if best == 99:
             return None
-        typos += best
+        single.append(alone)
         exact_words += bool(exact)
         exact_positions.append(exact)
         per_term.append(positions)
+    typos = ngram_typos(single, spans)
     proximity = sum(_proximity(per_term[i], per_term[i + 1]) for i in range(len(terms) - 1))
     fid = sum(min((p - 1) // SLOT for p in ps) for ps in per_term)
     position = sum(min(cost_from_distance(abs(bucketed_position((p - 1) % SLOT) - t.index)) for p in ps)

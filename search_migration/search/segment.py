@@ -20,9 +20,10 @@ test_segment.py) on 90 real Debian Reference sentences: F1 1.000 for 30 mixed ja
 runs, 10 Japanese and 10 English sentences; lemmas agree too. About 2,400 posts/s of 300 characters
 on one core. Positions follow milli's `process_tokens` (Meilisearch's proximity scores agree).
 
-Not reproduced: Chinese kVariant folding (Meilisearch stores and queries 状 as 狀 in text it detects
-as Chinese, so there a kanji-only query such as 状態 misses the 状態 of Japanese text; needs the IRG
-kVariants table, not shipped here); Korean/Thai/Khmer/German segmenters (pieces stay whole);
+Chinese kVariant folding as charabia's ChineseNormalizer does it (Meilisearch stores and queries 状 as
+狀 in text it detects as Chinese, so a kanji-only query such as 状態 misses the 状態 of Japanese text):
+the IRG kVariants table charabia embeds, shipped as kvariants.txt.
+Not reproduced: Korean/Thai/Khmer/German segmenters (pieces stay whole);
 Greek final sigma; the hard separators of rarer scripts (counted soft).
 """
 
@@ -32,8 +33,9 @@ import bisect
 import functools
 import re
 import unicodedata
+from importlib import resources
 
-SEGMENTER_VERSION = "charabia-0.9.7+lindera-unidic-decompose+jieba-0.42.1/1"
+SEGMENTER_VERSION = "charabia-0.9.7+lindera-unidic-decompose+jieba-0.42.1+kvariants/2"
 # Meilisearch versions whose tokenizer this was verified against (token agreement on real text).
 # v1.5.0 (the product's compose file) embeds charabia 0.8.x: no katakana->hiragana, pinyin for
 # Chinese-detected text, an older lindera: words differ there.
@@ -358,7 +360,22 @@ def _normalize(piece: str, script: str | None, language: str | None) -> tuple[st
         lemma = "".join(c for c in lemma if unicodedata.category(c) != "Mn")
     if script == CJ and language == "jpn":
         lemma = _to_hiragana(lemma)
+    elif script == CJ:  # charabia's ChineseNormalizer (Cj, language cmn or none): kVariants, no pinyin in 0.9.7
+        lemma = lemma.translate(_kvariants())
     return lemma, "word"
+
+
+@functools.cache
+def _kvariants() -> dict[int, str]:
+    """The IRG kVariants table charabia folds Chinese-detected ideographs with (検 -> 檢, 写 -> 寫, 強 -> 强):
+    a kanji-only query such as 検索 is Chinese to Meilisearch and misses the 検索 of Japanese text."""
+    table: dict[int, str] = {}
+    text = resources.files("search_migration.search").joinpath("kvariants.txt").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            source, target = line.split("\t")
+            table[ord(source)] = target
+    return table
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 
-NORMALIZER_VERSION = 3  # v3: Meilisearch 1.21 words (segment.py) of the five attributes, milli.py; v2: Vietnamese Latin folded, marks only on letters, CJK #tags/@mentions kept whole
+NORMALIZER_VERSION = 4  # v4: Chinese-detected ideographs folded by kVariants as charabia does; v3: Meilisearch 1.21 words (segment.py) of the five attributes, milli.py; v2: Vietnamese Latin folded, marks only on letters, CJK #tags/@mentions kept whole
 KEEP = {"#", "@", "_"}
 
 

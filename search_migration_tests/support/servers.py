@@ -93,3 +93,17 @@ def as_role(url: str, role: str) -> str:
     """The same database as another role (the embedded server trusts local connections)."""
     parts = urlsplit(url)
     return parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}").geturl()
+
+
+@contextmanager
+def scoped_meili_keys(master):
+    """The project's scoped Meilisearch keys (schema.meili_keys), created with the master key as an
+    operator would, then deleted: {variable: key}."""
+    from search_migration.schema import meili_keys
+
+    made = {variable: master.create_key(body) for variable, body in meili_keys.key_bodies().items()}
+    try:
+        yield {variable: key.key for variable, key in made.items()}
+    finally:
+        for key in made.values():
+            master.delete_key(key.key)
