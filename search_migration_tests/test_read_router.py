@@ -152,3 +152,23 @@ def test_meilisearch_down_as_primary_is_one_clear_error(servers, seeded, own_mei
             router.suggest("ラー")
         # PostgreSQL reads keep working while Meilisearch is down
         assert router.search(TOPIC, "ラーメン", backend="pg")["items"]
+
+
+def test_the_read_path_loads_its_dictionaries_at_start_not_on_a_users_first_query(servers, migrated_url):
+    """A fresh process: the router's construction loads the Japanese and Chinese dictionaries (about a
+    second), so the first shadow-measured query is not a one-second outlier in the latency gates."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from search_migration.search import segment\n"
+              "from search_migration.search.read_router import ReadRouter\n"
+              "from search_migration.write_path import meili_index\n"
+              "assert segment._lindera.cache_info().currsize == 0\n"
+              "with ReadRouter(sys.argv[1], meili_index.client(sys.argv[2], sys.argv[3])):\n"
+              "    loaded = [f.cache_info().currsize for f in (segment._lindera, segment._jieba, segment._kvariants)]\n"
+              "print(loaded)\n")
+    out = subprocess.run([sys.executable, "-c", script, migrated_url, servers.meili_url, servers.meili_key or ""],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[1, 1, 1]"

@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool
 
 from search_migration.search import meili_search
 from search_migration.search import pg_search
+from search_migration.search import segment
 from search_migration.gates.measures import both_empty, overlap_at_10
 from search_migration.search.text import normalize
 from search_migration.errors import first_line
@@ -119,6 +120,7 @@ class ReadRouter:
 
     def __init__(self, database_url: str, meili: meilisearch.Client, pool_size: int = 4):
         self.meili = meili
+        segment.warm()
         self.pool = ConnectionPool(database_url, min_size=1, max_size=pool_size, open=True,
                                    kwargs={"autocommit": True, "connect_timeout": 5})
         self._shadow = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadow-read")

@@ -251,6 +251,14 @@ def _is_number(piece: str) -> bool:
 
 
 # --- segmenters --------------------------------------------------------------------------------
+def warm() -> None:
+    """Load the dictionaries now (about a second): a read path calls this at start, so its first query,
+    not its users, pays for it."""
+    _lindera()
+    _jieba()
+    _kvariants()
+
+
 @functools.cache
 def _lindera():
     import lindera
