@@ -20,6 +20,7 @@ from search_migration.backfill import Window
 from search_migration.backfill.partition_keys import topic_partition_key
 from search_migration.cutover import flags, stages
 from search_migration.defs.backfill import partitioned_span
+from search_migration.definitions import defs
 from search_migration.local import demo_seed
 from search_migration.source import contract
 from search_migration.write_path import consumer, handover
@@ -220,3 +221,15 @@ def seed_handed_over(database_url: str, meili, namespace: str, *, posts: int, to
     demo_seed.seed(database_url, meili, posts=posts, topics=topics, seed=seed, namespace=namespace)
     with db.connect(database_url) as conn:
         handover.adopt(conn, from_consumer=contract.PRODUCT_INDEXER, by="drill", reason="drill")
+
+
+def materialize_report(instance, name: str) -> tuple[dict, dict[str, dg.AssetCheckEvaluation]]:
+    """A report asset materialized in a real (in-process) Dagster run: its metadata and its checks."""
+    assets = [a for a in defs.assets if getattr(a, "key", None) == dg.AssetKey(name)]
+    result = dg.materialize(assets, instance=instance, resources=defs.resources)
+    metadata = {k: getattr(v, "value", v) for k, v in result.asset_materializations_for_node(name)[0].metadata.items()}
+    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data for e in result.all_events
+              if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    for check_name, check in sorted(checks.items()):
+        print(f"  {check_name}: {'passed' if check.passed else 'FAILED'} - {check.metadata['detail'].value}")
+    return metadata, checks

@@ -12,32 +12,16 @@ report passes `drift_zero` while both engines miss the row.
 
 from __future__ import annotations
 
-import dagster as dg
-
 from search_migration import db
-from search_migration.definitions import defs
 from search_migration.source import contract
 from search_migration.write_path import consumer, meili_index
 
 from ..support import invariants
-from .helpers import dual_and_caught_up
+from .helpers import dual_and_caught_up, materialize_report
 from ..support.cutover import TEST_POLICY, use_policy
 from ..support.writes import FAST, meili_ids, new_posts, topic
 
 INTEGRITY = ("drift_zero", "catchup_lag", "backfill_complete")  # the report's checks this drill is about
-
-
-def _drift_report(instance) -> tuple[dict, dict[str, dg.AssetCheckEvaluation]]:
-    """search_drift_report materialized in a real (in-process) Dagster run: its metadata and its checks."""
-    assets = [a for a in defs.assets if getattr(a, "key", None) == dg.AssetKey("search_drift_report")]
-    result = dg.materialize(assets, instance=instance, resources=defs.resources)
-    metadata = {k: getattr(v, "value", v) for k, v in
-                result.asset_materializations_for_node("search_drift_report")[0].metadata.items()}
-    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data for e in result.all_events
-              if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-    for name, check in sorted(checks.items()):
-        print(f"  {name}: {'passed' if check.passed else 'FAILED'} - {check.metadata['detail'].value}")
-    return metadata, checks
 
 
 def _drifting(metadata: dict) -> dict[str, dict]:
@@ -65,7 +49,7 @@ def test_a_row_both_engines_lost_turns_drift_zero_red_until_repaired(dagster_env
         lost, lost_seq = posts[2]
         assert lost in meili_ids(meili, where)
     print("\nDRILL rule 9 (before the loss):")
-    _, healthy = _drift_report(dagster_env)
+    _, healthy = materialize_report(dagster_env, "search_drift_report")
     assert all(healthy[n].passed for n in INTEGRITY), {n: healthy[n].metadata["detail"].value for n in INTEGRITY}
 
     # behind the consumer's back: the row leaves both engines; the source still says it is searchable
@@ -82,7 +66,7 @@ def test_a_row_both_engines_lost_turns_drift_zero_red_until_repaired(dagster_env
     assert lost not in meili_ids(meili, where)
 
     print("DRILL rule 9 (the row lost from both engines, offset at the head):")
-    metadata, checks = _drift_report(dagster_env)
+    metadata, checks = materialize_report(dagster_env, "search_drift_report")
     detail = checks["drift_zero"].metadata["detail"].value
     assert not checks["drift_zero"].passed, f"drift_zero passed a row both engines lost: {detail}"
     assert checks["catchup_lag"].passed and checks["backfill_complete"].passed
@@ -99,7 +83,7 @@ def test_a_row_both_engines_lost_turns_drift_zero_red_until_repaired(dagster_env
         result = consumer.catch_up(conn, meili, retry=FAST)
         assert result.end_offset == head and not result.stalled, result
     print("DRILL rule 9 (after the replay):")
-    metadata, checks = _drift_report(dagster_env)
+    metadata, checks = materialize_report(dagster_env, "search_drift_report")
     assert all(checks[n].passed for n in INTEGRITY), {n: checks[n].metadata["detail"].value for n in INTEGRITY}
     assert metadata["drift"] == 0 and metadata["drifting_topics"] == 0, metadata
     assert lost in meili_ids(meili, where)

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import psycopg
 import pytest
 
 from search_migration import db
 from search_migration.cutover import flags, stages
-from search_migration.definitions import defs
 from search_migration.gates import shadow_report
 from search_migration.search import meili_search
 from search_migration.search.read_router import ReadRouter, sample_bucket
@@ -30,7 +28,7 @@ from search_migration.source import contract
 from search_migration.write_path import consumer, meili_index
 
 from ..support import invariants
-from .helpers import dual_and_caught_up
+from .helpers import dual_and_caught_up, materialize_report
 from ..support.servers import as_role, login_role
 from ..support.cutover import QUERIES, TEST_POLICY, use_policy
 from ..support.writes import FAST, topic
@@ -40,19 +38,6 @@ def _stage(url: str, stage: str, rate: int) -> None:
     with db.connect(url) as conn:
         flags.set_flags(conn, {**stages.BASE_FLAGS[stage], "shadow_sample_rate": str(rate)}, by="drill",
                         reason=f"drill: {stage}, every read shadowed")
-
-
-def _report(instance) -> tuple[dict, dict[str, dg.AssetCheckEvaluation]]:
-    """shadow_read_report materialized in a real (in-process) Dagster run: its metadata and its checks."""
-    assets = [a for a in defs.assets if getattr(a, "key", None) == dg.AssetKey("shadow_read_report")]
-    result = dg.materialize(assets, instance=instance, resources=defs.resources)
-    metadata = {k: getattr(v, "value", v) for k, v in
-                result.asset_materializations_for_node("shadow_read_report")[0].metadata.items()}
-    checks = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data for e in result.all_events
-              if e.event_type_value == "ASSET_CHECK_EVALUATION"}
-    for name, check in sorted(checks.items()):
-        print(f"  {name}: {'passed' if check.passed else 'FAILED'} - {check.metadata['detail'].value}")
-    return metadata, checks
 
 
 @pytest.fixture
@@ -77,7 +62,7 @@ def test_a_failing_primary_postgresql_in_live_turns_error_rate_red(dagster_env, 
         for viewer, q in asked:
             assert router.search(where, q, viewer=viewer)["backend"] == "pg"
         router.drain()
-        healthy, checks = _report(dagster_env)
+        healthy, checks = materialize_report(dagster_env, "shadow_read_report")
         assert checks["error_rate"].passed and healthy["error_rate"] == 0.0, healthy
 
         with psycopg.connect(seeded, autocommit=True) as owner:  # the application's grant is lost
@@ -88,7 +73,7 @@ def test_a_failing_primary_postgresql_in_live_turns_error_rate_red(dagster_env, 
         router.drain()
 
     print("\nDRILL rule 6 (PostgreSQL primary failing in live):")
-    metadata, checks = _report(dagster_env)
+    metadata, checks = materialize_report(dagster_env, "shadow_read_report")
     assert not checks["error_rate"].passed, \
         f"error_rate green while 10 PostgreSQL reads failed in live: {checks['error_rate'].metadata['detail'].value}"
     assert checks["error_rate"].metadata["detail"].value.startswith("PostgreSQL error rate 0.2 >= 0.01")
@@ -143,7 +128,7 @@ def test_pairs_empty_on_both_sides_never_pass_the_quality_gates(dagster_env, see
         router.drain()
 
     print("\nDRILL rule 7 (30 real reads, 35 golden queries empty on both sides):")
-    metadata, checks = _report(dagster_env)
+    metadata, checks = materialize_report(dagster_env, "shadow_read_report")
     assert metadata["shadow_search_samples"] == 30 and metadata["golden_queries"] == 35, metadata
     assert metadata["golden_queries_skipped"] == 5 and metadata["empty_pairs_golden"] == 35, metadata
     assert checks["shadow_sample_size"].passed  # enough real traffic: the quality itself decides
