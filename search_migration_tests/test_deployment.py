@@ -272,13 +272,16 @@ def test_split_deployment_from_the_wheel(venv, servers, databases, meili, namesp
         assert instance["runQueueConfig"]["maxConcurrentRuns"] == 4
         assert "search_migration/kind" in instance["runQueueConfig"]["tagConcurrencyLimitsYaml"]
 
-        # the daemon's sensor sees the outbox ahead of the consumer and requests a catch-up run
+        # the daemon's sensor sees the write path taken over and starts the tail run, which applies the outbox
         requested = poll(lambda: deployment.sensor_runs("high_watermark_sensor"), 180,
-                         "high_watermark_sensor to request a catch-up run", interval=1)
-        assert {"key": "search_migration/range", "value": f"{offset + 1}-{head}"} in requested[0]["tags"], requested
-        deployment.succeeded(requested[0]["runId"])
-        with db.connect(product) as conn:
-            assert contract.consumer_offset(conn, contract.CONSUMER) == head
+                         "high_watermark_sensor to start the tail run", interval=1)
+        run_keys = [t["value"] for t in requested[0]["tags"] if t["key"] == "dagster/run_key"]
+        assert run_keys and run_keys[0].startswith("tail:"), requested
+
+        def applied() -> bool:
+            with db.connect(product) as conn:
+                return contract.consumer_offset(conn, contract.CONSUMER) == head
+        poll(applied, 180, "the tail run to apply the outbox up to its head", interval=0.5)
         assert {e["id"] for e in fresh} <= meili_ids(meili, tokyo)  # written to the product's topic index
 
         # runs launched as the UI launches them, carried out by the code server
