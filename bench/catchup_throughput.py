@@ -31,6 +31,7 @@ from search_migration.local import demo_corpus, services
 from search_migration.local.product_fixture import apply_product_schema
 from search_migration.local.product_writer import ProductWriter, Rejected
 from search_migration.schema import migrate
+from search_migration.search import segment
 from search_migration.settings import Settings
 from search_migration.source import contract
 from search_migration.write_path import consumer, handover, meili_index
@@ -107,6 +108,7 @@ def main() -> None:
             for _ in range(args.repeat):
                 for mode in ("meili_only", "pg_only", "dual"):
                     reset(conn, meili)
+                    segment._piece.cache_clear()  # each mode tokenizes these rows cold, as the first pass did
                     flags.set_flags(conn, {"search_write_mode": mode}, by="bench", reason="catch-up throughput")
                     started = time.perf_counter()
                     result = consumer.catch_up(conn, meili, to_seq=to_seq, batch_size=args.batch_size)
