@@ -206,13 +206,6 @@ CRASH_BACKOFF_S = 300
 BACKLOG_CATCHUP = 50_000  # outbox rows behind: bounded catch-up runs drain it beside the tail
 
 
-def _tail_health(conn, run_ids: list[str]) -> dict[str, tuple[float, float]]:
-    """{run id: (seconds since its heartbeat, seconds until it ends by itself)} for runs that registered."""
-    return {r: (float(age), float(left)) for r, age, left in conn.execute(
-        "SELECT run_id, extract(epoch FROM now() - heartbeat_at), extract(epoch FROM ends_by - now()) "
-        "FROM cn_search.tail_runs WHERE run_id = ANY(%s) AND ended_at IS NULL", (run_ids,))}
-
-
 def _crash_looping(instance: dg.DagsterInstance) -> str | None:
     recent = instance.get_runs(dg.RunsFilter(job_name="tail_job"), limit=CRASH_LOOP)
     if len(recent) < CRASH_LOOP or any(r.status != dg.DagsterRunStatus.FAILURE for r in recent):
@@ -262,7 +255,7 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
         head = contract.outbox_head(conn)
         offset = contract.consumer_offset(conn, contract.CONSUMER)
         tails = context.instance.get_runs(dg.RunsFilter(job_name="tail_job", statuses=IN_FLIGHT))
-        health = _tail_health(conn, [r.run_id for r in tails])
+        health = tail_consumer.health(conn, [r.run_id for r in tails])
     if os.environ.get(TAIL_SETTING, "").lower() == "off":
         return _catch_up_request(context, head, offset, f"{TAIL_SETTING}=off")
     now = time.time()
@@ -279,9 +272,8 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
             why = "no heartbeat since it started" if age is None else f"no heartbeat for {age:.0f}s"
             context.log.warning(f"tail run {run.run_id[:8]} is dead ({why}); marking it failed")
             context.instance.report_run_failed(run, message=f"tail run presumed dead by high_watermark_sensor: {why}")
-            with postgres.connect() as conn:  # `status` stops showing it as the live tail
-                conn.execute("UPDATE cn_search.tail_runs SET state = 'dead', ended_at = now(), end_reason = %s "
-                             "WHERE run_id = %s AND ended_at IS NULL", (f"presumed dead by the sensor: {why}", run.run_id))
+            with postgres.connect() as conn:
+                tail_consumer.mark_dead(conn, run.run_id, why)
     crash = _crash_looping(context.instance) if not alive else None
     if crash:
         return _catch_up_request(context, head, offset, crash)

@@ -250,6 +250,21 @@ class Tail:
                 pass
 
 
+def health(conn: psycopg.Connection, run_ids: list[str]) -> dict[str, tuple[float, float]]:
+    """{run id: (seconds since its heartbeat, seconds until it ends by itself)} for the runs that registered
+    and have not ended: what a supervisor needs to tell a live tail from a dead one."""
+    return {r: (float(age), float(left)) for r, age, left in conn.execute(
+        "SELECT run_id, extract(epoch FROM now() - heartbeat_at), extract(epoch FROM ends_by - now()) "
+        "FROM cn_search.tail_runs WHERE run_id = ANY(%s) AND ended_at IS NULL", (run_ids,))}
+
+
+def mark_dead(conn: psycopg.Connection, run_id: str, why: str) -> None:
+    """A tail whose process is gone (SIGKILL, OOM) never unregisters: record it ended, so `status` stops
+    showing it as the live tail."""
+    conn.execute("UPDATE cn_search.tail_runs SET state = 'dead', ended_at = now(), end_reason = %s "
+                 "WHERE run_id = %s AND ended_at IS NULL", (f"presumed dead by the sensor: {why}", run_id))
+
+
 def run(database_url: str, meili: meilisearch.Client, options: Options = Options(), *,
         stop: threading.Event | None = None, run_id: str = "local") -> TailResult:
     return Tail(database_url, meili, options, stop=stop, run_id=run_id).run()
