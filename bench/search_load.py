@@ -5,7 +5,8 @@ Not the backfill (that is its own asset with checkpoints and leases): a plain ke
 event's `raw_json` exactly as catch-up and the backfill build them (`doc_write_for_event`: the product's
 five attributes, as the product's indexer gave them to the per-topic Meilisearch indexes), for what the
 product calls searchable (contract.SEARCHABLE). Idempotent: each row carries the newest outbox sequence of
-its (post, topic), 0 where retention pruned it, and older or equal writes are no-ops. Resumable and
+its (post, topic), 0 where retention pruned it, and older or equal writes are no-ops (a document of an
+older normalizer version is rewritten). Resumable and
 incremental: a run loads only the (post, topic) pairs it has no live document for (an event's content never
 changes: its id is its hash) and first removes documents whose post stopped being searchable, so it can
 run while the corpus is still being seeded and again once it is complete.
@@ -41,7 +42,8 @@ FROM cn_relay.events e
 JOIN cn_relay.event_topics et ON et.event_id = e.event_id
 WHERE {SEARCHABLE} AND e.event_id > %(after)s AND e.event_id < %(before)s
   AND NOT EXISTS (SELECT 1 FROM cn_search.post_search_documents d
-                  WHERE d.post_id = e.event_id AND d.topic_id = et.topic_id AND NOT d.is_deleted)
+                  WHERE d.post_id = e.event_id AND d.topic_id = et.topic_id AND NOT d.is_deleted
+                    AND d.normalizer_version = %(version)s)
 ORDER BY e.event_id
 LIMIT %(page)s
 """
@@ -54,7 +56,8 @@ def _load_range(args: tuple[str, str, str, int]) -> int:
         conn.execute("SET synchronous_commit = off")
         pg_documents.create_stage(conn)
         while True:
-            rows = conn.execute(PAGE_SQL, {"after": after, "before": before, "page": PAGE, "now": now}).fetchall()
+            rows = conn.execute(PAGE_SQL, {"after": after, "before": before, "page": PAGE, "now": now,
+                                          "version": NORMALIZER_VERSION}).fetchall()
             if not rows:
                 break
             tail = rows[-1][0]  # a page ends on a whole post: its topics arrive together

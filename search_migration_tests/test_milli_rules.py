@@ -78,4 +78,15 @@ def test_an_ngram_costs_its_words_in_typos():
     apart = _key("東京", ["weekend #東京", "", "", "", []])
     joined = _key("東京", ["東京駅の近く", "", "", "", []])
     assert apart[0] == 0 and joined[0] == 2 and apart < joined
-    assert milli.ngram_typos([0, 99], {(0, 2)}) == 2 and milli.ngram_typos([1, 1, 0], {(0, 3)}) == 2
+    assert milli.cheapest_cover([0, 99], {(0, 2)})[0] == 2 and milli.cheapest_cover([1, 1, 0], {(0, 3)})[0] == 2
+
+
+def test_the_typo_buckets_words_alone_place_the_document():
+    """milli hands the typo bucket's query graph on: a document holding 東 and 京 apart is placed by those
+    words (proximity, position), not by the 東京 it also holds at the title's start (2 typos, another
+    bucket); both-ways costs are kept apart per word."""
+    late = _key("東京", ["東京でカメラ the update was great this client #東京", "", "", "", []])
+    early = _key("東京", ["the library #東京", "", "", "", []])
+    assert late[0] == early[0] == 0 and early < late
+    assert late[3] > 0  # 東 京 at positions 9, 10: the 東京 at position 0 is not counted
+    assert milli.cheapest_cover([0, 1, 0], {(1, 2)}) == (1, [0, 0, 1, 1], [1, 1, 0, 0])

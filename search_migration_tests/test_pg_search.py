@@ -130,6 +130,33 @@ def test_kanji_only_query_is_chinese_to_meilisearch(conn, meili, topics):
         assert _ids(pg_search.search(conn, t1, q)) == _meili_ids(meili, t1, q), q
 
 
+def test_a_kanji_query_cut_into_characters_is_read_from_its_tiers_as_meilisearch_ranks_it(conn, meili, topics,
+                                                                                           monkeypatch):
+    """鴨川 reaches both engines as 鴨 川 (Chinese to Meilisearch): documents holding the two apart (a
+    kanji-only hashtag) rank first, placed by where they hold them apart, then those holding the Japanese
+    word 鴨川 (the ngram: 2 typos) by its position. Answered from the ngram's title tiers and the few
+    documents holding the words apart, not by ranking every match (the bucket scan)."""
+    t1, t2 = topics
+    docs = [(1, t1, "鴨川でカメラを食べた。 the update was great this client #鴨川"),
+            (2, t1, "the library was great #鴨川"), (3, t2, "鴨川駅の近くで"), (4, t1, "今日は鴨川の温泉がよかった"),
+            (5, t2, "写真 #鴨川"), (6, t1, "静かな店 鴨川")]
+    docs += [(n, t1 if n % 2 else t2, f"鴨川{'のカメラ' if n % 3 else 'で写真'}を撮った {n}") for n in range(7, 40)]
+    _write(conn, docs, meili)
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the bucket scan ranked every match")
+
+    monkeypatch.setattr(pg_search, "_ranked", no_scan)
+    for topic in topics:
+        for q in ("鴨川", "鴨川 "):
+            assert _ids(pg_search.search(conn, topic, q, 10)) == _meili_ids(meili, topic, q, 10), (q, topic)
+    uids = [meili_index.index_uid(t) for t in topics]  # Meilisearch's suggest: a federated search
+    hits = meili.multi_search([{"indexUid": u, "q": "鴨川"} for u in uids], federation={"limit": 15})["hits"]
+    expected = list(dict.fromkeys(int(h["event_id"], 16) for h in hits))[:5]
+    assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "鴨川", 5)] == expected
+    assert expected[:2] == [5, 2]  # apart, early: before the 鴨川 at position 0 of post 1
+
+
 def test_pagination_cursor_and_total(conn, topics):
     t1, _ = topics
     _write(conn, [(n, t1, f"photo number {n}" if n % 3 else f"my photo {n}") for n in range(1, 46)])

@@ -212,17 +212,26 @@ def _proximity(a: list[int], b: list[int]) -> int:
     return best
 
 
-def ngram_typos(single: list[int], spans: set[tuple[int, int]]) -> int:
-    """The typo rule's cost: the cheapest cover of the query words by single words (their typos) and the
+def cheapest_cover(single: list[int], spans: set[tuple[int, int]]) -> tuple[int, list[int], list[int]]:
+    """milli's typo rule: the cheapest cover of the query words by single words (their typos) and the
     ngrams the document holds, an n-gram costing n (milli typo.rs: "Ngrams have a base typo cost",
-    `base_cost = term_ids.len()`), so a document holding 東 and 京 ranks before one holding 東京."""
-    best = [0] + [99 * (len(single) + 1)] * len(single)
+    `base_cost = term_ids.len()`), so a document holding 東 and 京 ranks before one holding 東京.
+    Returns (cost, cost of covering the words before i, cost of covering the words from i): a choice at
+    word i lies on a cheapest cover when before[i] + its cost + from[after it] == cost."""
+    infinite = 99 * (len(single) + 1)
+    before = [0] + [infinite] * len(single)
     for j in range(1, len(single) + 1):
-        best[j] = best[j - 1] + single[j - 1]
+        before[j] = before[j - 1] + single[j - 1]
         for n in (2, 3):
             if j >= n and (j - n, n) in spans:
-                best[j] = min(best[j], best[j - n] + n)
-    return best[-1]
+                before[j] = min(before[j], before[j - n] + n)
+    after = [infinite] * len(single) + [0]
+    for j in range(len(single) - 1, -1, -1):
+        after[j] = single[j] + after[j + 1]
+        for n in (2, 3):
+            if (j, n) in spans:
+                after[j] = min(after[j], n + after[j + n])
+    return before[-1], before, after
 
 
 def longer_fields(found: dict[str, list[int]], n: int) -> set[int]:
@@ -236,46 +245,46 @@ def rank_key(terms: list[QueryWord], found: dict[str, list[int]], longer: set[in
     positions of the words it holds (`found`: indexed word -> encoded positions); None if a word is missing.
     `longer`: the attributes with more words than the query (longer_fields; by default from `found`, which
     then must hold every word of the document): an attribute that is exactly the query ranks first."""
-    per_term: list[list[int]] = []
-    typos = exact_words = 0
+    exact_words = 0
     exact_positions: list[list[int]] = []
-    covered: dict[int, list[int]] = {}  # term index -> positions of ngrams that cover it
-    spans: set[tuple[int, int]] = set()  # (first term, words) of the ngrams the document holds
+    spans: dict[tuple[int, int], list[int]] = {}  # (first word, words) of the ngrams the document holds
     for i, t in enumerate(terms):
         for word, n, prefix in t.ngrams:
             if i + n > len(terms):
                 continue
             for w, ps in found.items():
                 if w == word or (prefix and i + n == len(terms) and w.startswith(word)):
-                    spans.add((i, n))
-                    for j in range(i, i + n):
-                        covered.setdefault(j, []).extend(ps)
-    single: list[int] = []  # each word's fewest typos on its own (99: not held)
-    for i, t in enumerate(terms):
-        best, positions, exact = 99, [], []
-        if i in covered:
-            best, positions = 0, list(covered[i])
-        alone = 99
+                    spans.setdefault((i, n), []).extend(ps)
+    matches: list[list[tuple[int, list[int]]]] = []  # each word's (typos, positions) alone
+    for t in terms:
+        held, exact = [], []
         for w, ps in found.items():
             d = t.derivations.get(w)
             if d is None and t.prefix and w.startswith(t.word):
                 d = 0
             if d is None:
                 continue
-            alone = min(alone, d)
-            if d < best:
-                best, positions = d, list(ps)
-            elif d == best:
-                positions += ps
+            held.append((d, ps))
             if w == t.word:
                 exact = ps
-        if best == 99:
-            return None
-        single.append(alone)
         exact_words += bool(exact)
         exact_positions.append(exact)
-        per_term.append(positions)
-    typos = ngram_typos(single, spans)
+        matches.append(held)
+    single = [min((d for d, _ in held), default=99) for held in matches]
+    typos, before, after = cheapest_cover(single, set(spans))
+    if typos >= 99:
+        return None
+    # the later rules see only the words of the typo bucket's covers (milli hands its query graph on):
+    # 東京 held at position 0 does not place a document that holds 東 and 京 apart
+    per_term: list[list[int]] = [[] for _ in terms]
+    for i, held in enumerate(matches):
+        for d, ps in held:
+            if before[i] + d + after[i + 1] == typos:
+                per_term[i].extend(ps)
+    for (i, n), ps in spans.items():
+        if before[i] + n + after[i + n] == typos:
+            for j in range(i, i + n):
+                per_term[j].extend(ps)
     proximity = sum(_proximity(per_term[i], per_term[i + 1]) for i in range(len(terms) - 1))
     fid = sum(min((p - 1) // SLOT for p in ps) for ps in per_term)
     position = sum(min(cost_from_distance(abs(bucketed_position((p - 1) % SLOT) - t.index)) for p in ps)

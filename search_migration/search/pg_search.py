@@ -242,14 +242,15 @@ def _term_query(t: milli.QueryWord, prefix: bool) -> str:
     return "(" + " | ".join(parts) + ")"
 
 
-def _bucket_query(terms: list[milli.QueryWord], k: int) -> str:
-    """Documents holding the first k query words, each word alone or inside an ngram of adjacent words."""
+def _bucket_query(terms: list[milli.QueryWord], k: int, ngrams: bool = True) -> str:
+    """Documents holding the first k query words, each word alone or (`ngrams`) inside an ngram of
+    adjacent words."""
     def from_(i: int) -> str:
         if i >= k:
             return ""
         rest = from_(i + 1)
         alternatives = [_term_query(terms[i], terms[i].prefix and i == len(terms) - 1) + (" & " + rest if rest else "")]
-        for word, n, prefix in terms[i].ngrams:
+        for word, n, prefix in terms[i].ngrams if ngrams else ():
             if i + n <= k:
                 tail = from_(i + n)
                 lit = ("(" + " | ".join(_prefix_query(terms[i], word)) + ")" if prefix and i + n == len(terms)
@@ -298,13 +299,20 @@ def _lead(conn, terms: list[milli.QueryWord], first_word: bool) -> tuple[str, bo
     return (terms[0].word, False, 1) if first_word else None
 
 
-def _lower_bound(terms: list[milli.QueryWord], first_position: int, covered: int) -> tuple:
+def _lower_bound(terms: list[milli.QueryWord], first_position: int, covered: int, typos: int) -> tuple:
     """The best key a document can have whose word read from the tiers (covering the first `covered`
-    query words) sits at title position >= first_position, or in a later attribute: 0 typos, adjacent
+    query words) sits at title position >= first_position, or in a later attribute: `typos`, adjacent
     words, attribute 0, the smallest position cost."""
     position = min(sum(milli.cost_from_distance(abs(milli.bucketed_position(p) - i)) for i in range(covered))
                    for p in range(first_position, max(first_position, BEYOND) + 64))
-    return (0, len(terms) - 1, 0, position, (0, 0))
+    return (typos, len(terms) - 1, 0, position, (0, 0))
+
+
+APART = 500  # documents holding every word of an ngram-led query apart: read them all when at most this many
+APART_SQL = {scope: f"""
+SELECT d.post_id, d.topic_id FROM cn_search.post_search_documents AS d
+WHERE {cond} {LIVE} AND d.search_tokens @@ %(match)s::tsquery LIMIT {APART + 1}
+""" for scope, cond in (("topic", "d.topic_id = %(topic)s AND"), ("all", ""))}
 
 
 def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], want: int,
@@ -331,6 +339,31 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
               "prefix": ([terms[-1].word] if terms[-1].prefix else [])
               + [g for t in terms for g, n, p in t.ngrams if p and t.index + n == len(terms)]}
     held: dict[tuple[str, str], tuple] = {}  # (post, topic) -> (key, tie, row)
+
+    def hold(keys: list[tuple]) -> None:
+        new = list(dict.fromkeys((k[0], k[1]) for k in keys if (k[0], k[1]) not in held))
+        if new:
+            rows = conn.execute(FOUND_SQL, {**params, "post_ids": [k[0] for k in new],
+                                            "topic_ids": [k[1] for k in new]}).fetchall()
+            for key, row in _keyed(conn, terms, rows):
+                held[(row[0], row[1])] = (key, tie(row), row)
+
+    typos = 0  # the fewest typos of a document the tiers have not given
+    if covered > 1:
+        # an ngram costs as many typos as the words it covers (milli), so every document holding the
+        # words apart ranks before those the ngram's tiers give: read them all first, when few (a kanji
+        # query cut into characters: 東京 -> 東 京); an unread document then holds an ngram (2 typos or
+        # more; the bound only lets the tiers stop when the ngram covers the whole query)
+        apart = conn.execute(APART_SQL[scope], {**params, "match": _bucket_query(terms, len(terms), ngrams=False)})
+        apart = apart.fetchall()
+        if len(apart) <= APART and covered == len(terms):
+            hold(apart)
+            typos = 2
+        elif first_word:  # many: they come first, read the first word's tiers for them
+            word, prefix, covered = terms[0].word, False, 1
+            params.update(word=word, like=_like(word), chars=len(word), exact=_lit(word))
+        else:
+            return None
     check_exact = bool(prefix and len(terms) == 1 and conn.execute(INDEXED_SQL, (word,)).fetchone()[0])
     also_exact: list[tuple] | None = None  # title keys of all documents holding the exact word, when few
     tried = False
@@ -352,15 +385,10 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
                         also_exact = [r[:3] for r in got if r[0] is not None]
                 if also_exact is not None:
                     keys += [k for k in also_exact if k[2] == tier]
-        new = list(dict.fromkeys((k[0], k[1]) for k in keys if (k[0], k[1]) not in held))
-        if new:
-            rows = conn.execute(FOUND_SQL, {**params, "post_ids": [k[0] for k in new],
-                                            "topic_ids": [k[1] for k in new]}).fetchall()
-            for key, row in _keyed(conn, terms, rows):
-                held[(row[0], row[1])] = (key, tie(row), row)
+        hold(keys)
         if len(held) >= want:
             ranked = sorted(held.values(), key=lambda v: (v[0], v[1]))
-            if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1, covered), ()):
+            if (ranked[want - 1][0], ranked[want - 1][1]) < (_lower_bound(terms, last + 1, covered, typos), ()):
                 return [v[2] for v in ranked]
     return None
 
