@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from search_migration import db
 from search_migration.gates import drift
-from search_migration.write_path import meili_index
+from search_migration.local.product_writer import ProductWriter, build_event, pubkey_of
+from search_migration.source import contract
+from search_migration.write_path import consumer, meili_index
 
 from .support.backfill import backfill_all
-from .support.writes import new_posts, set_mode
+from .support.writes import new_posts, set_mode, topic
 
 
 def _backfill_everything(url: str) -> None:
@@ -46,3 +48,24 @@ def test_drift_is_zero_when_engines_agree_and_finds_every_kind_of_difference(see
     assert found[a].missing_in_pg == [victim_pg] and found[a].pg_documents == found[a].meili_documents - 1
     assert found[b].content_mismatch == [victim_edit] and found[b].pg_documents == found[b].meili_documents
     assert found[c].missing_in_meili == [victim_gone]
+
+
+def test_an_expiry_passing_while_the_report_reads_is_in_flight_not_drift(seeded, meili):
+    """The report reads the source and PostgreSQL in one snapshot at its clock, Meilisearch live: a post
+    whose expiry passes meanwhile can be swept from Meilisearch alone. Seen from the report's clock, that
+    is in flight, not a document Meilisearch lost."""
+    _backfill_everything(seeded)
+    with db.connect(seeded) as conn:
+        t = topic(conn)
+        now = contract.now_unix()
+        event = build_event(pubkey=pubkey_of("test:expiring"), topics=[t], created_at=now - 60,
+                            content="a post that expires soon", tags=[["expiration", str(now + 30)]])
+        ProductWriter(conn).publish(event, now=now - 60)
+        consumer.catch_up(conn, meili)
+        assert drift.report(conn, meili, sample_per_topic=1000, now=now).drift == 0
+    # 30 s later the sweep takes it out of Meilisearch; the report that started at `now` is still reading
+    meili_index.wait(meili, meili.index(meili_index.index_uid(t)).delete_document(event["id"]).task_uid)
+    with db.connect(seeded) as conn:
+        assert drift.report(conn, meili, sample_per_topic=1000, now=now).drift == 0
+        # far from any expiry, the same deletion behind our back is drift
+        assert drift.report(conn, meili, sample_per_topic=1000, now=now - 600).drift >= 1

@@ -19,8 +19,10 @@ Not drift, reported as their own findings:
   `legacy_defects` and not counted as drift (PostgreSQL correctly lacks them).
 
 Pairs with outbox rows beyond the consumer offset are in flight, not drift, and are left out of every
-side; so are events whose expiry passed less than EXPIRY_GRACE_S ago (the expiry sweep runs
-periodically). Only indexes of topics the source or PostgreSQL knows are examined.
+side; so are events whose expiry is less than EXPIRY_GRACE_S away either side of the report's clock: one
+that passed may not have been swept yet (the sweep runs periodically), and one that passes while the
+report reads can be swept from Meilisearch (read live) but not from the snapshot. Only indexes of topics
+the source or PostgreSQL knows are examined.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from search_migration.source import contract
 from search_migration.write_path import legacy_documents
 
 MAX_PENDING = 10_000  # beyond this backlog, drift cannot be told from lag: the report says so
-EXPIRY_GRACE_S = 120  # an expiry this recent may not have been swept yet: in flight, not drift
+EXPIRY_GRACE_S = 120  # an expiry this close to the report's clock is in flight, not drift
 LOOKUP_CHUNK = 500
 
 SOURCE_COUNTS_SQL = contract.LIVE_COUNTS_SQL
@@ -69,9 +71,9 @@ WHERE NOT s.is_current AND NOT s.is_deleted AND NOT s.is_ephemeral
   AND NOT EXISTS (SELECT 1 FROM keyed n WHERE n.topic_id = s.topic_id AND n.key = s.key
                   AND n.event_id <> s.event_id AND n.created_at >= s.created_at)
 """
-RECENTLY_EXPIRED_SQL = """
+EXPIRING_SQL = """
 SELECT et.event_id, et.topic_id FROM cn_relay.events e JOIN cn_relay.event_topics et ON et.event_id = e.event_id
-WHERE e.expires_at <= %(now)s AND e.expires_at > %(since)s
+WHERE e.expires_at > %(since)s AND e.expires_at <= %(until)s
 """
 PG_COUNTS_SQL = """
 SELECT topic_id, count(*) FROM cn_search.post_search_documents WHERE NOT is_deleted GROUP BY topic_id
@@ -224,7 +226,7 @@ def _in_flight(conn: psycopg.Connection, offset: int, now: int) -> tuple[dict[st
     for event_id, topic_id in pending_rows:
         by_topic[topic_id].add(event_id)
     pending = sum(len(v) for v in by_topic.values())
-    for event_id, topic_id in conn.execute(RECENTLY_EXPIRED_SQL, {"now": now, "since": now - EXPIRY_GRACE_S}):
+    for event_id, topic_id in conn.execute(EXPIRING_SQL, {"since": now - EXPIRY_GRACE_S, "until": now + EXPIRY_GRACE_S}):
         by_topic[topic_id].add(event_id)
     return by_topic, pending, len(pending_rows) > MAX_PENDING
 
