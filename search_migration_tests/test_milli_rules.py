@@ -90,3 +90,13 @@ def test_the_typo_buckets_words_alone_place_the_document():
     assert late[0] == early[0] == 0 and early < late
     assert late[3] > 0  # 東 京 at positions 9, 10: the 東京 at position 0 is not counted
     assert milli.cheapest_cover([0, 1, 0], {(1, 2)}) == (1, [0, 0, 1, 1], [1, 1, 0, 0])
+
+
+def test_an_ngram_is_placed_from_its_first_words_place():
+    """milli position/mod.rs: an ngram from the i-th query word at position p costs cost(|p - i| + k) for
+    its k-th word, so 自転 車 (自転車 cut into characters) at the title's start ranks before the same one
+    word later, though each character alone would be in its place there."""
+    start = _key("自転車", ["自転車と温泉", "", "", "", []])
+    later = _key("自転車", ["２０２６自転車について", "", "", "", []])
+    assert start[0] == later[0] == 2 and (start[3], later[3]) == (2, 3) and start < later
+    assert milli.ngram_position_cost(0, 0, 2) == 1 and milli.ngram_position_cost(20, 0, 1) == 6

@@ -18,8 +18,9 @@ words with matchingStrategy `last` (all words, then drop from the right), typo (
 fewest typos), proximity (sum over adjacent query words of their closest distance in one attribute,
 d = p2 - p1 forward or p1 - p2 + 1 backward, 8 beyond 7), attribute = fid (sum of each word's best
 attribute) then word position (sum of milli's cost_from_distance over the bucketed position against the
-word's place in the query), exactness (an attribute that is exactly the query's words, then one
-starting with them, then how many words match exactly).
+word's place in the query; an ngram from the i-th word at p costs cost(|p - i| + k) for its k-th word),
+exactness (an attribute that is exactly the query's words, then one starting with them, then how many
+words match exactly).
 
 Ngrams (2 or 3 adjacent query words concatenated, as one indexed word) match, at a typo cost of n words.
 Not reproduced: split words (`tables` found as `tab les`, needs pair frequencies), typos inside ngrams, the 50-word cap on prefix derivations outside milli's prefix database.
@@ -234,6 +235,34 @@ def cheapest_cover(single: list[int], spans: set[tuple[int, int]]) -> tuple[int,
     return before[-1], before, after
 
 
+def ngram_position_cost(position: int, first: int, n: int) -> int:
+    """milli's position cost of n query words from the first-th, held as one word (n = 1: a word alone)
+    at `position` in its attribute: the distance is counted from the first word's place, plus one per
+    word after it (milli position/mod.rs)."""
+    d = abs(bucketed_position(position) - first)
+    return sum(cost_from_distance(d + k) for k in range(n))
+
+
+def _position(terms: list[QueryWord], matches: list[list[tuple[int, list[int]]]],
+              spans: dict[tuple[int, int], list[int]]) -> int:
+    """The position rule's cost: the cheapest cover by (typos, position), each word alone or ngram at its
+    best position in any attribute."""
+    best: list[tuple[int, int] | None] = [(0, 0)] + [None] * len(terms)
+    for j in range(1, len(terms) + 1):
+        options = []
+        if best[j - 1] is not None:
+            for d, ps in matches[j - 1]:
+                cost = min(ngram_position_cost((p - 1) % SLOT, j - 1, 1) for p in ps)
+                options.append((best[j - 1][0] + d, best[j - 1][1] + cost))
+        for n in (2, 3):
+            ps = spans.get((j - n, n))
+            if ps and best[j - n] is not None:
+                cost = min(ngram_position_cost((p - 1) % SLOT, j - n, n) for p in ps)
+                options.append((best[j - n][0] + n, best[j - n][1] + cost))
+        best[j] = min(options, default=None)
+    return best[-1][1]
+
+
 def longer_fields(found: dict[str, list[int]], n: int) -> set[int]:
     """The attributes holding a word at position n or later (more words than an n-word query), from every
     word of a document."""
@@ -274,6 +303,7 @@ def rank_key(terms: list[QueryWord], found: dict[str, list[int]], longer: set[in
     typos, before, after = cheapest_cover(single, set(spans))
     if typos >= 99:
         return None
+    position = _position(terms, matches, spans)
     # the later rules see only the words of the typo bucket's covers (milli hands its query graph on):
     # 東京 held at position 0 does not place a document that holds 東 and 京 apart
     per_term: list[list[int]] = [[] for _ in terms]
@@ -287,8 +317,6 @@ def rank_key(terms: list[QueryWord], found: dict[str, list[int]], longer: set[in
                 per_term[j].extend(ps)
     proximity = sum(_proximity(per_term[i], per_term[i + 1]) for i in range(len(terms) - 1))
     fid = sum(min((p - 1) // SLOT for p in ps) for ps in per_term)
-    position = sum(min(cost_from_distance(abs(bucketed_position((p - 1) % SLOT) - t.index)) for p in ps)
-                   for t, ps in zip(terms, per_term))
     starting = [f for f in range(len(FIELDS)) if all(f * SLOT + 1 + i in exact_positions[i] for i in range(len(terms)))]
     if longer is None and starting:
         longer = longer_fields(found, len(terms))
