@@ -35,6 +35,8 @@ from pathlib import Path
 
 from search_migration import db
 from search_migration.gates.measures import legacy_grades, ndcg_at_10, overlap_at_10
+from search_migration.local.product_fixture import apply_product_schema
+from search_migration.schema.migrate import migrate
 from search_migration.search import meili_search, pg_search
 from search_migration.search import segment
 from search_migration.search.text import NORMALIZER_VERSION
@@ -240,6 +242,10 @@ def main() -> None:
     digest = hashlib.sha256("\n".join(p["event_id"] for p in posts).encode()).hexdigest()[:16]
     stamp = f"{digest}/{len(posts)}/{NORMALIZER_VERSION}/{pg_documents.INDEX_FORMAT}"
     log(f"{len(posts)} posts, {len(queries)} queries; Meilisearch {version.get('pkgVersion')}")
+    with db.connect(s.database_url) as conn:
+        if conn.execute("SELECT to_regnamespace('cn_relay') IS NULL").fetchone()[0]:
+            apply_product_schema(conn)  # a fresh bench home: the product's (empty) tables, then ours
+    migrate(s.database_url)
     with db.connect(s.database_url) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS cn_search.bench_parity_stamp (meili text, pg text)")
         held = conn.execute("SELECT meili, pg FROM cn_search.bench_parity_stamp").fetchone() or (None, None)
