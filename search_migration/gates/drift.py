@@ -231,11 +231,37 @@ def _in_flight(conn: psycopg.Connection, offset: int, now: int) -> tuple[dict[st
     return by_topic, pending, len(pending_rows) > MAX_PENDING
 
 
+SETTLE_ATTEMPTS = 5
+
+
+def _settled_counts(fresh: psycopg.Connection, meili: meilisearch.Client, offset: int, now: int
+                    ) -> tuple[dict[str, int], dict[str, set[str]], dict[str, set[str]]]:
+    """Meilisearch's documents per index, and which in-flight documents it held when it counted them.
+
+    Every row past the snapshot's offset (committed by now) is in flight; the tail applies them while
+    the report reads, so whether Meilisearch held one is read just before and just after its counts, and
+    the reading is kept only when neither that nor the rows in flight changed in between (a delete
+    applied between the counts and a later lookup would otherwise leave one document too many)."""
+    for _ in range(SETTLE_ATTEMPTS):
+        flight, _, too_large = _in_flight(fresh, offset, now)
+        by_uid: dict[str, set[str]] = defaultdict(set)
+        for topic, ids in flight.items():
+            by_uid[legacy_documents.index_uid(topic)] |= ids
+        if too_large:  # the report says so; counts cannot be told from lag anyway
+            return meili_counts(meili), flight, {}
+        before = {uid: set(meili_lookup(meili, uid, sorted(ids))) for uid, ids in by_uid.items()}
+        counts = meili_counts(meili)
+        after = {uid: set(meili_lookup(meili, uid, sorted(ids))) for uid, ids in by_uid.items()}
+        if before == after and _in_flight(fresh, offset, now)[0] == flight:
+            return counts, flight, after
+    raise RuntimeError(f"Meilisearch kept changing while it was counted ({SETTLE_ATTEMPTS} attempts)")
+
+
 def report(conn: psycopg.Connection, meili: meilisearch.Client, *, sample_per_topic: int = 200,
            salt: str = "drift", now: int | None = None) -> DriftReport:
     """The source and PostgreSQL are read in one snapshot; Meilisearch, read meanwhile, may already
-    hold rows committed after it: those (read again on a second connection once Meilisearch has been
-    read) are in flight too, and left out of every side."""
+    hold rows committed after it: every row past the snapshot's offset (read on a second connection) is
+    in flight, and left out of every side (_settled_counts)."""
     now = contract.now_unix() if now is None else now
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise ValueError("drift.report takes its own snapshot: call it outside a transaction")
@@ -248,7 +274,7 @@ def report(conn: psycopg.Connection, meili: meilisearch.Client, *, sample_per_to
 def _report(conn: psycopg.Connection, fresh: psycopg.Connection, meili: meilisearch.Client, sample_per_topic: int,
             salt: str, now: int) -> DriftReport:
     offset = contract.consumer_offset(conn, contract.CONSUMER)
-    in_flight_by_topic, pending, too_large = _in_flight(conn, offset, now)
+    _, pending, too_large = _in_flight(conn, offset, now)
     source_counts = contract.live_rows_per_topic(conn, now)
     pg_counts = dict(conn.execute(PG_COUNTS_SQL).fetchall())
     known = set(contract.topic_ids(conn)) | set(source_counts) | set(pg_counts)
@@ -256,7 +282,7 @@ def _report(conn: psycopg.Connection, fresh: psycopg.Connection, meili: meilisea
     groups: dict[str, list[str]] = defaultdict(list)
     for topic in sorted(known):
         groups[legacy_documents.index_uid(topic)].append(topic)
-    index_counts = meili_counts(meili)
+    index_counts, flight, held = _settled_counts(fresh, meili, offset, now)
     topics = []
     for uid, members in sorted(groups.items(), key=lambda kv: kv[1][0]):
         params = {"topics": members, "salt": salt, "n": sample_per_topic, "now": now}
@@ -267,15 +293,12 @@ def _report(conn: psycopg.Connection, fresh: psycopg.Connection, meili: meilisea
             pg_n = conn.execute(PG_GROUP_COUNT_SQL, params).fetchone()[0]
         t = TopicDrift(" | ".join(members), pg_n, index_counts.get(uid, 0), source_n, uid, list(members))
 
-        def lookup(ids: list[str]) -> tuple[dict[str, str], dict[str, str], dict[str, dict]]:
-            ids = sorted(set(ids))
-            q = {**params, "ids": ids}
-            return (dict(conn.execute(SOURCE_LOOKUP_SQL, q).fetchall()), dict(conn.execute(PG_LOOKUP_SQL, q).fetchall()),
-                    meili_lookup(meili, uid, ids))
-
-        in_flight = set().union(*(in_flight_by_topic.get(m, set()) for m in members))
-        if in_flight:  # remove in-flight documents from every count
-            _exclude(t, in_flight, lookup)
+        in_flight = set().union(*(flight.get(m, set()) for m in members))
+        if in_flight:  # remove in-flight documents from every count: the snapshot's, and Meilisearch's
+            q = {**params, "ids": sorted(in_flight)}
+            t.source_documents -= len(conn.execute(SOURCE_LOOKUP_SQL, q).fetchall())
+            t.pg_documents -= len(conn.execute(PG_LOOKUP_SQL, q).fetchall())
+            t.meili_documents -= len(held.get(uid, set()))
         # the product indexer's stale versions that Meilisearch still holds
         candidates = [r[0] for r in conn.execute(LEGACY_DEFECT_SQL, params)]
         defects = set(meili_lookup(meili, uid, candidates)) - in_flight
@@ -288,7 +311,9 @@ def _report(conn: psycopg.Connection, fresh: psycopg.Connection, meili: meilisea
         sample |= set(meili_window(meili, uid, sample_per_topic, start))
         sample -= in_flight
         if sample:
-            src, pg, ml = lookup(sorted(sample))
+            q = {**params, "ids": sorted(sample)}
+            src, pg = dict(conn.execute(SOURCE_LOOKUP_SQL, q).fetchall()), dict(conn.execute(PG_LOOKUP_SQL, q).fetchall())
+            ml = meili_lookup(meili, uid, sorted(sample))
             t.missing_in_pg = sorted(set(src) - set(pg))
             t.missing_in_meili = sorted(set(src) - set(ml))
             t.extra_in_pg = sorted(set(pg) - set(src))
@@ -297,21 +322,11 @@ def _report(conn: psycopg.Connection, fresh: psycopg.Connection, meili: meilisea
                 e for e in src if (e in pg and _digest(pg[e]) != _digest(src[e]))
                 or (e in ml and _digest(ml[e].get("content")) != _digest(src[e])))
         t.sampled = len(sample)
-        topics.append((t, lookup, in_flight))
-    # committed after the snapshot: Meilisearch may reflect them already, the snapshot cannot
+        topics.append((t, in_flight))
+    # committed after Meilisearch was counted: its later lookups may reflect them already (findings only)
     late_by_topic, _, _ = _in_flight(fresh, offset, now)
-    for t, lookup, in_flight in topics:
+    for t, in_flight in topics:
         late = set().union(*(late_by_topic.get(m, set()) for m in t.topics)) - in_flight
-        if late:
-            _exclude(t, late, lookup)
-    return DriftReport(offset, pending, too_large, [t for t, _, _ in topics], collisions, now)
-
-
-def _exclude(t: TopicDrift, ids: set[str], lookup) -> None:
-    """Leave `ids` (in flight) out of every count and finding of the topic."""
-    src, pg, ml = lookup(sorted(ids))
-    t.source_documents -= len(src)
-    t.pg_documents -= len(pg)
-    t.meili_documents -= len(ml)
-    for name in ("missing_in_pg", "missing_in_meili", "extra_in_pg", "extra_in_meili", "content_mismatch"):
-        setattr(t, name, [e for e in getattr(t, name) if e not in ids])
+        for name in ("missing_in_pg", "missing_in_meili", "extra_in_pg", "extra_in_meili", "content_mismatch"):
+            setattr(t, name, [e for e in getattr(t, name) if e not in late])
+    return DriftReport(offset, pending, too_large, [t for t, _ in topics], collisions, now)
