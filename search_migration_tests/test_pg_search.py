@@ -157,6 +157,29 @@ def test_a_kanji_query_cut_into_characters_is_read_from_its_tiers_as_meilisearch
     assert expected[:2] == [5, 2]  # apart, early: before the 鴨川 at position 0 of post 1
 
 
+def test_a_typo_no_document_holds_is_read_from_the_tiers_of_the_words_it_derives(conn, meili, topics, monkeypatch):
+    """`zepelin` (one typo from 7 letters) is held by no document: every match holds a word one typo away
+    (zeppelin, zeppelins as the prefix goes on), so those words' title tiers answer it, in Meilisearch's
+    order, without ranking every match."""
+    t1, t2 = topics
+    docs = [(n, t1 if n % 2 else t2, text) for n, text in enumerate(
+        ["zeppelin over the bay", "a zeppelins fleet", "we saw the zeppelin today", "old photos of a zeppelin",
+         "zeppelin", "the red zeppelin in the sky again"] + [f"zeppelin story {n}" for n in range(30)], start=1)]
+    _write(conn, docs, meili)
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the bucket scan ranked every match")
+
+    monkeypatch.setattr(pg_search, "_ranked", no_scan)
+    for topic in topics:
+        for q in ("zepelin", "zeppelni "):
+            assert _ids(pg_search.search(conn, topic, q, 10)) == _meili_ids(meili, topic, q, 10), (q, topic)
+    uids = [meili_index.index_uid(t) for t in topics]
+    hits = meili.multi_search([{"indexUid": u, "q": "zepelin"} for u in uids], federation={"limit": 15})["hits"]
+    expected = list(dict.fromkeys(int(h["event_id"], 16) for h in hits))[:5]
+    assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "zepelin", 5)] == expected and expected
+
+
 def test_pagination_cursor_and_total(conn, topics):
     t1, _ = topics
     _write(conn, [(n, t1, f"photo number {n}" if n % 3 else f"my photo {n}") for n in range(1, 46)])

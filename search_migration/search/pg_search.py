@@ -14,7 +14,8 @@ arrive in time order; that is the tie-break here.
 Suggest: the same ranking across every topic, one per post, ties by topic index uid then insertion
 order (a federated multi-search merges equal scores in query order).
 
-Fast path (_tiered, migration 0016): a query of one word (or one ngram, or for suggest its first word)
+Fast path (_tiered, migration 0016): a query of one word (or one ngram, or for suggest its first word;
+or, typed with a typo no document holds, the words one typo away)
 reads cn_search.post_title_words, the title words of every document with their best position cost, tier
 by tier in tie order, so that at 1,000,000 posts a frequent word costs a few index range reads instead of
 ranking thousands of GIN matches; it stops once no unread document could rank among the first `want`,
@@ -81,6 +82,13 @@ SELECT t.post_id, t.topic_id, t.tier FROM cn_search.post_title_words AS t
 WHERE t.tier = %(tier)s AND t.word = %(word)s {cond}
 ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
 """ for scope, cond in SCOPE.items()}
+# a one-word query no document holds as typed: the words one typo (or two) away, together in tie order
+TIER_WORDS_SQL = {scope: f"""
+SELECT t.post_id, t.topic_id, t.tier FROM cn_search.post_title_words AS t
+WHERE t.tier = %(tier)s AND t.word = ANY(%(lead_words)s) {cond}
+ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s
+""" for scope, cond in SCOPE.items()}
+TYPO_WORDS = 64  # at most this many derived words are read from the tiers (else: the bucket scan)
 # the words it starts: where they are few in the tier (at most PROBE rows, all topics), sort them; else
 # walk the tier in tie order and keep the rows whose word starts with it (they are frequent: a short walk)
 PROBE = 2_000
@@ -386,13 +394,22 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
             params.update(word=word, like=_like(word), chars=len(word), exact=_lit(word))
         else:
             return None
+    tier_sql = TIER_EXACT_SQL
+    if len(terms) == 1 and len(terms[0].derivations) > 1 and not conn.execute(INDEXED_SQL, (word,)).fetchone()[0] \
+            and not (prefix and terms[0].completions.get(word) != []):
+        # no document holds it as typed (a typo): every match holds a derived word, the fewest typos first
+        typos = min(d for d in terms[0].derivations.values() if d)
+        lead_words = sorted(w for w, d in terms[0].derivations.items() if d == typos)
+        if len(lead_words) > TYPO_WORDS:
+            return None
+        tier_sql, prefix, params["lead_words"] = TIER_WORDS_SQL, False, lead_words
     check_exact = bool(prefix and len(terms) == 1 and conn.execute(INDEXED_SQL, (word,)).fetchone()[0])
     also_exact: list[tuple] | None = None  # title keys of all documents holding the exact word, when few
     tried = False
     for tier, (_, last) in enumerate(TIER_POSITIONS):
         n = want + len(held)
         p = {**params, "tier": tier, "n": n, "check_exact": check_exact}
-        exact = conn.execute(TIER_EXACT_SQL[scope], p).fetchall()
+        exact = conn.execute(tier_sql[scope], p).fetchall()
         keys = list(exact)
         if prefix:
             got = conn.execute(TIER_PREFIX_SQL[scope], p).fetchall()
