@@ -186,3 +186,17 @@ def test_chinese_detected_ideographs_fold_by_kvariants_as_meilisearch_does(meili
     index = _index(meili, index_uid, texts, PRODUCT_SETTINGS)
     for q, kinds in (("検索", [0]), ("檢索", [0]), ("写真", [2])):
         assert [h["kind"] for h in index.search(q)["hits"]] == kinds, q
+
+
+def test_warm_builds_everything_a_first_query_would():
+    """A read path warms the segmenter at start (ReadRouter): afterwards no first query of any script
+    builds a table, a dictionary or the separators' pattern in a user's request (a kanji query paid
+    ~0.3 s for the non-ASCII separator class, in each thread that met it first)."""
+    lazy = [segment._separator_re, segment._ascii_separator_re, segment._lindera, segment._jieba, segment._kvariants]
+    for f in lazy:
+        f.cache_clear()
+    segment.warm()
+    built = [f.cache_info().currsize for f in lazy]
+    for q in ("東京", "ラーメン", "rust", "한국어", "Ελλάδα"):
+        segment.query_words(q)
+    assert built == [1] * len(lazy) and [f.cache_info().misses for f in lazy] == [1] * len(lazy)

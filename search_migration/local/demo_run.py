@@ -11,6 +11,7 @@ traffic, typos included.
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 from typing import Callable
@@ -95,6 +96,11 @@ class Writer(threading.Thread):
             self.error = exc
 
 
+def _tail(database_url: str, meili_url: str, meili_key: str, stop, run_id: str) -> None:
+    tail.run(database_url, meili_index.client(meili_url, meili_key), tail.Options(max_seconds=24 * 3600),
+             stop=stop, run_id=run_id)
+
+
 def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -> None:
     from search_migration.definitions import defs
     from search_migration.defs.backfill import backfill_partitions
@@ -173,10 +179,13 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
                               reason="demo: the product's indexer is stopped; the write path takes over")
     step(f"stage legacy: {len(topics)} topics; the product's indexer {done.from_consumer} is stopped at seq "
          f"{done.offset}; adopt: {done.consumer} starts there" + (" (adopted before)" if done.already else ""))
-    # the write path as high_watermark_sensor keeps it under a daemon: a tail applying each row at once
-    stop_tail = threading.Event()
-    tailer = threading.Thread(target=tail.run, args=(s.database_url, meili, tail.Options(max_seconds=24 * 3600)),
-                              kwargs={"stop": stop_tail, "run_id": f"demo-{int(time.time())}"}, daemon=True)
+    # the write path as high_watermark_sensor keeps it under a daemon: a tail applying each row at once, in
+    # a process of its own like a run of tail_job (in this one, it would share the readers' interpreter
+    # lock and inflate the latencies the shadow gates measure)
+    spawn = multiprocessing.get_context("spawn")
+    stop_tail = spawn.Event()
+    tailer = spawn.Process(target=_tail, args=(s.database_url, s.meili_url, s.meili_write_key, stop_tail,
+                                               f"demo-{int(time.time())}"), daemon=True, name="demo-tail")
     tailer.start()
     writer = Writer(s.database_url, topics, per_second=5)
     writer.start()
@@ -204,6 +213,8 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
         writer.join(timeout=10)
         stop_tail.set()
         tailer.join(timeout=60)
+        if tailer.is_alive():
+            tailer.terminate()
     if writer.error:
         raise DemoError(f"the demo writer failed: {writer.error}")
     step(f"done: stage live; the writer published {writer.written} events during the migration")
