@@ -132,6 +132,21 @@ def test_backfill_copies_exactly_the_live_rows_at_the_watermark(database_url):
     assert sum(r.rows_copied + r.rows_skipped for r in results) == wm.manifest_rows
 
 
+def test_a_run_that_filled_the_tables_leaves_their_statistics_fresh(database_url):
+    """Reads right after a first backfill must not be planned for empty tables: a run that wrote a tenth
+    of what the planner thinks the documents hold ANALYZEs what it filled (reltuples is ANALYZE's count)."""
+    at_watermark(database_url, 2000, 4)
+    partitions = [(f"{w.start}|{t}", t, w) for t in topic_ids(database_url) for w in WINDOWS]
+    reltuples = ("SELECT c.relname, c.reltuples FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                 "WHERE n.nspname = 'cn_search' AND c.relname IN ('post_search_documents', 'post_title_words')")
+    with backfill.Backfiller(database_url, owner="test") as b:
+        copied = sum(r.rows_copied for r in b.run_many(partitions))
+    with db.connect(database_url) as conn:
+        counted = dict(conn.execute(reltuples).fetchall())
+        title_words = conn.execute("SELECT count(*) FROM cn_search.post_title_words").fetchone()[0]
+    assert copied > 2000 and counted == {"post_search_documents": copied, "post_title_words": title_words}
+
+
 def test_rerun_of_a_complete_partition_is_a_noop_unless_rebuilt(database_url):
     migrated_url = database_url
     at_watermark(migrated_url, 600, 2)

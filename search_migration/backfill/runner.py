@@ -44,6 +44,7 @@ class Backfiller:
 
     def __init__(self, conninfo: str, *, owner: str, options: PartitionOptions | None = None):
         self.conninfo, self.owner, self.options = conninfo, owner, options or PartitionOptions()
+        self.copied = 0  # rows this backfiller wrote (statistics are refreshed on exit when they are many)
         if self.options.page_size < 1:
             raise BackfillError("page_size must be at least 1")
 
@@ -61,6 +62,7 @@ class Backfiller:
         try:
             if exc_type is None:
                 flush(self.conn)
+                refresh_statistics(self.conn, self.copied)
         finally:
             self.conn.close()
 
@@ -86,6 +88,7 @@ class Backfiller:
                     after, done = self._page(taken, taken.after, result)
             if taken.completed:
                 result.duration_s = time.monotonic() - started
+                self.copied += result.rows_copied
                 return result
             lease = taken
             self.heartbeat.track(lease)
@@ -112,6 +115,7 @@ class Backfiller:
         finally:
             self.heartbeat.track(None)
         result.duration_s = time.monotonic() - started
+        self.copied += result.rows_copied
         return result
 
     def run_many(self, partitions: list[tuple[str, str, Window]]) -> Iterator[PartitionResult]:
@@ -128,7 +132,11 @@ class Backfiller:
             group = partitions[i:i + batch.BATCH_PARTITIONS]
             done, taken = batch.copy_small(self.conn, self.owner, self.options, group)
             for key, topic_id, window in group[:taken]:
-                yield done[key] if key in done else self.run(key, topic_id, window)
+                if key in done:
+                    self.copied += done[key].rows_copied
+                    yield done[key]
+                else:
+                    yield self.run(key, topic_id, window)
             i += taken
 
     def _page(self, lease: Lease, after: tuple[int, str] | None,
@@ -167,6 +175,19 @@ class Backfiller:
             fail(self.conn, lease, error)
         except Exception:
             pass  # the lease is gone or the database is: the original error is what matters
+
+
+FILLED = ("cn_search.post_search_documents", "cn_search.post_title_words", "cn_search.search_vocabulary")
+RELTUPLES_SQL = "SELECT greatest(reltuples, 0) FROM pg_class WHERE oid = 'cn_search.post_search_documents'::regclass"
+
+
+def refresh_statistics(conn: psycopg.Connection, copied: int) -> None:
+    """ANALYZE the tables a backfill fills once it wrote a tenth of what the planner thinks they hold:
+    until autovacuum gets to it, reads right after a first backfill are planned for an empty table (the
+    demo's first shadow reads: a suggest at 250 ms instead of 25)."""
+    if copied > 0.1 * conn.execute(RELTUPLES_SQL).fetchone()[0] + 1000:
+        for table in FILLED:
+            conn.execute(f"ANALYZE {table}")
 
 
 def flush(conn: psycopg.Connection) -> None:
