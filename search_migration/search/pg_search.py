@@ -102,10 +102,11 @@ c AS (SELECT count(*) AS n FROM r)
 (SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c WHERE c.n <= {PROBE} {cond}
  ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s)
 UNION ALL
-(SELECT t.post_id, t.topic_id, t.tier, c.n FROM r AS t, c
- WHERE CASE WHEN %(check_exact)s AND c.n <= {PROBE} {cond}  -- CASE: no document read past the probe
-       THEN EXISTS (SELECT 1 FROM cn_search.post_search_documents AS e WHERE e.post_id = t.post_id
-                    AND e.topic_id = t.topic_id AND e.search_tokens @@ %(exact)s::tsquery) END
+(SELECT t.post_id, t.topic_id, t.tier, c.n FROM (SELECT * FROM c WHERE %(check_exact)s AND c.n <= {PROBE}) AS c,
+     r AS t, LATERAL (  -- one probe per row: an EXISTS here was planned as a scan of every document with the word
+        SELECT 1 FROM cn_search.post_search_documents AS e WHERE e.post_id = t.post_id AND e.topic_id = t.topic_id
+        AND e.search_tokens @@ %(exact)s::tsquery OFFSET 0) AS holds
+ WHERE true {cond}
  ORDER BY t.uid, t.created_at, t.post_id LIMIT %(n)s)
 UNION ALL
 SELECT NULL, NULL, NULL, c.n FROM c
