@@ -62,6 +62,22 @@ def _meili_ids(meili, topic, q, limit=20):
     return [int(i["event_id"], 16) for i in meili_search.search(meili, topic, q, limit).items]
 
 
+def _federated(meili, topics, q: str, limit: int = 5) -> list[int]:
+    """Meilisearch's suggest over these topics' indexes only (a federated multi-search), one item per post."""
+    uids = [meili_index.index_uid(t) for t in topics]
+    hits = meili.multi_search([{"indexUid": u, "q": q} for u in uids], federation={"limit": 3 * limit})["hits"]
+    return list(dict.fromkeys(int(h["event_id"], 16) for h in hits))[:limit]
+
+
+@pytest.fixture
+def no_bucket_scan(monkeypatch):
+    """The test fails if the bucket scan, which ranks every match, answers a query."""
+    def scan(*args, **kwargs):
+        raise AssertionError("the bucket scan ranked every match")
+
+    monkeypatch.setattr(pg_search, "_ranked", scan)
+
+
 @pytest.fixture
 def conn(migrated_url):
     with db.connect(migrated_url) as c:
@@ -131,7 +147,7 @@ def test_kanji_only_query_is_chinese_to_meilisearch(conn, meili, topics):
 
 
 def test_a_kanji_query_cut_into_characters_is_read_from_its_tiers_as_meilisearch_ranks_it(conn, meili, topics,
-                                                                                           monkeypatch):
+                                                                                           no_bucket_scan):
     """鴨川 reaches both engines as 鴨 川 (Chinese to Meilisearch): documents holding the two apart (a
     kanji-only hashtag) rank first, placed by where they hold them apart, then those holding the Japanese
     word 鴨川 (the ngram: 2 typos) by its position. Answered from the ngram's title tiers and the few
@@ -142,22 +158,15 @@ def test_a_kanji_query_cut_into_characters_is_read_from_its_tiers_as_meilisearch
             (5, t2, "写真 #鴨川"), (6, t1, "静かな店 鴨川")]
     docs += [(n, t1 if n % 2 else t2, f"鴨川{'のカメラ' if n % 3 else 'で写真'}を撮った {n}") for n in range(7, 40)]
     _write(conn, docs, meili)
-
-    def no_scan(*args, **kwargs):
-        raise AssertionError("the bucket scan ranked every match")
-
-    monkeypatch.setattr(pg_search, "_ranked", no_scan)
     for topic in topics:
         for q in ("鴨川", "鴨川 "):
             assert _ids(pg_search.search(conn, topic, q, 10)) == _meili_ids(meili, topic, q, 10), (q, topic)
-    uids = [meili_index.index_uid(t) for t in topics]  # Meilisearch's suggest: a federated search
-    hits = meili.multi_search([{"indexUid": u, "q": "鴨川"} for u in uids], federation={"limit": 15})["hits"]
-    expected = list(dict.fromkeys(int(h["event_id"], 16) for h in hits))[:5]
+    expected = _federated(meili, topics, "鴨川")
     assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "鴨川", 5)] == expected
     assert expected[:2] == [5, 2]  # apart, early: before the 鴨川 at position 0 of post 1
 
 
-def test_a_typo_no_document_holds_is_read_from_the_tiers_of_the_words_it_derives(conn, meili, topics, monkeypatch):
+def test_a_typo_no_document_holds_is_read_from_the_tiers_of_the_words_it_derives(conn, meili, topics, no_bucket_scan):
     """`zepelin` (one typo from 7 letters) is held by no document: every match holds a word one typo away
     (zeppelin, zeppelins as the prefix goes on), so those words' title tiers answer it, in Meilisearch's
     order, without ranking every match."""
@@ -166,17 +175,10 @@ def test_a_typo_no_document_holds_is_read_from_the_tiers_of_the_words_it_derives
         ["zeppelin over the bay", "a zeppelins fleet", "we saw the zeppelin today", "old photos of a zeppelin",
          "zeppelin", "the red zeppelin in the sky again"] + [f"zeppelin story {n}" for n in range(30)], start=1)]
     _write(conn, docs, meili)
-
-    def no_scan(*args, **kwargs):
-        raise AssertionError("the bucket scan ranked every match")
-
-    monkeypatch.setattr(pg_search, "_ranked", no_scan)
     for topic in topics:
         for q in ("zepelin", "zeppelni "):
             assert _ids(pg_search.search(conn, topic, q, 10)) == _meili_ids(meili, topic, q, 10), (q, topic)
-    uids = [meili_index.index_uid(t) for t in topics]
-    hits = meili.multi_search([{"indexUid": u, "q": "zepelin"} for u in uids], federation={"limit": 15})["hits"]
-    expected = list(dict.fromkeys(int(h["event_id"], 16) for h in hits))[:5]
+    expected = _federated(meili, topics, "zepelin")
     assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "zepelin", 5)] == expected and expected
 
 
@@ -201,14 +203,10 @@ def test_suggest_is_a_prefix_search_across_topics_one_item_per_post(conn, meili,
     _write(conn, [(1, t1, "ramen tonight"), (1, t2, "ramen tonight"), (2, t2, "rampart"),
                   (3, t1, "ラーメン食べたい"), (4, t2, "cold soba")], meili)
 
-    def federated(q: str) -> list[int]:
-        uids = [meili_index.index_uid(t) for t in topics]
-        hits = meili.multi_search([{"indexUid": u, "q": q} for u in uids], federation={"limit": 15})["hits"]
-        return list(dict.fromkeys(int(h["event_id"], 16) for h in hits))[:5]
-
     items = pg_search.suggest(conn, "ram", limit=5)
-    assert [int(i["event_id"], 16) for i in items] == [1, 2, 3] == federated("ram")  # post 1 once, in two topics
-    assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "ラ")] == [3] == federated("ラ")
+    # post 1 once, though in two topics
+    assert [int(i["event_id"], 16) for i in items] == [1, 2, 3] == _federated(meili, topics, "ram")
+    assert [int(i["event_id"], 16) for i in pg_search.suggest(conn, "ラ")] == [3] == _federated(meili, topics, "ラ")
     assert pg_search.suggest(conn, "   🍜 ") == []
 
 
