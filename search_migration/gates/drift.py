@@ -232,29 +232,30 @@ def _in_flight(conn: psycopg.Connection, offset: int, now: int) -> tuple[dict[st
 
 
 SETTLE_ATTEMPTS = 5
+FINISHED = {"statuses": ["succeeded", "failed", "canceled"], "limit": 1}
 
 
 def _settled_counts(fresh: psycopg.Connection, meili: meilisearch.Client, offset: int, now: int
                     ) -> tuple[dict[str, int], dict[str, set[str]], dict[str, set[str]]]:
-    """Meilisearch's documents per index, and which in-flight documents it held when it counted them.
+    """Meilisearch's documents per index, the rows in flight, and which in-flight documents it held
+    when it counted them.
 
-    Every row past the snapshot's offset (committed by now) is in flight; the tail applies them while
-    the report reads, so whether Meilisearch held one is read just before and just after its counts, and
-    the reading is kept only when neither that nor the rows in flight changed in between (a delete
-    applied between the counts and a later lookup would otherwise leave one document too many)."""
+    Every row committed past the snapshot's offset by the time Meilisearch was counted is in flight (read
+    after the counts); the tail applies them while the report reads, so the counts and the lookups of
+    those documents are kept only when Meilisearch finished no task between them (its count of finished
+    tasks, read before and after): a delete landing between the counts and a later lookup would otherwise
+    leave one document too many."""
     for _ in range(SETTLE_ATTEMPTS):
+        finished = meili.get_tasks(FINISHED).total
+        counts = meili_counts(meili)
         flight, _, too_large = _in_flight(fresh, offset, now)
         by_uid: dict[str, set[str]] = defaultdict(set)
         for topic, ids in flight.items():
             by_uid[legacy_documents.index_uid(topic)] |= ids
-        if too_large:  # the report says so; counts cannot be told from lag anyway
-            return meili_counts(meili), flight, {}
-        before = {uid: set(meili_lookup(meili, uid, sorted(ids))) for uid, ids in by_uid.items()}
-        counts = meili_counts(meili)
-        after = {uid: set(meili_lookup(meili, uid, sorted(ids))) for uid, ids in by_uid.items()}
-        if before == after and _in_flight(fresh, offset, now)[0] == flight:
-            return counts, flight, after
-    raise RuntimeError(f"Meilisearch kept changing while it was counted ({SETTLE_ATTEMPTS} attempts)")
+        held = {} if too_large else {uid: set(meili_lookup(meili, uid, sorted(ids))) for uid, ids in by_uid.items()}
+        if meili.get_tasks(FINISHED).total == finished:
+            return counts, flight, held
+    raise RuntimeError(f"Meilisearch finished a task every time it was counted ({SETTLE_ATTEMPTS} attempts)")
 
 
 def report(conn: psycopg.Connection, meili: meilisearch.Client, *, sample_per_topic: int = 200,
