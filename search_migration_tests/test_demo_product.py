@@ -299,3 +299,25 @@ def test_reset_starts_the_demo_over_on_its_own_database(servers, database_url, m
                             "ORDER BY audit_id DESC LIMIT 1").fetchone()
         assert conn.execute("SELECT count(*) FROM cn_search.runtime_flag_audit").fetchone()[0] == before + 1
     assert last == ("demo seed --reset", "legacy", "legacy")
+
+
+# ---- the headless demo ------------------------------------------------------------------------------
+
+
+def test_demo_run_takes_its_own_world_from_legacy_to_live(servers, database_url, namespace, tmp_path):
+    """README's headless command, on a database the demo seeded: legacy -> dual -> shadow 5/25/50 -> live
+    through real Dagster runs, a writer publishing and a tail applying meanwhile, every gate passing on
+    the way (the cutover job refuses a move otherwise, and the command fails with its reason)."""
+    env = servers.env(DATABASE_URL=database_url, DAGSTER_PG_URL=servers.create_database(),
+                      SEARCH_MIGRATION_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "dagster_home"))
+    seeded = run_cli("demo", "seed", "--posts", "2000", "--topics", "4", "--namespace", namespace, "--quiet",
+                     env=env, timeout=300)
+    assert seeded.returncode == 0, seeded.stderr[-2000:]
+    ran = run_cli("demo", "run", env=env, timeout=600)
+    assert ran.returncode == 0, (ran.stdout[-3000:], ran.stderr[-2000:])
+    steps = [line for line in ran.stdout.splitlines() if line.startswith("[")]
+    assert [s.split("now at ", 1)[1] for s in steps if "cutover_job: now at" in s] == [
+        "dual", "shadow (shadow 5%)", "shadow (shadow 25%)", "shadow (shadow 50%)", "live"]
+    assert not [s for s in steps if " FAIL" in s]
+    with db.connect(database_url) as conn:
+        assert stages.current(flags.read_all(conn)) == "live"

@@ -18,7 +18,7 @@ from search_migration.write_path import consumer, handover, meili_index
 from search_migration.local import services
 from search_migration.source import contract
 
-from .support.processes import DAGSTER, postgres_dagster_home, run_cli
+from .support.processes import DAGSTER, crash_meili, postgres_dagster_home, run_cli
 from .support.servers import REPO
 from .support.writes import FAST, NOW, meili_ids, new_posts, note, set_mode, topic
 
@@ -117,7 +117,7 @@ def test_meilisearch_stopped_during_catchup_loses_nothing(database_url, own_meil
     with db.connect(migrated_url) as conn:
         while contract.consumer_offset(conn, contract.CONSUMER) <= start:  # wait for real progress
             assert proc.poll() is None, proc.stderr.read()
-    services.down(own_meili)  # the outage
+    crash_meili(own_meili)  # the outage
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 3, stderr
     with db.connect(migrated_url) as conn:

@@ -17,7 +17,7 @@ from search_migration.local import services
 from search_migration.source import contract
 from search_migration.search.read_router import ReadRouter
 
-from ..support.processes import child, poll
+from ..support.processes import child, crash_meili, poll
 from ..support.writes import FAST, new_posts, product_writes
 from .helpers import assert_invariant, backfill_everything, catch_up_all, seed_dual
 from ..support.cutover import QUERIES
@@ -49,7 +49,7 @@ def test_meilisearch_outage_during_dual_catchup_and_shadow_reads(database_url, o
         poll(lambda: contract.consumer_offset(conn, contract.CONSUMER) > start + 100 or proc.poll() is not None,
              300, "catch-up progress")
         assert proc.poll() is None, "catch-up finished before the outage"
-        services.down(own_meili)  # the outage, mid-catch-up
+        crash_meili(own_meili)  # the outage, mid-catch-up
         assert proc.wait(timeout=300) == 3, (tmp_path / "consumer.log").read_text()[-3000:]
         sides = dict(conn.execute("SELECT backend, last_seq FROM cn_search.consumer_side_offsets"))
         assert start < sides["meili"] < head and sides["meili"] == contract.consumer_offset(conn, contract.CONSUMER)

@@ -58,3 +58,14 @@ def stop_group(proc: subprocess.Popen, timeout: float = 60) -> None:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_group(proc)
+
+
+def crash_meili(s) -> None:
+    """Meilisearch gone at once (SIGKILL), as in a crash. A SIGTERM lets it drain: it went on serving a
+    client's open connections long enough for a catch-up meant to meet the outage to finish first."""
+    from search_migration.local import services
+
+    for pid in services.recorded_pids(s):
+        os.kill(pid, signal.SIGKILL)
+    services.down(s)  # reaps the process and forgets it: `services.up` starts it again on its data
+
