@@ -226,7 +226,8 @@ def _in_flight(conn: psycopg.Connection, offset: int, now: int) -> tuple[dict[st
     for event_id, topic_id in pending_rows:
         by_topic[topic_id].add(event_id)
     pending = sum(len(v) for v in by_topic.values())
-    for event_id, topic_id in conn.execute(EXPIRING_SQL, {"since": now - EXPIRY_GRACE_S, "until": now + EXPIRY_GRACE_S}):
+    window = {"since": now - EXPIRY_GRACE_S, "until": now + EXPIRY_GRACE_S}
+    for event_id, topic_id in conn.execute(EXPIRING_SQL, window):
         by_topic[topic_id].add(event_id)
     return by_topic, pending, len(pending_rows) > MAX_PENDING
 
@@ -252,7 +253,8 @@ def _settled_counts(fresh: psycopg.Connection, meili: meilisearch.Client, offset
         by_uid: dict[str, set[str]] = defaultdict(set)
         for topic, ids in flight.items():
             by_uid[legacy_documents.index_uid(topic)] |= ids
-        held = {} if too_large else {uid: set(meili_lookup(meili, uid, sorted(ids))) for uid, ids in by_uid.items()}
+        held = {} if too_large else {
+            uid: set(meili_lookup(meili, uid, sorted(ids))) for uid, ids in by_uid.items()}
         if meili.get_tasks(FINISHED).total == finished:
             return counts, flight, held
     raise RuntimeError(f"Meilisearch finished a task every time it was counted ({SETTLE_ATTEMPTS} attempts)")
@@ -313,7 +315,8 @@ def _report(conn: psycopg.Connection, fresh: psycopg.Connection, meili: meilisea
         sample -= in_flight
         if sample:
             q = {**params, "ids": sorted(sample)}
-            src, pg = dict(conn.execute(SOURCE_LOOKUP_SQL, q).fetchall()), dict(conn.execute(PG_LOOKUP_SQL, q).fetchall())
+            src = dict(conn.execute(SOURCE_LOOKUP_SQL, q).fetchall())
+            pg = dict(conn.execute(PG_LOOKUP_SQL, q).fetchall())
             ml = meili_lookup(meili, uid, sorted(sample))
             t.missing_in_pg = sorted(set(src) - set(pg))
             t.missing_in_meili = sorted(set(src) - set(ml))
