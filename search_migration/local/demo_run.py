@@ -101,6 +101,20 @@ def _tail(database_url: str, meili_url: str, meili_key: str, stop, run_id: str) 
              stop=stop, run_id=run_id)
 
 
+def _wait_until_listening(database_url: str, tailer, run_id: str, timeout_s: float = 120) -> None:
+    """The writer starts once the tail listens (its two sessions are open): a row committed while a fresh
+    process imports would wait seconds for it, and the freshness gate would rightly count that."""
+    name, deadline = f"{tail.APP}:{run_id}"[:63], time.monotonic() + timeout_s
+    with db.connect(database_url) as conn:
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                           (name,)).fetchone()[0] < 2:
+            if not tailer.is_alive():
+                raise DemoError(f"the tail process ended at start (exit code {tailer.exitcode})")
+            if time.monotonic() > deadline:
+                raise DemoError(f"the tail did not start listening within {timeout_s:.0f}s")
+            time.sleep(0.1)
+
+
 def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -> None:
     from search_migration.definitions import defs
     from search_migration.defs.backfill import backfill_partitions
@@ -183,10 +197,11 @@ def run(s: Settings, instance: dg.DagsterInstance, say: Callable[[str], None]) -
     # a process of its own like a run of tail_job (in this one, it would share the readers' interpreter
     # lock and inflate the latencies the shadow gates measure)
     spawn = multiprocessing.get_context("spawn")
-    stop_tail = spawn.Event()
-    tailer = spawn.Process(target=_tail, args=(s.database_url, s.meili_url, s.meili_write_key, stop_tail,
-                                               f"demo-{int(time.time())}"), daemon=True, name="demo-tail")
+    stop_tail, run_id = spawn.Event(), f"demo-{int(time.time())}"
+    tailer = spawn.Process(target=_tail, args=(s.database_url, s.meili_url, s.meili_write_key, stop_tail, run_id),
+                           daemon=True, name="demo-tail")
     tailer.start()
+    _wait_until_listening(s.database_url, tailer, run_id)
     writer = Writer(s.database_url, topics, per_second=5)
     writer.start()
     step("a writer publishes 5 events/s the way the product's relay does; a tail applies each within a second")
