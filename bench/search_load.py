@@ -6,10 +6,10 @@ event's `raw_json` exactly as catch-up and the backfill build them (`doc_write_f
 five attributes, as the product's indexer gave them to the per-topic Meilisearch indexes), for what the
 product calls searchable (contract.SEARCHABLE). Idempotent: each row carries the newest outbox sequence of
 its (post, topic), 0 where retention pruned it, and older or equal writes are no-ops (a document of an
-older normalizer version is rewritten). Resumable and
-incremental: a run loads only the (post, topic) pairs it has no live document for (an event's content never
-changes: its id is its hash) and first removes documents whose post stopped being searchable, so it can
-run while the corpus is still being seeded and again once it is complete.
+older normalizer version is rewritten). Resumable and incremental: a run loads only the (post, topic)
+pairs it has no live document of this normalizer for (an event's content never changes: its id is its
+hash) and first removes documents whose post stopped being searchable, so it can run while the corpus is
+still being seeded and again once it is complete.
 
 `--workers N` splits the event-id space into N ranges loaded in parallel (the tokenizer is CPU-bound).
 Then `db migrate` (so indexes of later migrations exist) and ANALYZE; reports documents/s.
