@@ -129,7 +129,8 @@ def cmd_demo_seed(args) -> None:
     _connect(s).close()
     try:
         # the demo plays the product (its indexer creates and --reset deletes indexes): the master key's part
-        result = demo_seed.seed(s.database_url, meili_index.client(s.meili_url, s.meili_master_key), posts=args.posts, topics=args.topics, seed=args.seed,
+        product_meili = meili_index.client(s.meili_url, s.meili_master_key)
+        result = demo_seed.seed(s.database_url, product_meili, posts=args.posts, topics=args.topics, seed=args.seed,
                                 namespace=getattr(args, "namespace", "") or "", reset_first=args.reset,
                                 progress=progress)
     finally:

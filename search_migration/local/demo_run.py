@@ -104,7 +104,7 @@ def _tail(database_url: str, meili_url: str, meili_key: str, stop, run_id: str) 
 def _wait_until_listening(database_url: str, tailer, run_id: str, timeout_s: float = 120) -> None:
     """The writer starts once the tail listens (its two sessions are open): a row committed while a fresh
     process imports would wait seconds for it, and the freshness gate would rightly count that."""
-    name, deadline = f"{tail.APP}:{run_id}"[:63], time.monotonic() + timeout_s
+    name, deadline = tail.session_name(run_id), time.monotonic() + timeout_s
     with db.connect(database_url) as conn:
         while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                            (name,)).fetchone()[0] < 2:

@@ -397,7 +397,9 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
         else:
             return None
     tier_sql = TIER_EXACT_SQL
-    if len(terms) == 1 and len(terms[0].derivations) > 1 and not conn.execute(INDEXED_SQL, (word,)).fetchone()[0] \
+    indexed = len(terms) == 1 and (prefix or len(terms[0].derivations) > 1) \
+        and conn.execute(INDEXED_SQL, (word,)).fetchone()[0]  # read once: the typo path and check_exact ask
+    if len(terms) == 1 and len(terms[0].derivations) > 1 and not indexed \
             and not (prefix and terms[0].completions.get(word) != []):
         # no document holds it as typed (a typo): every match holds a derived word, the fewest typos first
         typos = min(d for d in terms[0].derivations.values() if d)
@@ -405,7 +407,7 @@ def _tiered(conn, scope: str, topic: str | None, terms: list[milli.QueryWord], w
         if len(lead_words) > TYPO_WORDS:
             return None
         tier_sql, prefix, params["lead_words"] = TIER_WORDS_SQL, False, lead_words
-    check_exact = bool(prefix and len(terms) == 1 and conn.execute(INDEXED_SQL, (word,)).fetchone()[0])
+    check_exact = bool(prefix and indexed)
     also_exact: list[tuple] | None = None  # title keys of all documents holding the exact word, when few
     tried = False
     for tier, (_, last) in enumerate(TIER_POSITIONS):

@@ -181,7 +181,7 @@ class Tail:
     def _session(self) -> None:
         """One pair of connections: LISTEN first (a row committed from now on wakes us), then passes,
         each under the consumer lock, until told to stop."""
-        name = f"{APP}:{self.run_id}"[:63]
+        name = session_name(self.run_id)
         with db.connect(self.url, application_name=name) as listen, \
                 db.connect(self.url, application_name=name) as work:
             listen.execute(f"LISTEN {contract.OUTBOX_CHANNEL}")
@@ -248,6 +248,11 @@ class Tail:
             self.result.notified += 1
             for _ in listen.notifies(timeout=0):  # the rest already queued: one pass reads them all
                 pass
+
+
+def session_name(run_id: str) -> str:
+    """The application_name of a tail's two sessions (LISTEN and work): how pg_stat_activity shows it."""
+    return f"{APP}:{run_id}"[:63]
 
 
 def health(conn: psycopg.Connection, run_ids: list[str]) -> dict[str, tuple[float, float]]:
