@@ -198,9 +198,6 @@ def replay_failed_job():
 
 
 TAIL_SETTING = "SEARCH_MIGRATION_TAIL"  # "off": no tail runs, a bounded catch-up run per range (the old path)
-STARTUP_GRACE_S = 180  # a tail run this young may not have heartbeated yet (launch, imports, the first connect)
-HEARTBEAT_GRACE_S = 30  # a heartbeat older than this: the run's process is gone (SIGKILL, OOM, a lost node)
-SUCCESSOR_LEAD_S = 60  # launch the next tail this long before the current one ends: it waits on the lock
 CRASH_LOOP = 3  # this many tail runs failed in a row, the last within CRASH_BACKOFF_S: catch-up runs instead
 CRASH_BACKOFF_S = 300
 BACKLOG_CATCHUP = 50_000  # outbox rows behind: bounded catch-up runs drain it beside the tail
@@ -261,15 +258,14 @@ def high_watermark_sensor(context: dg.SensorEvaluationContext, postgres: Postgre
     now = time.time()
     alive, ending = [], []
     for run in tails:
-        age, left = health.get(run.run_id, (None, None))
         created = context.instance.get_run_record_by_id(run.run_id).create_timestamp.timestamp()
-        if age is None and now - created < STARTUP_GRACE_S or age is not None and age < HEARTBEAT_GRACE_S:
+        is_alive, is_ending, why = tail_consumer.liveness(health.get(run.run_id), now - created)
+        if is_alive:
             alive.append(run)
-            if left is not None and left < SUCCESSOR_LEAD_S:
+            if is_ending:
                 ending.append(run)
         else:
             # its process is gone and nobody told Dagster (SIGKILL, OOM): say so, and replace it
-            why = "no heartbeat since it started" if age is None else f"no heartbeat for {age:.0f}s"
             context.log.warning(f"tail run {run.run_id[:8]} is dead ({why}); marking it failed")
             context.instance.report_run_failed(run, message=f"tail run presumed dead by high_watermark_sensor: {why}")
             with postgres.connect() as conn:

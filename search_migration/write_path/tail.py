@@ -263,6 +263,20 @@ def health(conn: psycopg.Connection, run_ids: list[str]) -> dict[str, tuple[floa
         "FROM cn_search.tail_runs WHERE run_id = ANY(%s) AND ended_at IS NULL", (run_ids,))}
 
 
+STARTUP_GRACE_S = 180  # a tail run this young may not have heartbeated yet (launch, imports, the first connect)
+HEARTBEAT_GRACE_S = 30  # a heartbeat older than this: the run's process is gone (SIGKILL, OOM, a lost node)
+SUCCESSOR_LEAD_S = 60  # the next tail starts this long before the current one ends: it waits on the lock
+
+
+def liveness(heartbeat: tuple[float, float] | None, started_s_ago: float) -> tuple[bool, bool, str | None]:
+    """(alive, ending soon: time for its successor, why it is presumed dead) of a tail run, from its
+    `health` entry (None: it has not registered) and how long ago it was launched."""
+    age, left = heartbeat or (None, None)
+    if (age is None and started_s_ago < STARTUP_GRACE_S) or (age is not None and age < HEARTBEAT_GRACE_S):
+        return True, left is not None and left < SUCCESSOR_LEAD_S, None
+    return False, False, "no heartbeat since it started" if age is None else f"no heartbeat for {age:.0f}s"
+
+
 def mark_dead(conn: psycopg.Connection, run_id: str, why: str) -> None:
     """A tail whose process is gone (SIGKILL, OOM) never unregisters: record it ended, so `status` stops
     showing it as the live tail."""
